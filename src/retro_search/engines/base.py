@@ -1,0 +1,66 @@
+"""The engine interface: what every generation backend implements.
+
+An engine turns `GenerationRequest`s into `GenerationResult`s. Batch engines implement
+`generate`; engines that can stream (vLLM's async engine) also implement `generate_async`, which the
+scheduler uses to send a trace's next request as soon as its previous one finishes.
+Token counts are in tokens of the engine's own tokenizer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Protocol, Sequence, runtime_checkable
+
+FinishReason = Literal["stop", "length"]
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One completion to generate.
+
+    `prompt` is the full text the model continues (chat template already applied). Generation ends
+    at the model's end-of-sequence token, at the first of `stop` (the stop string itself is not
+    returned), or after `max_tokens` new tokens. `banned_words` must never appear in the output in
+    any of their tokenisations (with and without a leading space are separate entries). `seed`
+    makes sampling reproducible per request, independent of what else is in the batch;
+    `temperature == 0` means greedy decoding.
+    """
+
+    request_id: str
+    prompt: str
+    max_tokens: int
+    temperature: float = 0.6
+    top_p: float = 0.95
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    banned_words: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    """What an engine produced for one request.
+
+    `finish_reason` is "stop" when generation ended by itself (end-of-sequence token or a stop
+    string) and "length" when it hit `max_tokens`. `stop_string` is the stop string that ended it,
+    or None (end-of-sequence, or length). `num_tokens` counts generated tokens.
+    """
+
+    request_id: str
+    text: str
+    num_tokens: int
+    finish_reason: FinishReason
+    stop_string: str | None = None
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """A batch engine: results come back in the order of the requests."""
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]: ...
+
+
+@runtime_checkable
+class StreamingEngine(Engine, Protocol):
+    """An engine that accepts requests one by one while others are running."""
+
+    async def generate_async(self, request: GenerationRequest) -> GenerationResult: ...
