@@ -1,0 +1,76 @@
+"""Rollout prompts in the revision model's own format (ALGORITHM.md, "Prompts and lengths").
+
+A rollout prompt is the model's chat template applied to the question (one user turn, generation
+prompt on), then its reasoning opener (`<think>\\n` for R1-style models; not added twice when the
+template already ends with it, as R1-distill templates do), then the prefix steps joined by
+"\\n\\n", then "\\n\\n". The model continues from there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+from retro_search.segmentation import STEP_SEPARATOR, join_steps
+
+
+@dataclass(frozen=True)
+class PromptFormat:
+    """How the revision model sees a question and a partial trace.
+
+    `render_question` maps a question to the chat-templated text up to the start of the assistant's
+    reasoning (generation prompt included). `count_tokens` counts tokens of a text with the same
+    tokenizer (no special tokens added): the unit of every search statistic.
+    """
+
+    render_question: Callable[[str], str]
+    count_tokens: Callable[[str], int]
+    think_open: str = "<think>\n"
+    think_close: str = "</think>"
+
+    def head(self, question: str) -> str:
+        text = self.render_question(question)
+        opener = self.think_open.strip()
+        if opener and text.rstrip().endswith(opener):
+            # The template already opened the reasoning; keep exactly one newline after it.
+            return text.rstrip() + "\n"
+        return text + self.think_open
+
+    def rollout_prompt(self, head: str, prefix_steps: Sequence[str]) -> str:
+        if not prefix_steps:
+            return head
+        return head + join_steps(prefix_steps) + STEP_SEPARATOR
+
+    def response_text(self, reasoning: str, solution: str) -> str:
+        """A whole assistant response as the model writes it: reasoning, closer, solution."""
+        return f"{reasoning}\n{self.think_close}\n\n{solution}"
+
+    def response_tokens(self, reasoning: str, solution: str) -> int:
+        return self.count_tokens(self.response_text(reasoning, solution))
+
+
+def load_prompt_format(tokenizer_path: str, *, system_prompt: str | None = None,
+                       user_template: str = "{question}", think_open: str = "<think>\n",
+                       think_close: str = "</think>", **tokenizer_kwargs: Any) -> PromptFormat:
+    """A PromptFormat from a Hugging Face tokenizer (local folder or hub id) and its chat template.
+
+    `user_template` wraps the question (e.g. "{question}\\nPlease reason step by step, and put
+    your final answer within \\\\boxed{{}}."), `system_prompt` adds a system turn when given.
+    """
+    from transformers import AutoTokenizer  # lazy: keeps `import retro_search` light
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_path, **tokenizer_kwargs)
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError(f"tokenizer {tokenizer_path!r} has no chat template; the revision model "
+                         "must be a chat model (set model.tokenizer to one that has a template)")
+
+    def render_question(question: str) -> str:
+        messages = [{"role": "user", "content": user_template.format(question=question)}]
+        if system_prompt:
+            messages.insert(0, {"role": "system", "content": system_prompt})
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def count_tokens(text: str) -> int:
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    return PromptFormat(render_question, count_tokens, think_open, think_close)
