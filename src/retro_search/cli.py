@@ -16,8 +16,10 @@ from typing import Sequence
 
 log = logging.getLogger("retro_search")
 
+PRESETS_HELP = ("r1 (chat messages), r1_response (one string), openthoughts, openthoughts_metadata, "
+                "thought_anchors, skythought")
 FORMATS_HELP = ("input format: 'records' (normalised jsonl written by `retro-search normalize`) "
-                "or a raw-format preset: r1, openthoughts, thought_anchors, skythought")
+                f"or a raw-format preset: {PRESETS_HELP}")
 
 
 def _read_traces(path: str, fmt: str, limit: int | None = None):
@@ -34,7 +36,9 @@ def _read_traces(path: str, fmt: str, limit: int | None = None):
 def cmd_normalize(args: argparse.Namespace) -> int:
     from retro_search.readers import load_traces, write_records
 
-    quarantine = args.quarantine or str(Path(args.output).with_suffix(".quarantine.jsonl"))
+    quarantine = None
+    if args.on_bad_record == "quarantine":
+        quarantine = args.quarantine or str(Path(args.output).with_suffix(".quarantine.jsonl"))
     report = load_traces(args.source, format=args.format, split=args.split,
                          on_bad_record=args.on_bad_record, quarantine_path=quarantine,
                          limit=args.limit, name=args.name)
@@ -188,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "reference_answer, reasoning, solution, source_model, source_dataset, metadata).")
     p.add_argument("source", help="a .jsonl/.json/.parquet file, a folder or glob of them, or a hub dataset id")
     p.add_argument("output", help="normalised records (.jsonl)")
-    p.add_argument("--format", default="r1", help="raw-format preset: r1, openthoughts, thought_anchors, skythought (default: r1)")
+    p.add_argument("--format", default="r1", help=f"raw-format preset: {PRESETS_HELP} (default: r1)")
     p.add_argument("--split", default="train", help="dataset split for hub datasets (default: train)")
     p.add_argument("--name", default=None, help="dataset config name for hub datasets")
     p.add_argument("--limit", type=int, default=None, help="read only the first N records")

@@ -1,0 +1,443 @@
+"""Read raw reasoning traces and normalise them into `TraceRecord`s.
+
+One generic normaliser, driven by a declarative `FieldMap` (see `formats.py` for the presets),
+turns a raw record into a `TraceRecord`: `reasoning` is the text between the reasoning markers and
+`solution` the text after them, both stripped, markers removed. `load_traces` reads a local
+.jsonl/.json/.parquet file, a directory or glob of them, or a hub dataset through `datasets`, and
+normalises every record; bad records either stop the load or go to a quarantine file, never
+silently away. `write_records` / `read_records` store normalised records as JSONL.
+
+Positions are 0-based and count records across the whole source (files in sorted order).
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Literal, Mapping
+
+from retro_search.formats import (ALL_MARKERS, PRESETS, RAW_ANSWER_KEY, FieldMap, resolve_format,
+                                  split_response)
+from retro_search.jsonl import write_jsonl_atomic
+from retro_search.records import RecordError, TraceRecord
+
+__all__ = ["FieldMap", "PRESETS", "LoadReport", "normalise_record", "split_response",
+           "load_traces", "write_records", "read_records"]
+
+_FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+_MISSING = object()
+
+
+class _Bad(Exception):
+    """A field-level problem; `normalise_record` adds the record's position and id."""
+
+    def __init__(self, field: str | None, reason: str):
+        super().__init__(reason)
+        self.field, self.reason = field, reason
+
+
+# ----------------------------------------------------------------------------- field access
+
+def _get(raw: Any, path: str, slot: str) -> Any:
+    """The value at a dotted path; raises `_Bad` naming the path (and the `FieldMap` slot that
+    holds it, so the user knows what to change) when any segment is absent."""
+    value = raw
+    segments = path.split(".")
+    hint = f"; fix FieldMap.{slot} if the layout keeps it elsewhere"
+    for depth, segment in enumerate(segments):
+        parent = ".".join(segments[:depth]) or "the record"
+        if isinstance(value, Mapping):
+            value = value.get(segment, _MISSING)
+            if value is _MISSING:
+                raise _Bad(path, f"missing: no key {segment!r} in {parent}{hint}")
+        elif isinstance(value, (list, tuple)):
+            try:
+                value = value[int(segment)]
+            except ValueError:
+                raise _Bad(path, f"{parent} is a list; {segment!r} is not an index{hint}") from None
+            except IndexError:
+                raise _Bad(path, f"missing: {parent} has {len(value)} items, no index {segment}"
+                                 f"{hint}") from None
+        else:
+            raise _Bad(path, f"missing: {parent} is {type(value).__name__}, not an object or list"
+                             f"{hint}")
+    return value
+
+
+def _text(value: Any, field: str, *, allow_empty: bool = False) -> str:
+    """A string field, stripped; non-strings and (unless allowed) blank strings are errors."""
+    if not isinstance(value, str):
+        raise _Bad(field, f"expected a string, got {type(value).__name__}"
+                          + (" (null)" if value is None else ""))
+    if not allow_empty and not value.strip():
+        raise _Bad(field, "empty string")
+    return value.strip()
+
+
+def _answer_text(value: Any, field: str) -> str:
+    """The reference answer as a string, without benchmark-specific normalisation.
+
+    Strings are stripped; ints and floats go through `str()` (27.0 stays "27.0": the grader's
+    `normalize_reference` decides what that means); lists and dicts become JSON. The raw value
+    is kept in metadata["raw_answer"] either way.
+    """
+    if isinstance(value, bool):  # before int: bool is an int subclass, and never an answer
+        raise _Bad(field, "expected an answer, got a bool; is the answer path right?")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise _Bad(field, f"expected an answer, got {value} (a missing value in the source?)")
+    if isinstance(value, (int, float)):
+        return str(value)
+    if isinstance(value, (list, dict)):
+        if not value:
+            raise _Bad(field, f"empty {type(value).__name__}")
+        return json.dumps(value, ensure_ascii=False)
+    return _text(value, field)
+
+
+def _id_part(value: Any, field: str) -> str:
+    # Integer ids (e.g. `idx`) are common and convert exactly; floats or nulls would not.
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if not isinstance(value, str) or not value.strip():
+        raise _Bad(field, f"an id must be a non-empty string or an integer, got {value!r:.60}")
+    return value
+
+
+# ----------------------------------------------------------------------------- chat turns
+
+_USER_ROLES, _ASSISTANT_ROLES = {"user", "human"}, {"assistant", "gpt"}
+
+
+def _chat_turns(raw: Mapping, path: str) -> tuple[tuple[str, str] | None, tuple[str, str]]:
+    """((user path, text) or None, (assistant path, text)) from a single-turn chat list."""
+    turns = _get(raw, path, "messages")
+    if not isinstance(turns, (list, tuple)):
+        raise _Bad(path, f"expected a list of chat turns, got {type(turns).__name__}")
+    found: dict[str, list[tuple[str, str]]] = {"user": [], "assistant": []}
+    for i, turn in enumerate(turns):
+        where = f"{path}.{i}"
+        if not isinstance(turn, Mapping):
+            raise _Bad(where, f"expected a chat turn object, got {type(turn).__name__}")
+        role_key = "role" if turn.get("role") is not None else "from"
+        content_key = "content" if turn.get("content") is not None else "value"
+        role = turn.get(role_key)
+        if role == "system":
+            continue
+        side = "user" if role in _USER_ROLES else "assistant" if role in _ASSISTANT_ROLES else None
+        if side is None:
+            raise _Bad(f"{where}.{role_key}", f"unknown chat role {role!r}")
+        found[side].append((f"{where}.{content_key}", turn.get(content_key)))
+    if len(found["assistant"]) != 1:
+        # Several assistant turns would need the earlier ones as context: not a single trace.
+        raise _Bad(path, f"expected exactly one assistant turn, found {len(found['assistant'])}")
+    user = found["user"][0] if len(found["user"]) == 1 else None
+    return user, found["assistant"][0]
+
+
+# ----------------------------------------------------------------------------- one record
+
+def normalise_record(raw: Mapping[str, Any], fmap: FieldMap | str, *, position: int,
+                     source_dataset: str) -> TraceRecord:
+    """Normalise one raw record with a `FieldMap` (or preset name).
+
+    The id is the mapped id (integers become strings; a tuple of paths is joined with "/") or
+    "{source_dataset}:{position}". Question, answer, reasoning and solution are stripped;
+    metadata gets the mapped extras plus the raw answer under "raw_answer". Raises `RecordError`
+    naming the position, the id when known, and the field: a missing path, a non-string where a
+    string is required, an empty question or reasoning, a reasoning that never closes, or a chat
+    list without exactly one assistant turn.
+    """
+    fmap = resolve_format(fmap)
+    record_id = None
+    try:
+        if not isinstance(raw, Mapping):
+            raise _Bad(None, f"a record must be an object, got {type(raw).__name__}")
+        if fmap.id is None:
+            record_id = f"{source_dataset}:{position}"
+        else:
+            paths = (fmap.id,) if isinstance(fmap.id, str) else fmap.id
+            record_id = "/".join(_id_part(_get(raw, p, "id"), p) for p in paths)
+
+        user = assistant = None
+        if fmap.messages is not None:
+            user, assistant = _chat_turns(raw, fmap.messages)
+        if fmap.question is not None:
+            question = _text(_get(raw, fmap.question, "question"), fmap.question)
+        elif user is None:
+            raise _Bad(fmap.messages, "expected exactly one user turn to take the question from")
+        else:
+            question = _text(user[1], user[0])
+
+        raw_answer = _get(raw, fmap.answer, "answer")
+        reference_answer = _answer_text(raw_answer, fmap.answer)
+
+        if fmap.reasoning is not None:
+            reasoning = _text(_get(raw, fmap.reasoning, "reasoning"), fmap.reasoning)
+            solution = _text(_get(raw, fmap.solution, "solution"), fmap.solution,
+                             allow_empty=True)
+            for field, value in ((fmap.reasoning, reasoning), (fmap.solution, solution)):
+                marker = next((m for m in ALL_MARKERS if m in value), None)
+                if marker:  # a marked-up trace mapped as plain text would keep its markers
+                    raise _Bad(field, f"contains the marker {marker}; map the text as `response`")
+        else:
+            field, value = assistant or (fmap.response, _get(raw, fmap.response, "response"))
+            try:
+                reasoning, solution = split_response(_text(value, field))
+            except ValueError as e:
+                raise _Bad(field, str(e)) from None
+
+        if fmap.source_model is not None:
+            source_model = _text(_get(raw, fmap.source_model, "source_model"),
+                                 fmap.source_model)
+        else:
+            source_model = fmap.source_model_const or ""
+        metadata = {key: _get(raw, path, "metadata") for key, path in fmap.metadata_items()}
+        metadata[RAW_ANSWER_KEY] = raw_answer
+    except _Bad as bad:
+        raise RecordError(bad.reason, position=position, record_id=record_id,
+                          field=bad.field) from None
+    return TraceRecord(id=record_id, question=question, reference_answer=reference_answer,
+                       reasoning=reasoning, solution=solution, source_model=source_model,
+                       source_dataset=source_dataset, metadata=metadata)
+
+
+# ----------------------------------------------------------------------------- loading
+
+@dataclass
+class LoadReport:
+    """What `load_traces` read: `total` raw records = `len(records)` + `quarantined`."""
+
+    records: list[TraceRecord]
+    quarantined: int
+    quarantine_path: Path | None
+    total: int
+    source_dataset: str = ""
+
+    def summary(self) -> str:
+        text = (f"{self.source_dataset or 'traces'}: "
+                f"loaded {len(self.records)} of {self.total} records")
+        if self.quarantine_path is not None:
+            text += f"; {self.quarantined} quarantined -> {self.quarantine_path}"
+        return text
+
+
+def _local_files(source: str, data_files) -> list[Path] | None:
+    """The local files a source names, sorted; None when the source is a hub dataset id."""
+    if source in ("json", "parquet") and data_files is not None:
+        patterns = [data_files] if isinstance(data_files, (str, Path)) else list(data_files)
+        files = [Path(f) for p in patterns for f in sorted(glob.glob(str(p), recursive=True))]
+        if not files:
+            raise FileNotFoundError(f"data_files {patterns} match no file")
+        return files
+    path = Path(source).expanduser()
+    if path.is_dir():
+        files = sorted(f for f in path.iterdir() if f.suffix in _FILE_BUILDERS)
+        if not files:
+            raise FileNotFoundError(f"{source}: no .jsonl, .json or .parquet files in this folder")
+    elif path.is_file():
+        files = [path]
+    elif glob.has_magic(source):
+        files = [Path(f) for f in sorted(glob.glob(str(path), recursive=True))]
+        files = [f for f in files if f.suffix in _FILE_BUILDERS]
+        if not files:
+            raise FileNotFoundError(f"{source}: the pattern matches no .jsonl/.json/.parquet file")
+    elif path.suffix in _FILE_BUILDERS or source.startswith(("/", ".", "~")):
+        raise FileNotFoundError(f"{source}: no such file (a hub dataset id has no file suffix)")
+    else:
+        return None
+    if data_files is not None:
+        raise ValueError(f"{source} is a local path; data_files is only for hub datasets or "
+                         "with source='json'/'parquet'")
+    unknown = [str(f) for f in files if f.suffix not in _FILE_BUILDERS]
+    if unknown:
+        raise ValueError(f"unsupported file type {unknown}: use .jsonl, .json or .parquet")
+    return files
+
+
+def _rows(files: list[Path] | None, source: str, *, name, split, data_files, cache_dir,
+          streaming: bool) -> Iterator[tuple[str, int, dict]]:
+    """(source label, row within it, raw row) for every record of the source, in order."""
+    import datasets  # heavy import (about 1.5 s): only when data is actually loaded
+
+    if files is None:
+        # streaming when a limit is set: the first N rows of a large hub set without downloading it
+        ds = datasets.load_dataset(source, name, split=split, data_files=data_files,
+                                   cache_dir=cache_dir, streaming=streaming)
+        for row_index, row in enumerate(ds):
+            yield f"{source}[{split}]", row_index, row
+        return
+    for file in files:
+        # One load per file: each gets its own inferred schema, so files of slightly different
+        # layouts don't fail a common cast, and errors can name the file.
+        try:
+            ds = datasets.load_dataset(_FILE_BUILDERS[file.suffix], data_files=str(file),
+                                       split="train", cache_dir=cache_dir)
+        except Exception as e:  # datasets raises several types for unreadable files
+            raise ValueError(f"{file}: datasets could not read it ({type(e).__name__}: {e}); "
+                             "check that it is valid JSON Lines / parquet with one object per "
+                             "record") from e
+        for row_index, row in enumerate(ds):
+            yield str(file), row_index, row
+
+
+def load_traces(source: str | Path, *, format: str | FieldMap | Mapping = "r1",
+                split: str = "train", data_files=None, source_dataset: str | None = None,
+                on_bad_record: Literal["error", "quarantine"] = "error",
+                quarantine_path: str | Path | None = None, limit: int | None = None,
+                name: str | None = None, cache_dir: str | Path | None = None) -> LoadReport:
+    """Load and normalise the traces of one source.
+
+    `source`: a local .jsonl/.json/.parquet file, a folder (its files of those types, sorted,
+    not recursive) or a glob of them; "json"/"parquet" with `data_files`; otherwise a hub
+    dataset id, loaded with `datasets.load_dataset(source, name, split=split,
+    data_files=data_files)` (`split` must stay "train" for local files). Every row goes through
+    `datasets`, so a column mixing ints and floats reads as floats and a key absent from some
+    rows reads as null.
+
+    `source_dataset` defaults to the file stem (one file), the folder name (a folder, or the
+    folder of the first of several files), or the hub id (with ":name" and ":split" when they
+    are not the defaults); default ids are "{source_dataset}:{position}".
+    `limit` caps the raw records read (good and bad together), from the start.
+
+    Bad records (see `normalise_record`; also a repeated id) raise the first `RecordError` with
+    `on_bad_record="error"`. With "quarantine" each is written to `quarantine_path` (required;
+    replaced atomically at the end of every call, so a rerun does not double it) as a JSON line
+    {"position", "id", "field", "reason", "source", "record"} and counted; the good records
+    before and after it are kept, in order.
+    """
+    if on_bad_record not in ("error", "quarantine"):
+        raise ValueError(f"on_bad_record must be 'error' or 'quarantine', not {on_bad_record!r}")
+    if on_bad_record == "quarantine" and quarantine_path is None:
+        raise ValueError("on_bad_record='quarantine' needs a quarantine_path for the bad records")
+    fmap = resolve_format(format)
+    source = str(source)
+    files = _local_files(source, data_files)
+    if files is not None and split != "train":
+        raise ValueError(f"split={split!r}: local files have one split; select files instead")
+    if source_dataset is None:
+        if files is None:
+            source_dataset = ":".join([source] + ([name] if name else [])
+                                      + ([split] if split != "train" else []))
+        elif Path(source).is_dir():
+            source_dataset = Path(source).resolve().name
+        else:
+            source_dataset = files[0].stem if len(files) == 1 else Path(files[0]).parent.name
+
+    quarantine = tmp_quarantine = None
+    if on_bad_record == "quarantine":
+        # Written beside its destination and renamed at the end, like every output: a load that
+        # fails half-way leaves no quarantine file that looks complete.
+        quarantine_path = Path(quarantine_path)
+        quarantine_path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_quarantine = tempfile.mkstemp(dir=quarantine_path.parent, suffix=".tmp",
+                                              prefix=f".{quarantine_path.name}.")
+        quarantine = os.fdopen(fd, "w", encoding="utf-8")
+    records: list[TraceRecord] = []
+    seen: dict[str, int] = {}
+    total = quarantined = 0
+    rows = _rows(files, source, name=name, split=split, data_files=data_files,
+                 cache_dir=str(cache_dir) if cache_dir else None, streaming=limit is not None)
+    try:
+        for position, (label, row_index, raw) in enumerate(islice(rows, limit)):
+            total += 1
+            # Several files: say which one and where in it, since positions span all files.
+            where = label if files is None or len(files) == 1 else f"{label} row {row_index}"
+            try:
+                record = normalise_record(raw, fmap, position=position,
+                                          source_dataset=source_dataset)
+                if record.id in seen:
+                    raise RecordError(f"duplicate id: record #{seen[record.id]} has the same id",
+                                      position=position, record_id=record.id,
+                                      field=fmap.id if isinstance(fmap.id, str) else "id")
+            except RecordError as e:
+                error = RecordError(e.reason, position=e.position, record_id=e.record_id,
+                                    field=e.field, source=where)
+                if quarantine is None:
+                    raise error from None
+                quarantine.write(json.dumps(
+                    {"position": position, "id": e.record_id, "field": e.field,
+                     "reason": e.reason, "source": where, "record": raw},
+                    ensure_ascii=False, default=str) + "\n")
+                quarantined += 1
+                continue
+            seen[record.id] = position
+            records.append(record)
+        if quarantine is not None:
+            quarantine.close()
+            os.replace(tmp_quarantine, quarantine_path)
+    finally:
+        if quarantine is not None and not quarantine.closed:
+            quarantine.close()
+            Path(tmp_quarantine).unlink(missing_ok=True)
+    return LoadReport(records=records, quarantined=quarantined,
+                      quarantine_path=quarantine_path if quarantine is not None else None,
+                      total=total, source_dataset=source_dataset)
+
+
+# ----------------------------------------------------------------------------- normalised files
+
+def write_records(records: Iterable[TraceRecord], path: str | Path) -> None:
+    """Write records as JSONL (one `TraceRecord.to_dict()` per line), atomically.
+
+    A crash leaves the old file or none, never a partial one (see `jsonl.write_jsonl_atomic`).
+    Metadata must hold plain JSON values; anything else is a `RecordError` naming the record.
+    """
+    current: list[str] = []  # id of the record being written, for the error message
+
+    def rows():
+        for record in records:
+            if not isinstance(record, TraceRecord):
+                raise TypeError(f"write_records takes TraceRecords, got {type(record).__name__}")
+            current[:] = [record.id]
+            yield record.to_dict()
+
+    try:
+        write_jsonl_atomic(path, rows())
+    except TypeError as e:
+        if "JSON serializable" not in str(e):
+            raise
+        raise RecordError(f"not JSON-serialisable ({e}); store plain JSON values",
+                          record_id=current[0], field="metadata") from None
+
+
+_STRING_FIELDS = ("id", "question", "reference_answer", "reasoning", "solution", "source_model",
+                  "source_dataset")
+
+
+def read_records(path: str | Path) -> list[TraceRecord]:
+    """Read a JSONL file written by `write_records`; errors name the line and the field."""
+    records = []
+    with open(path, encoding="utf-8") as lines:
+        for line_no, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            where = f"{path} line {line_no}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise RecordError(f"invalid JSON ({e.msg}, column {e.colno}); the file is "
+                                  "damaged or was not written by write_records",
+                                  source=where) from None
+            if not isinstance(row, dict):
+                raise RecordError(f"expected a JSON object, got {type(row).__name__}", source=where)
+            try:
+                record = TraceRecord.from_dict(row)
+            except RecordError as e:
+                raise RecordError(e.reason, record_id=e.record_id, field=e.field,
+                                  source=where) from None
+            for field in _STRING_FIELDS:
+                value = getattr(record, field)
+                if not isinstance(value, str):
+                    raise RecordError(f"expected a string, got {type(value).__name__}",
+                                      record_id=str(row.get("id")), field=field, source=where)
+            if not isinstance(record.metadata, dict):
+                raise RecordError("expected an object", record_id=record.id, field="metadata",
+                                  source=where)
+            records.append(record)
+    return records
