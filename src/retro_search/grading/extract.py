@@ -1,0 +1,155 @@
+"""Find the final answer in a model's solution text.
+
+Pure string work (no sympy), so it is cheap enough to run in the parent process of a grading pool.
+"""
+
+from __future__ import annotations
+
+import re
+
+__all__ = ["extract_answer", "last_boxed", "strip_math_delimiters"]
+
+# `\boxed` and `\fbox` both mark answers (MATH solutions use both). The look-ahead keeps
+# `\boxedfoo` (another command) from matching.
+_BOX_RE = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
+
+# Fallback phrases, tried in this order; within one phrase the LAST occurrence wins, because
+# reasoning traces restate candidate answers before the final one.
+_FALLBACKS = (
+    re.compile(r"final\s+answer\s+is\s*:?", re.IGNORECASE),
+    re.compile(r"answer\s+is\s*:?", re.IGNORECASE),
+    re.compile(r"answer\s*:", re.IGNORECASE),
+    re.compile(r"####"),
+)
+
+_MATH_SPANS = (
+    re.compile(r"^\$\$(.+?)\$\$", re.DOTALL),
+    re.compile(r"^\$(.+?)\$", re.DOTALL),
+    re.compile(r"^\\\((.+?)\\\)", re.DOTALL),
+    re.compile(r"^\\\[(.+?)\\\]", re.DOTALL),
+)
+
+# "72 dollars", "15 apples": a number followed by plain words. Math-verify would read the words as a
+# product of symbols, so the fallback keeps only the number.
+_NUMBER_THEN_WORDS = re.compile(r"^(-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?)\s+[A-Za-z][A-Za-z ]*$")
+
+_MAX_FALLBACK_CHARS = 300
+
+
+def _braced(text: str, start: int) -> tuple[str, int] | None:
+    """Content of the brace group opening at `text[start] == "{"`, and the index after it.
+
+    Escaped characters (`\\{`, `\\}`, `\\\\`) are skipped so set braces do not unbalance the group.
+    None when the group never closes (a truncated generation).
+    """
+    depth = 0
+    i = start
+    n = len(text)
+    while i < n:
+        c = text[i]
+        if c == "\\":
+            i += 2
+            continue
+        if c == "{":
+            depth += 1
+        elif c == "}":
+            depth -= 1
+            if depth == 0:
+                return text[start + 1:i], i + 1
+        i += 1
+    return None
+
+
+def _box_content(text: str, end_of_command: int) -> str | None:
+    """Argument of a box command whose name ends at `end_of_command`."""
+    i = end_of_command
+    n = len(text)
+    while i < n and text[i] in " \t":
+        i += 1
+    if i >= n:
+        return None
+    if text[i] == "{":
+        group = _braced(text, i)
+        return None if group is None else group[0]
+    if i == end_of_command:
+        return None  # `\boxedx` never happens; a letter here would be another command name
+    # Space form, `\boxed 5`: the argument runs to the next whitespace or math delimiter.
+    m = re.match(r"[^\s$]+", text[i:])
+    return m.group(0) if m else None
+
+
+def last_boxed(text: str) -> str | None:
+    """Content of the last complete, non-empty `\\boxed`/`\\fbox` in `text` (stripped), or None.
+
+    An unclosed or empty last box is skipped in favour of the previous complete one.
+    """
+    for m in reversed(list(_BOX_RE.finditer(text))):
+        content = _box_content(text, m.end())
+        if content is not None and content.strip():
+            return content.strip()
+    return None
+
+
+def strip_math_delimiters(s: str) -> str:
+    """Remove one pair of `$..$`, `$$..$$`, `\\(..\\)` or `\\[..\\]` wrapping the whole string."""
+    s = s.strip()
+    for left, right in (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]")):
+        if len(s) >= len(left) + len(right) and s.startswith(left) and s.endswith(right):
+            inner = s[len(left):-len(right)]
+            if "$" not in inner:
+                return inner.strip()
+    return s
+
+
+def _fallback_value(rest: str) -> str | None:
+    """Answer text that follows a fallback phrase: its first math span, else its first sentence."""
+    rest = rest.lstrip(" \t*:_").lstrip()
+    if not rest:
+        return None
+    for span in _MATH_SPANS:
+        m = span.match(rest)
+        if m:
+            value = m.group(1).strip()
+            return value or None
+    line = rest.split("\n", 1)[0]
+    # A sentence ends at a period followed by a space (not the point in "6.17").
+    line = re.split(r"\.(?:\s|$)", line, maxsplit=1)[0]
+    value = line.strip().strip("*_").strip().rstrip(".,;").strip()
+    if not value or len(value) > _MAX_FALLBACK_CHARS:
+        return None
+    value = strip_math_delimiters(value)
+    m = _NUMBER_THEN_WORDS.match(value)
+    if m:
+        value = m.group(1)
+    return value or None
+
+
+def extract_answer(text: str) -> str | None:
+    """The final answer in a model's solution text, or None when there is none.
+
+    1. The content of the LAST complete `\\boxed{...}` / `\\fbox{...}` (also the space form
+       `\\boxed 5`), braces balanced, nested braces kept: `\\boxed{\\frac{a}{b}}` -> `\\frac{a}{b}`.
+       Boxes inside the reasoning count too; the last one wins.
+    Only when there is no usable box, these phrasings are tried in order, each at its LAST
+    occurrence in the text:
+    2. "final answer is X"  (also "final answer is: X")
+    3. "answer is X"
+    4. "Answer: X"          (also "**Answer:** X")
+    5. "#### X"             (GSM8K style)
+    X is the first `$...$` / `\\(...\\)` / `\\[...\\]` span right after the phrase if there is one,
+    otherwise the rest of that line up to the end of the sentence (a `.` followed by a space),
+    without markdown emphasis or trailing punctuation. A number followed only by words ("72
+    dollars") gives the number. Fallback values longer than 300 characters are rejected.
+    """
+    if not text:
+        return None
+    boxed = last_boxed(text)
+    if boxed is not None:
+        return boxed
+    for phrase in _FALLBACKS:
+        matches = list(phrase.finditer(text))
+        if matches:
+            value = _fallback_value(text[matches[-1].end():])
+            if value is not None:
+                return value
+    return None

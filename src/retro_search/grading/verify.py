@@ -1,0 +1,272 @@
+"""Reference normalisation and answer equivalence for one item, in-process.
+
+`normalize_reference` turns the reference answer of any supported benchmark into a gold string;
+`grade` extracts a model's answer and decides equivalence with math-verify. Grading many items, with
+hard per-item timeouts, is `retro_search.grading.pool.Grader`'s job; this module is what its worker
+processes import (it is the forkserver preload), so it imports math_verify/sympy at import time.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import re
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from math_verify import parse, verify
+from math_verify.errors import TimeoutException
+
+from retro_search.grading.extract import extract_answer, last_boxed, strip_math_delimiters
+
+__all__ = ["Grade", "grade", "grade_extracted", "normalize_reference", "DEFAULT_TIMEOUT_S"]
+
+# math-verify's own per-call limit (seconds; it uses signal.alarm, so whole seconds only).
+DEFAULT_TIMEOUT_S = 5
+
+
+@dataclass(frozen=True)
+class Grade:
+    """Outcome of grading one response.
+
+    correct: the extracted answer is equivalent to the gold answer.
+    extracted: what `extract_answer` found in the response; None when it found nothing.
+    error: None, "no_answer", "timeout", or a short "ExceptionType: message" from parsing/verifying
+        (the comparison then fell back to string matching; `correct` reflects that fallback).
+    """
+
+    correct: bool
+    extracted: str | None
+    error: str | None = None
+
+
+# ---------------------------------------------------------------------------------------------
+# Reference normalisation
+
+_GSM8K_RE = re.compile(r"####\s*(.+?)\s*$", re.DOTALL)
+_THOUSANDS_RE = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
+# OlympiadBench multi-answers inside one string: "$69$,$84$", "$2^{-2 / 3}$, $8$".
+_DOLLAR_LIST_RE = re.compile(r"\$[^$]+\$(?:\s*,\s*\$[^$]+\$)+")
+
+
+def _normalize_text(s: str) -> str:
+    s = s.strip()
+    if "####" in s:
+        m = _GSM8K_RE.search(s)
+        s = m.group(1) if m else ""
+    elif _has_box(s):
+        # Minerva: the reference is a full solution; its last box is the answer.
+        s = last_boxed(s) or ""
+    s = s.strip()
+    # "$(-\infty, 0) \cup\{1\}$." (OlympiadBench): the period is sentence punctuation, not math.
+    if s.endswith("$.") or s.endswith("$,"):
+        s = s[:-1]
+    if _DOLLAR_LIST_RE.fullmatch(s):
+        s = ", ".join(part.strip() for part in re.findall(r"\$([^$]+)\$", s))
+    s = strip_math_delimiters(s)
+    if s.isdigit():
+        s = s.lstrip("0") or "0"  # AIME "025"; only pure digit strings, never "0.5"
+    elif _THOUSANDS_RE.fullmatch(s):
+        s = s.replace(",", "")
+    return s.strip()
+
+
+def _has_box(s: str) -> bool:
+    return "\\boxed" in s or "\\fbox" in s
+
+
+def normalize_reference(value: Any) -> str:
+    """Turn a benchmark or trace reference answer into a gold string for `grade`.
+
+    - int -> its digits; float -> "27" for 27.0 (AMC), otherwise Python's shortest repr ("6.17").
+    - list/tuple (OlympiadBench `final_answer`) -> items normalised and joined with ", ".
+    - str, stripped, then the first that applies:
+      GSM8K rationale "... #### 72" -> "72"; a solution containing `\\boxed` (Minerva) -> its last
+      boxed content. Then: one `$...$` (or `$$..$$`, `\\(..\\)`, `\\[..\\]`) around everything is
+      removed (GaoKao), "$a$,$b$" -> "a, b", a trailing "." after a closing "$" is dropped;
+      pure digit strings lose leading zeros ("025" -> "25", AIME); thousands separators are
+      removed from plain numbers only ("1,000" -> "1000", but "1,2" stays).
+    Raises ValueError for None, empty strings/lists, NaN/inf, and values of other types.
+    """
+    if value is None:
+        raise ValueError("reference answer is None")
+    if isinstance(value, bool):
+        raise ValueError(f"reference answer is a bool ({value!r}); expected a number or string")
+    if isinstance(value, numbers.Integral):
+        return str(int(value))
+    if isinstance(value, numbers.Real):
+        f = float(value)
+        if not math.isfinite(f):
+            raise ValueError(f"reference answer is not a finite number: {value!r}")
+        return str(int(f)) if f.is_integer() else repr(f)
+    if isinstance(value, (list, tuple)):
+        parts = [normalize_reference(v) for v in value]
+        if not parts:
+            raise ValueError("reference answer is an empty list")
+        return ", ".join(parts)
+    if isinstance(value, str):
+        s = _normalize_text(value)
+        if not s:
+            raise ValueError(f"reference answer is empty after normalisation: {value!r}")
+        return s
+    raise ValueError(f"unsupported reference answer type {type(value).__name__}: {value!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Equivalence
+
+_SPACING_RE = re.compile(r"\\left(?![A-Za-z])|\\right(?![A-Za-z])|\\[!,;:](?![A-Za-z])|\s+")
+# `\{x \mid -2 \le x < 1\}` (GaoKao): math-verify reads the braces as a one-element set, but it can
+# compare the bare condition with an interval, so the set-builder wrapper is dropped.
+_SET_BUILDER_RE = re.compile(
+    r"\\\{\s*([A-Za-z])\s*(?:\||\\mid|:)\s*(.+?)\s*\\\}", re.DOTALL)
+_TEXT_CMD_RE = re.compile(r"\\(?:text|textbf|textit|mathrm|mathbf|mbox|operatorname)\s*\{([^{}]*)\}")
+# Words only, no LaTeX and no digits: "yes", "Monday", "Quadrant I".
+_PLAIN_TEXT_RE = re.compile(r"[A-Za-z][A-Za-z' \-]*")
+_WORD_RE = re.compile(r"[A-Za-z]{3,}")
+_SCIENTIFIC_RE = re.compile(r"(-?\d+(?:\.\d*)?)[eE]([+-]?\d+)")
+
+
+def _canonical(s: str) -> str:
+    """Cheap canonical form for the exact-match shortcut: spacing and sizing commands removed."""
+    s = strip_math_delimiters(s.strip())
+    s = _SPACING_RE.sub("", s)
+    s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
+    return s.rstrip(".")
+
+
+def _text_key(s: str) -> str:
+    """Case-insensitive key for plain-text answers: `\\text{(C)}`, "(C)", "c" -> "c"."""
+    s = strip_math_delimiters(s.strip())
+    for _ in range(3):  # nested \text{\textbf{..}}
+        s = _TEXT_CMD_RE.sub(r"\1", s)
+    s = re.sub(r"\s+", " ", s).strip().rstrip(".").strip().lower()
+    m = re.fullmatch(r"\(\s*([a-z])\s*\)", s)
+    return m.group(1) if m else s
+
+
+def _unset_builder(s: str) -> str:
+    m = _SET_BUILDER_RE.fullmatch(s.strip())
+    if m and m.group(1) in m.group(2):
+        return m.group(2)
+    return s
+
+
+def _is_plain_text(s: str) -> bool:
+    """Words, not math: unwrapped, math-verify reads "Monday" as the product M*o*n*d*a*y (equal to
+    "Dynamo"). One or two letters ("A", "mn") stay math: choice letters already work and "mn" is
+    more likely a product than a word, except "no"."""
+    s = s.strip()
+    return bool(_PLAIN_TEXT_RE.fullmatch(s)) and (bool(_WORD_RE.search(s)) or s.lower() == "no")
+
+
+def _scientific_to_latex(s: str) -> str:
+    """Scientific notation "4.5e33" -> "4.5\\times10^{33}" (Minerva golds, repr of tiny floats):
+    LaTeX parsing reads the e as Euler's number."""
+    m = _SCIENTIFIC_RE.fullmatch(s.strip())
+    return f"{m.group(1)}\\times10^{{{int(m.group(2))}}}" if m else s
+
+
+def _is_sympy(parsed: list) -> bool:
+    return any(not isinstance(p, str) for p in parsed)
+
+
+def _parse_gold(gold: str, timeout: int | None) -> list:
+    if "$" in gold or _has_box(gold):
+        return parse(gold, parsing_timeout=timeout, raise_on_error=True)
+    if _is_plain_text(gold):
+        return parse(f"$\\text{{{gold.strip()}}}$", parsing_timeout=timeout, raise_on_error=True)
+    gold = _scientific_to_latex(_unset_builder(gold))
+    return parse(f"${gold}$", parsing_timeout=timeout, raise_on_error=True)
+
+
+def _parse_pred(pred: str, timeout: int | None) -> list:
+    pred = pred.strip().rstrip(".,;").strip()
+    if _is_plain_text(pred):
+        parsed = parse(f"$\\text{{{pred}}}$", parsing_timeout=timeout, raise_on_error=True)
+        if parsed:
+            return parsed
+    pred = _scientific_to_latex(_unset_builder(pred))
+    # Re-boxing gives math-verify the form it is tuned for (the model wrote it in a box).
+    parsed = parse(f"\\boxed{{{pred}}}", parsing_timeout=timeout, raise_on_error=True)
+    if not _is_sympy(parsed):
+        retry = parse(f"${pred}$", parsing_timeout=timeout, raise_on_error=True)
+        if _is_sympy(retry):
+            return retry
+    return parsed
+
+
+def _summary(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}"
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def _math_equal(gold: str, pred: str, timeout: int | None) -> tuple[bool, str | None]:
+    """math-verify equivalence, gold first. Returns (equal, error summary or None)."""
+    try:
+        gold_parsed = _parse_gold(gold, timeout)
+        pred_parsed = _parse_pred(pred, timeout)
+    except TimeoutException:
+        return False, "timeout"
+    except Exception as exc:  # noqa: BLE001 - grading must not raise on model text
+        return False, _summary(exc)
+    if not gold_parsed or not pred_parsed:
+        return False, None
+    try:
+        return bool(verify(gold_parsed, pred_parsed, timeout_seconds=timeout,
+                           raise_on_error=True)), None
+    except TimeoutException:
+        return False, "timeout"
+    except Exception as exc:  # noqa: BLE001
+        # raise_on_error=True stops at the first failing (gold, pred) pairing; the lenient pass
+        # still tries the other pairings of the parse results.
+        error = _summary(exc)
+    try:
+        return bool(verify(gold_parsed, pred_parsed, timeout_seconds=timeout)), error
+    except Exception:  # noqa: BLE001
+        return False, error
+
+
+def _timeout_for_this_thread(timeout: int | None) -> int | None:
+    # math-verify's timeouts use signal.alarm, which raises ValueError outside the main thread.
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return timeout
+
+
+def grade_extracted(gold: str, extracted: str | None, *, timeout: int | None = DEFAULT_TIMEOUT_S
+                    ) -> Grade:
+    """`grade` for an answer already extracted from the response (the pool's worker entry)."""
+    if extracted is None or not extracted.strip():
+        return Grade(False, extracted, "no_answer")
+    if _canonical(gold) == _canonical(extracted):
+        return Grade(True, extracted)
+    equal, error = _math_equal(gold, extracted, _timeout_for_this_thread(timeout))
+    if not equal and error != "timeout" and _text_key(gold) == _text_key(extracted):
+        equal = True
+    return Grade(equal, extracted, error)
+
+
+def grade(gold: str, response: str) -> Grade:
+    """Grade one model response against a normalised gold answer, in this process.
+
+    The answer is taken with `extract_answer`; then, in order: an exact match after removing
+    whitespace, `\\left`/`\\right`, `\\!`-style spacing and a trailing "."; math-verify
+    (`verify(gold, pred)`, gold parsed from "$gold$", plain-word golds as "$\\text{gold}$", the
+    prediction re-boxed; set-builder `\\{x | cond\\}` compared as `cond`, "4.5e33" as
+    `4.5\\times10^{33}`);
+    a case-insensitive comparison of the text with `\\text{}` wrappers and "(C)" parentheses removed.
+
+    math-verify's own timeouts (5 s per parse/verify call) apply only in the main thread; in other
+    threads they are disabled (signal.alarm cannot work there) and nothing bounds the time: use
+    `Grader` for hard limits. Never raises for bad model text: failures give
+    Grade(False, extracted, error) with error "no_answer", "timeout" or an exception summary.
+    """
+    if not isinstance(gold, str) or not gold.strip():
+        raise ValueError(f"gold must be a non-empty normalised string, got {gold!r}")
+    try:
+        extracted = extract_answer(response or "")
+    except Exception as exc:  # noqa: BLE001
+        return Grade(False, None, _summary(exc))
+    return grade_extracted(gold, extracted)
