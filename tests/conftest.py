@@ -1,0 +1,19 @@
+"""Shared fixtures. Tests never reach the Hugging Face hub: the offline flags are set before any
+test module imports transformers."""
+
+from __future__ import annotations
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> str:
+    """A tiny random Llama model + R1-style tokenizer, built once per test session (~2 s)."""
+    from retro_search.tiny_model import build_tiny_model
+
+    return str(build_tiny_model(tmp_path_factory.mktemp("tiny-model") / "model", seed=0))
