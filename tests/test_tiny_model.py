@@ -24,7 +24,7 @@ def test_loads_offline_with_auto_classes_as_llama(tiny_model_dir, tokenizer):
     config = AutoConfig.from_pretrained(tiny_model_dir)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     assert config.model_type == "llama"
-    assert config.max_position_embeddings >= 8192
+    assert config.max_position_embeddings >= 32768  # real R1 traces exceed 8k tokens
     assert model.config.vocab_size == len(tokenizer) == 2048
 
 

@@ -250,3 +250,22 @@ def test_invalid_requests_are_rejected_with_their_id(engine, prompts):
         engine.generate([GenerationRequest("empty", "", max_tokens=4)])
     with pytest.raises(ValueError, match="'zero'.*max_tokens"):
         engine.generate([GenerationRequest("zero", prompts[0], max_tokens=0)])
+
+
+def test_micro_batches_respect_the_prompt_count_and_padded_token_limits(tiny_model_dir):
+    engine = TransformersEngine(tiny_model_dir, device="cpu", batch_size=3, max_batch_tokens=100)
+    lengths = [5, 10, 20, 30, 30, 40, 90, 200]
+    prompts = [[1] * n for n in lengths]
+    batches = engine._micro_batches(list(range(len(lengths))), prompts)
+    assert [i for b in batches for i in b] == list(range(len(lengths)))  # order kept, none lost
+    for batch in batches:
+        assert len(batch) <= 3
+        assert len(batch) == 1 or len(batch) * max(lengths[i] for i in batch) <= 100
+    assert batches[-1] == [7]  # a prompt longer than the budget still runs, alone
+
+
+def test_token_limit_does_not_change_results(tiny_model_dir, prompts):
+    requests = [GenerationRequest(f"r{i}", p, 12, seed=i) for i, p in enumerate(prompts)]
+    wide = TransformersEngine(tiny_model_dir, device="cpu", batch_size=16, max_batch_tokens=10**6)
+    narrow = TransformersEngine(tiny_model_dir, device="cpu", batch_size=16, max_batch_tokens=1)
+    assert wide.generate(requests) == narrow.generate(requests)

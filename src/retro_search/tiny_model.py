@@ -186,7 +186,7 @@ def _train_tokenizer(vocab_size: int):
 def build_tiny_model(out_dir: str | Path, *, seed: int = 0, vocab_size: int = 2048,
                      hidden_size: int = 64, num_layers: int = 2, num_heads: int = 4,
                      num_kv_heads: int = 2, intermediate_size: int = 128,
-                     max_position_embeddings: int = 8192, logit_scale: float = 20.0,
+                     max_position_embeddings: int = 32768, logit_scale: float = 20.0,
                      train_steps: int = 0) -> Path:
     """Write a tiny random Llama model and its tokenizer to `out_dir`; return the directory.
 
