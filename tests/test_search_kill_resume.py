@@ -1,0 +1,83 @@
+"""`retro-search search` on real traces with the tiny model, SIGKILLed midway and restarted."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from retro_search.readers import load_traces, write_records
+from retro_search.segmentation import segment
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+THOUGHT_ANCHORS = SHARED / "traces" / "thought_anchors_r1_distill_math.jsonl"
+
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not THOUGHT_ANCHORS.exists(), reason="shared data not present")]
+
+
+def search_command(shard, out, model):
+    return [sys.executable, "-m", "retro_search.cli", "search", "--input", str(shard),
+            "--output", str(out), "--no-progress", f"model.path={model}", "search.max_tokens=24",
+            "search.max_step_tokens=12", "search.rollouts=2", "grading.processes=1",
+            "engine.num_threads=1"]
+
+
+def run_to_end(cmd):
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stderr.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def shard(tmp_path_factory):
+    """Real traces whose searches take different numbers of waves: correct ones with 2..9
+    boundaries, plus two with a wrong original answer (passed through)."""
+    records = load_traces(THOUGHT_ANCHORS, format="thought_anchors").records
+    correct = [r for r in records if r.metadata["is_correct"]]
+    chosen = sorted((r for r in correct if 2 <= segment(r.reasoning).num_boundaries <= 9),
+                    key=lambda r: segment(r.reasoning).num_boundaries)[:5]
+    wrong = [r for r in records if not r.metadata["is_correct"]][:2]
+    assert len(chosen) == 5
+    path = tmp_path_factory.mktemp("shard") / "shard.jsonl"
+    write_records(chosen + wrong, path)
+    return path
+
+
+def test_killed_search_resumes_without_redoing_traces_and_equals_an_uninterrupted_run(
+        shard, tiny_model_dir, tmp_path):
+    reference = tmp_path / "reference" / "revised.jsonl"
+    summary = run_to_end(search_command(shard, reference, tiny_model_dir))
+    assert summary["traces"] == 7 and summary["incorrect_original"] == 2
+    assert summary["rollouts"] > 0
+
+    out = tmp_path / "killed" / "revised.jsonl"
+    cmd = search_command(shard, out, tiny_model_dir)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    # Kill once at least one searched trace is in the progress file (the two passed-through ones
+    # are written before any generation), and before the run ends.
+    deadline = time.time() + 300
+    lines = 0
+    while time.time() < deadline and proc.poll() is None:
+        progress = list(out.parent.glob(".revised.jsonl.progress-*.jsonl"))
+        lines = len(progress[0].read_text().splitlines()) if progress else 0
+        if lines >= 3:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not out.exists(), "a killed run must not leave a declared output"
+
+    resumed = run_to_end(cmd)
+    assert 3 <= resumed["resumed"] < 7
+    assert out.read_bytes() == reference.read_bytes()
+    assert out.with_suffix(".rollouts.jsonl").read_bytes() == \
+        reference.with_suffix(".rollouts.jsonl").read_bytes()
+    assert not list(out.parent.glob(".revised.jsonl.progress-*")), "progress is removed at the end"
