@@ -11,7 +11,8 @@ import torch
 
 from retro_search.engines.banned_words import banned_token_sequences, word_variants
 from retro_search.engines.base import GenerationRequest
-from retro_search.engines.transformers_engine import TransformersEngine, _RowSampler, request_seed
+from retro_search.engines.base import request_seed
+from retro_search.engines.transformers_engine import TransformersEngine, _RowSampler
 
 QUESTIONS = [
     "What is 2 + 2?",

@@ -11,7 +11,7 @@ import types
 import pytest
 
 from retro_search.engines.base import GenerationRequest, GenerationResult
-from retro_search.engines.transformers_engine import request_seed
+from retro_search.engines.base import request_seed
 from retro_search.engines.vllm_engine import (
     BAN_BIAS, VLLMEngine, engine_args_kwargs, to_result, to_sampling_kwargs)
 

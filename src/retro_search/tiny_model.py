@@ -25,7 +25,6 @@ Assistant turns for fine-tuning carry the reasoning themselves:
 from __future__ import annotations
 
 import argparse
-import contextlib
 import random
 from pathlib import Path
 
@@ -206,6 +205,8 @@ def build_tiny_model(out_dir: str | Path, *, seed: int = 0, vocab_size: int = 20
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
+    from retro_search.engines.transformers_engine import quiet_progress_bars
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = _train_tokenizer(vocab_size)
@@ -226,7 +227,7 @@ def build_tiny_model(out_dir: str | Path, *, seed: int = 0, vocab_size: int = 20
     model.generation_config = GenerationConfig(
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id)
-    with _quiet_progress_bars():
+    with quiet_progress_bars():
         model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
@@ -257,20 +258,6 @@ def _fit_to_corpus(model, tokenizer, steps: int, seed: int, batch_size: int = 16
     finally:
         model.eval()
         torch.set_num_threads(threads)
-
-
-@contextlib.contextmanager
-def _quiet_progress_bars():
-    """Hide transformers' progress bars for a moment (they would interleave with the caller's)."""
-    from transformers.utils import logging as hf_logging
-
-    was_enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            hf_logging.enable_progress_bar()
 
 
 def main(argv: list[str] | None = None) -> Path:

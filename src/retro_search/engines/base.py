@@ -8,6 +8,7 @@ Token counts are in tokens of the engine's own tokenizer.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Literal, Protocol, Sequence, runtime_checkable
 
@@ -34,6 +35,15 @@ class GenerationRequest:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     banned_words: tuple[str, ...] = ()
+
+
+def request_seed(request: GenerationRequest) -> int:
+    """The request's seed, or one derived from its id with SHA-256 (stable across processes,
+    unlike Python's salted `hash`). Always in [0, 2**63)."""
+    if request.seed is not None:
+        return request.seed % 2**63
+    digest = hashlib.sha256(request.request_id.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") % 2**63
 
 
 @dataclass(frozen=True)

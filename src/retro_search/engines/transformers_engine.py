@@ -26,7 +26,6 @@ Prints nothing on stdout; the caller owns progress reporting.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 from typing import Sequence
 
 import torch
@@ -34,16 +33,9 @@ from transformers import (AutoModelForCausalLM, AutoTokenizer, GenerationConfig,
                           LogitsProcessorList, StoppingCriteria, StoppingCriteriaList)
 
 from retro_search.engines.banned_words import banned_token_sequences, vocab_texts
-from retro_search.engines.base import GenerationRequest, GenerationResult
+from retro_search.engines.base import GenerationRequest, GenerationResult, request_seed
 
 
-def request_seed(request: GenerationRequest) -> int:
-    """The request's seed, or one derived from its id with SHA-256 (stable across processes,
-    unlike Python's salted `hash`). Always in [0, 2**63)."""
-    if request.seed is not None:
-        return request.seed % 2**63
-    digest = hashlib.sha256(request.request_id.encode("utf-8")).digest()
-    return int.from_bytes(digest[:8], "big") % 2**63
 
 
 class _Bans:
@@ -201,7 +193,7 @@ class TransformersEngine:
         self.tokenizer = AutoTokenizer.from_pretrained(tokenizer or model,
                                                        trust_remote_code=trust_remote_code)
         kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
-        with _quiet_progress_bars():
+        with quiet_progress_bars():
             self.model = AutoModelForCausalLM.from_pretrained(
                 model, dtype=torch_dtype, trust_remote_code=trust_remote_code, **kwargs)
         self.model.to(self.device).eval()
@@ -310,8 +302,8 @@ class TransformersEngine:
 
 
 @contextlib.contextmanager
-def _quiet_progress_bars():
-    """Hide transformers' progress bars while loading (the scheduler owns the terminal)."""
+def quiet_progress_bars():
+    """Hide transformers' progress bars for a moment (the caller owns the terminal)."""
     from transformers.utils import logging as hf_logging
 
     was_enabled = hf_logging.is_progress_bar_enabled()

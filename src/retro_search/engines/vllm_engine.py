@@ -31,7 +31,7 @@ from typing import Any, Sequence
 
 from retro_search.engines.banned_words import banned_token_sequences, vocab_texts, word_variants
 from retro_search.engines.base import GenerationRequest, GenerationResult
-from retro_search.engines.transformers_engine import request_seed
+from retro_search.engines.base import request_seed
 
 INSTALL_HINT = ("the vllm engine needs vLLM, which runs on CUDA GPUs only: "
                 "pip install 'retro-search[vllm]' (vllm==0.32.0 with torch==2.13.0) on a GPU "
