@@ -179,6 +179,27 @@ def cmd_tiny_model(args: argparse.Namespace) -> int:
 
 # --- parser ----------------------------------------------------------------------------------
 
+# Stage subcommands live beside their stage: each module has `register(subparsers)`.
+STAGE_COMMAND_MODULES = (
+    "retro_search.sft.cli",
+    "retro_search.evaluation.cli",
+    "retro_search.report.cli",
+)
+
+
+def _register_stage_commands(sub) -> None:
+    import importlib
+
+    for name in STAGE_COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as err:
+            if err.name is not None and name.startswith(err.name):
+                continue  # that stage is not part of this installation
+            raise
+        module.register(sub)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="retro-search",
@@ -245,6 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("output", help="folder to write the model into")
     p.add_argument("--seed", type=int, default=0, help="weights seed (default: 0)")
     p.set_defaults(func=cmd_tiny_model)
+
+    _register_stage_commands(sub)
     return parser
 
 

@@ -57,3 +57,33 @@ def engine_kwargs(cfg: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     if cfg["model"].get("tokenizer"):
         section.setdefault("tokenizer", cfg["model"]["tokenizer"])
     return name, section
+
+
+def load_section(schema: type, section: str, config_file: str | Path | None = None,
+                 overrides: Sequence[str] = ()) -> Any:
+    """One config section as an instance of the dataclass `schema`.
+
+    Values: the dataclass defaults < `config_file[section]` (a stage's resolved config, which may
+    hold other sections too) < overrides `section.key=value`. Unknown keys and wrong types raise
+    ValueError naming the key.
+    """
+    try:
+        cfg = OmegaConf.structured(schema)
+        if config_file is not None:
+            loaded = OmegaConf.load(config_file)
+            if section in loaded:
+                cfg = OmegaConf.merge(cfg, loaded[section])
+        prefix = section + "."
+        mine = [o[len(prefix):] for o in overrides if o.startswith(prefix)]
+        others = [o for o in overrides if not o.startswith(prefix)]
+        if others:
+            raise ValueError(f"override(s) {others} do not belong to the {section!r} section")
+        bad = [o for o in mine if "=" not in o]
+        if bad:
+            raise ValueError(f"override {prefix + bad[0]!r} is not KEY=VALUE")
+        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(mine))
+        return OmegaConf.to_object(cfg)
+    except MissingMandatoryValue as err:
+        raise ValueError(f"config value {section}.{err.full_key} is required") from None
+    except OmegaConfBaseException as err:
+        raise ValueError(f"invalid {section} config: {err}") from None
