@@ -39,6 +39,7 @@ def cmd_normalize(args: argparse.Namespace) -> int:
     quarantine = None
     if args.on_bad_record == "quarantine":
         quarantine = args.quarantine or str(Path(args.output).with_suffix(".quarantine.jsonl"))
+        args.quarantine = quarantine  # the manifest lists it among the outputs
     report = load_traces(args.source, format=args.format, split=args.split,
                          on_bad_record=args.on_bad_record, quarantine_path=quarantine,
                          limit=args.limit, name=args.name)
@@ -118,6 +119,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     traces = _read_traces(args.input, args.format, args.limit)
     output = Path(args.output)
     rollout_log = Path(args.log) if args.log else output.with_suffix(".rollouts.jsonl")
+    args.log = str(rollout_log)  # the manifest lists it among the outputs
     progress = output.with_name(f".{output.name}.progress-{_fingerprint(cfg, args.input)}.jsonl")
 
     model = cfg["model"]
@@ -167,12 +169,112 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- prepare, shard ---------------------------------------------------------------------------
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    import yaml
+
+    from retro_search.grading import Grader, normalize_reference
+    from retro_search.jsonl import write_jsonl_atomic
+    from retro_search.prepare import Decontaminator, filter_traces
+    from retro_search.readers import load_traces, write_records
+
+    cfg = yaml.safe_load(Path(args.config).read_text())
+    data, grading, decontam = cfg["data"], cfg["grading"], cfg.get("decontamination", {})
+    out = Path(args.output_dir)
+    args.source = data["source"] if Path(data["source"]).exists() else None  # hashed if local
+    report = load_traces(data["source"], format=data["format"], split=data.get("split", "train"),
+                         name=data.get("name"), limit=data.get("limit"),
+                         on_bad_record=data.get("on_bad_record", "quarantine"),
+                         quarantine_path=out / "quarantine.jsonl")
+    records = report.records
+    pairs = []
+    for record in records:
+        try:
+            pairs.append((normalize_reference(record.reference_answer), record.solution))
+        except ValueError as err:
+            raise ValueError(f"trace {record.id!r}, field 'reference_answer': {err}") from None
+    with Grader(processes=grading["processes"], timeout=grading["timeout"]) as grader:
+        grades = grader.grade_many(pairs, progress=not args.no_progress)
+    decontaminator = None
+    if decontam.get("enabled", True) and decontam.get("benchmarks"):
+        from retro_search.evaluation.benchmarks import load_problems
+
+        questions = [p.question for name in decontam["benchmarks"]
+                     for p in load_problems(name, data_dir=decontam.get("data_dir"))]
+        decontaminator = Decontaminator.from_questions(questions, decontam.get("ngram", 8))
+    kept, removed, reasons = filter_traces(
+        records, grades, drop_incorrect=data.get("drop_incorrect", True),
+        max_reasoning_chars=data.get("max_reasoning_chars"), decontaminator=decontaminator)
+    write_jsonl_atomic(out / "removed.jsonl", removed)
+    stats = {"read": report.total, "quarantined": report.quarantined, "loaded": len(records),
+             "original_correct": sum(g.correct for g in grades), "removed": dict(reasons),
+             "kept": len(kept),
+             "kept_by_source": dict(Counter(f"{r.source_model}|{r.source_dataset}" for r in kept))}
+    (out / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
+    write_records(kept, out / "traces.jsonl")
+    print(f"prepare: {report.summary()}; kept {len(kept)} ({dict(reasons)} removed)", file=sys.stderr)
+    return 0
+
+
+def cmd_shard(args: argparse.Namespace) -> int:
+    from retro_search.jsonl import read_jsonl, write_jsonl_atomic
+
+    if not 0 <= args.index < args.num_shards:
+        raise ValueError(f"--index must be in 0..{args.num_shards - 1}, got {args.index}")
+    rows = list(read_jsonl(args.input))
+    # Round robin: a pool sorted by source or length still gives shards of similar cost.
+    count = write_jsonl_atomic(args.output, rows[args.index::args.num_shards])
+    print(f"shard {args.index}/{args.num_shards}: {count} of {len(rows)} traces", file=sys.stderr)
+    return 0
+
+
+def cmd_write_config(args: argparse.Namespace) -> int:
+    import yaml
+
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(args.output).with_name(f".{Path(args.output).name}.tmp")
+    tmp.write_text(yaml.safe_dump(json.loads(args.json), sort_keys=False, allow_unicode=True))
+    tmp.replace(args.output)
+    return 0
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    index = json.loads(args.json)
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "index.json").write_text(json.dumps(index, indent=2) + "\n")
+    lines = [f"# Experiment {index['experiment']}", "", "| role | stage directory |", "|---|---|"]
+    lines += [f"| {s['role']} | `{s['dir']}` |" for s in index["stages"]]
+    (out / "README.md").write_text("\n".join(lines) + "\n")
+    return 0
+
+
+# --- audit ---------------------------------------------------------------------------------
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from retro_search.audit import audit
+
+    report = audit(args.target)
+    for problem in report.problems:
+        print(problem)
+    print(f"audit: {len(report.checked)} manifests checked, {len(report.problems)} problems "
+          f"-> {'OK' if report.ok else 'FAILED'}", file=sys.stderr)
+    return 0 if report.ok else 1
+
+
 # --- tiny-model ------------------------------------------------------------------------------
 
 def cmd_tiny_model(args: argparse.Namespace) -> int:
     from retro_search.tiny_model import build_tiny_model
 
-    path = build_tiny_model(args.output, seed=args.seed)
+    seed, train_steps = args.seed, args.train_steps
+    if args.config:  # the workflow's stage config: its tiny_model section wins
+        import yaml
+
+        section = yaml.safe_load(Path(args.config).read_text()).get("tiny_model", {})
+        seed, train_steps = section.get("seed", seed), section.get("train_steps", train_steps)
+    path = build_tiny_model(args.output, seed=seed, train_steps=train_steps)
     print(f"tiny model -> {path}", file=sys.stderr)
     return 0
 
@@ -206,6 +308,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Retro-Search (arXiv 2504.04383): revise long reasoning traces into shorter, "
                     "correct ones. Each subcommand is one pipeline step; see `retro-search CMD -h`.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    parser.add_argument("--manifest", default=None, metavar="PATH",
+                        help="after the command succeeds, write its provenance manifest here "
+                        "(sha256 of inputs and outputs, code version, packages, host, times)")
+    parser.add_argument("--upstream", action="append", default=[], metavar="DIR",
+                        help="an upstream artifact (stage directory) this run used; repeatable")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("normalize", help="read raw traces (file or hub dataset) into normalised records",
@@ -220,7 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--on-bad-record", choices=["error", "quarantine"], default="error",
                    help="stop at the first bad record (default) or move bad records to the quarantine file")
     p.add_argument("--quarantine", default=None, help="quarantine file (default: OUTPUT with .quarantine.jsonl)")
-    p.set_defaults(func=cmd_normalize)
+    p.set_defaults(func=cmd_normalize, input_args=("source",), output_args=("output", "quarantine"))
 
     p = sub.add_parser("segment", help="count steps and thoughts of each trace",
                        description="Per trace: number of steps, thoughts and boundaries, and the "
@@ -229,7 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("output", help="one row per trace (.jsonl)")
     p.add_argument("--format", default="records", help=FORMATS_HELP)
     p.add_argument("--keyword", action="append", help="transition keyword (repeat; default: the ALGORITHM.md list)")
-    p.set_defaults(func=cmd_segment)
+    p.set_defaults(func=cmd_segment, input_args=("input",), output_args=("output",))
 
     p = sub.add_parser("grade", help="grade responses against reference answers with math-verify",
                        description="Rows with a reference answer and a response in; the same rows "
@@ -241,7 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--processes", type=int, default=None, help="grader processes (default: all cores; 0 = serial)")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds per item before it counts as wrong (default: 10)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    p.set_defaults(func=cmd_grade)
+    p.set_defaults(func=cmd_grade, input_args=("input",), output_args=("output",))
 
     p = sub.add_parser("search", help="Retro-Search one shard of traces",
                        description="Retro-Search every trace of one shard with one engine. Writes the "
@@ -258,17 +365,86 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="search only the first N traces")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
-    p.set_defaults(func=cmd_search)
+    p.set_defaults(func=cmd_search, input_args=("input",), output_args=("output", "log"))
 
     p = sub.add_parser("tiny-model", help="build the tiny local test model (offline, seconds)",
                        description="Build a small random Llama-style model and a locally trained "
                        "tokenizer with an R1-style chat template; the demo's and tests' model.")
     p.add_argument("output", help="folder to write the model into")
     p.add_argument("--seed", type=int, default=0, help="weights seed (default: 0)")
-    p.set_defaults(func=cmd_tiny_model)
+    p.add_argument("--train-steps", type=int, default=0,
+                   help="fit the model to its built-in R1-style corpus for N steps so that it "
+                   "closes its reasoning and boxes an answer (200: about 40 s; default: 0, random)")
+    p.add_argument("--config", default=None, help="stage config whose tiny_model section sets seed and train_steps")
+    p.set_defaults(func=cmd_tiny_model, input_args=(), output_args=("output",))
+
+    p = sub.add_parser("prepare", help="normalise, grade, filter and decontaminate raw traces",
+                       description="The prepare stage: reads data.source in data.format, grades "
+                       "each trace's own answer, drops wrong ones (data.drop_incorrect), too long "
+                       "ones (data.max_reasoning_chars) and questions that overlap the evaluation "
+                       "benchmarks. Writes traces.jsonl, stats.json, removed.jsonl and "
+                       "quarantine.jsonl into --output-dir.")
+    p.add_argument("--config", required=True, help="the stage config (YAML with data, grading, decontamination)")
+    p.add_argument("--output-dir", required=True, help="stage directory")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.set_defaults(func=cmd_prepare, input_args=("source",), output_args=("output_dir",))
+
+    p = sub.add_parser("shard", help="take shard INDEX of NUM_SHARDS from a trace file",
+                       description="Round-robin sharding: shard i holds traces i, i+N, i+2N, ...")
+    p.add_argument("--input", required=True, help="traces (.jsonl)")
+    p.add_argument("--output", required=True, help="the shard (.jsonl)")
+    p.add_argument("--index", type=int, required=True, help="shard number, from 0")
+    p.add_argument("--num-shards", type=int, required=True, help="number of shards")
+    p.set_defaults(func=cmd_shard, input_args=("input",), output_args=("output",))
+
+    p = sub.add_parser("write-config", help="write a stage's resolved config (JSON in, YAML out)",
+                       description="Used by the workflow: writes the config of a stage beside "
+                       "its artifacts, so every artifact carries the settings that made it.")
+    p.add_argument("output", help="config.yaml to write")
+    p.add_argument("--json", required=True, help="the config as JSON")
+    p.set_defaults(func=cmd_write_config, input_args=(), output_args=("output",))
+
+    p = sub.add_parser("index", help="write an experiment's index of stage directories",
+                       description="results/experiments/NAME/index.json and README.md: which "
+                       "stage directory holds each artifact of the experiment.")
+    p.add_argument("output_dir", help="results/experiments/NAME")
+    p.add_argument("--json", required=True, help="the index as JSON (from the workflow plan)")
+    p.set_defaults(func=cmd_index, input_args=(), output_args=())
+
+    p = sub.add_parser("audit", help="verify the provenance chain behind an experiment",
+                       description="Walk the manifests behind an experiment index "
+                       "(results/experiments/NAME), a stage directory or a results folder, and "
+                       "name every artifact that is missing, modified after it was made, or made "
+                       "by other code than the one checked out. Exit 0 when the chain is intact.")
+    p.add_argument("target", help="results/experiments/NAME, a stage directory, or results/")
+    p.set_defaults(func=cmd_audit)
 
     _register_stage_commands(sub)
     return parser
+
+
+def provenance_now() -> str:
+    from retro_search.provenance import now
+
+    return now()
+
+
+def _paths(args: argparse.Namespace, names: Sequence[str]) -> list[str]:
+    found = []
+    for name in names:
+        value = getattr(args, name, None)
+        if value:
+            found.extend(value if isinstance(value, list) else [value])
+    return found
+
+
+def _write_manifest(args: argparse.Namespace, started: str, argv: list[str]) -> None:
+    from retro_search.provenance import write_manifest
+
+    write_manifest(args.manifest, stage=args.command, config_file=getattr(args, "config", None),
+                   inputs=_paths(args, getattr(args, "input_args", ())),
+                   outputs=_paths(args, getattr(args, "output_args", ())),
+                   upstream=args.upstream, started=started, command=["retro-search", *argv])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -276,7 +452,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
-        return args.func(args)
+        started = provenance_now()
+        status = args.func(args)
+        if status == 0 and args.manifest:
+            _write_manifest(args, started, list(argv) if argv is not None else sys.argv[1:])
+        return status
     except (ValueError, FileNotFoundError, ImportError) as err:
         # Bad input or config: one clear line, no traceback (use -v to see it).
         if args.verbose:

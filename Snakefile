@@ -1,0 +1,22 @@
+# Retro-Search pipeline: raw traces -> prepare -> shard -> retro_search -> merge -> sft_data -> sft
+# -> eval -> summary. Experiments are composed with Hydra from config/ (see config/config.yaml);
+# every stage writes to results/<stage>/<name>-<hash>/ with its config and manifest.
+#
+#   snakemake --cores all                                       # the demo experiment
+#   snakemake --cores all --config experiment=weak_to_strong_r1_distill_32b
+#   snakemake --cores all --config overrides="search.rollouts=1,2,4"
+#   snakemake --profile profiles/slurm --config experiment=self_improve_r1_distill_7b
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/search.smk"
+include: "workflow/rules/sft.smk"
+include: "workflow/rules/eval.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    input:
+        all_targets(),
+    default_target: True

@@ -1,0 +1,197 @@
+"""The experiment plan: Hydra-composed configs -> content-addressed stage directories.
+
+Snakemake asks this module, at parse time, which stages each requested experiment needs and where
+they live. A stage lives in `results/<kind>/<readable-name>-<hash>/`, where the hash covers the
+stage's own slice of the config and the ids of its upstream stages (ARCHITECTURE.md, property 2).
+So two experiments that agree on everything upstream of a stage share it, and changing a search
+setting changes the search stage and everything downstream of it, and nothing else.
+
+Stages (kind: what it needs):
+    tiny_model   the project's tiny model, when `model.path` or `student.path` is "tiny"
+    prepare      data, grading, decontamination against the evaluation benchmarks
+    shard        prepare + pipeline.num_shards
+    search       shard + model, engine, search, grading           (one job per shard)
+    merge        search
+    sft_data     prepare (arm "original") or merge (arm "retro_search") + student, sft
+    sft          sft_data + student, sft
+    eval         sft (or the student itself for arm "base") + eval, engine   (one per benchmark)
+    summary      merge + every eval
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+TINY = "tiny"
+ARMS = ("base", "original", "retro_search")
+
+
+@dataclass
+class Stage:
+    kind: str
+    name: str
+    config: dict[str, Any]
+    upstream: list["Stage"] = field(default_factory=list)
+    results: str = "results"
+
+    @property
+    def hash(self) -> str:
+        payload = {"kind": self.kind, "config": self.config,
+                   "upstream": [u.id for u in self.upstream]}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:10]
+
+    @property
+    def id(self) -> str:
+        return f"{self.name}-{self.hash}"
+
+    @property
+    def dir(self) -> str:
+        return f"{self.results}/{self.kind}/{self.id}"
+
+    def path(self, name: str) -> str:
+        return f"{self.dir}/{name}"
+
+    def upstream_of(self, kind: str) -> "Stage":
+        return next(u for u in self.upstream if u.kind == kind)
+
+
+@dataclass
+class Experiment:
+    name: str
+    config: dict[str, Any]
+    stages: dict[str, Stage]          # role -> stage, e.g. "search", "sft:original", "eval:base:aime24"
+
+    def index(self) -> dict[str, Any]:
+        return {"experiment": self.name,
+                "stages": [{"role": role, "kind": s.kind, "id": s.id, "dir": s.dir}
+                           for role, s in self.stages.items()]}
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.=-]+", "_", str(text)).strip("_")[:60] or "x"
+
+
+def compose(config_dir: str | Path, experiment: str, overrides: Iterable[str] = ()) -> dict:
+    """The resolved config of one experiment, composed by Hydra from `config_dir`."""
+    from hydra import compose as hydra_compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    with initialize_config_dir(config_dir=str(Path(config_dir).resolve()), version_base=None):
+        cfg = hydra_compose("config", overrides=[f"experiment={experiment}", *overrides])
+    return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+
+
+def expand_sweep(overrides: list[str]) -> list[list[str]]:
+    """Hydra multirun syntax: `search.rollouts=1,2,4` -> one override list per value
+    (cartesian product over every swept key). Quoted values are not split."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(list(overrides))
+    runs: list[list[str]] = [[]]
+    for override in parsed:
+        if override.is_sweep_override():
+            values = list(override.sweep_string_iterator())
+            runs = [run + [f"{override.get_key_element()}={v}"] for run in runs for v in values]
+        else:
+            runs = [run + [override.input_line] for run in runs]
+    return runs
+
+
+def plan_experiment(name: str, cfg: dict, results: str = "results") -> Experiment:
+    """Every stage of one experiment, keyed by role."""
+    stages: dict[str, Stage] = {}
+
+    def stage(role: str, kind: str, label: str, config: dict, upstream: list[Stage]) -> Stage:
+        stages[role] = Stage(kind, slug(label), config, upstream, results)
+        return stages[role]
+
+    def model_ref(section: str) -> tuple[dict, list[Stage]]:
+        """A model section with `path: tiny` resolved to the tiny-model stage's folder."""
+        model = dict(cfg[section])
+        if model["path"] != TINY:
+            return model, []
+        tiny = stages.get("tiny_model") or stage("tiny_model", "tiny_model", TINY,
+                                                 {"tiny_model": cfg["tiny_model"]}, [])
+        model["path"] = tiny.path("model")
+        return model, [tiny]
+
+    data_label = cfg["data"].get("label", "data")
+    prepare = stage("prepare", "prepare", data_label,
+                    {"data": cfg["data"], "grading": cfg["grading"],
+                     "decontamination": {"benchmarks": cfg["eval"]["benchmarks"],
+                                         "data_dir": cfg["eval"].get("data_dir"),
+                                         **cfg["data"].get("decontamination", {})}}, [])
+    shard = stage("shard", "shard", data_label,
+                  {"num_shards": cfg["pipeline"]["num_shards"]}, [prepare])
+    model, model_up = model_ref("model")
+    search = stage("search", "search", f"{data_label}-{cfg['model'].get('label', 'model')}",
+                   {"model": model, "engine": cfg["engine"], "search": cfg["search"],
+                    "grading": cfg["grading"], "num_shards": cfg["pipeline"]["num_shards"]},
+                   [shard, *model_up])
+    merge = stage("merge", "merge", search.name, {}, [search])
+
+    student, student_up = model_ref("student")
+    student_label = cfg["student"].get("label", "student")
+    arms = cfg["pipeline"]["arms"]
+    unknown = set(arms) - set(ARMS)
+    if unknown:
+        raise ValueError(f"pipeline.arms: unknown arm(s) {sorted(unknown)}; known: {list(ARMS)}")
+    evals = []
+    for arm in arms:
+        if arm == "base":
+            model_dir, upstream = student["path"], student_up
+        else:
+            source = prepare if arm == "original" else merge
+            data = stage(f"sft_data:{arm}", "sft_data", f"{arm}-{student_label}",
+                         {"student": student, "sft": cfg["sft"]}, [source, *student_up])
+            sft = stage(f"sft:{arm}", "sft", f"{arm}-{student_label}",
+                        {"student": student, "sft": cfg["sft"]}, [data, *student_up])
+            model_dir, upstream = sft.path("model"), [sft]
+        for benchmark in cfg["eval"]["benchmarks"]:
+            evals.append(stage(
+                f"eval:{arm}:{benchmark}", "eval", f"{arm}-{student_label}-{benchmark}",
+                {"eval": {**cfg["eval"], "benchmarks": [benchmark]}, "engine": cfg["engine"],
+                 "student": student, "model_dir": model_dir, "arm": arm, "benchmark": benchmark},
+                upstream))
+    stage("summary", "summary", name, {"arms": arms}, [merge, *evals])
+    return Experiment(name, cfg, stages)
+
+
+@dataclass
+class Plan:
+    experiments: list[Experiment]
+    by_dir: dict[str, Stage]
+
+    def stage(self, kind: str, stage_id: str) -> Stage:
+        try:
+            return self.by_dir[f"{self.results}/{kind}/{stage_id}"]
+        except KeyError:
+            raise KeyError(f"no {kind} stage {stage_id!r} in the requested experiments") from None
+
+    @property
+    def results(self) -> str:
+        return next(iter(self.by_dir.values())).results if self.by_dir else "results"
+
+    def stages_of(self, kind: str) -> list[Stage]:
+        return [s for s in self.by_dir.values() if s.kind == kind]
+
+
+def build_plan(config_dir: str | Path, experiments: Iterable[str], overrides: Iterable[str] = (),
+               results: str = "results") -> Plan:
+    """All stages of every requested experiment (x every point of a sweep), deduplicated."""
+    planned, by_dir = [], {}
+    runs = expand_sweep(list(overrides))
+    for experiment in experiments:
+        for run in runs:
+            cfg = compose(config_dir, experiment, run)
+            name = slug("+".join([cfg.get("name", experiment), *run])) if run else cfg.get("name", experiment)
+            exp = plan_experiment(name, cfg, results)
+            planned.append(exp)
+            for stage in exp.stages.values():
+                by_dir.setdefault(stage.dir, stage)
+    return Plan(planned, by_dir)

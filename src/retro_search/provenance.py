@@ -1,0 +1,150 @@
+"""Manifests: how every artifact was made (ARCHITECTURE.md, property 3).
+
+A manifest is a JSON file beside a stage's outputs. It records the sha256 of every input and
+output file, the ids of the upstream artifacts, the code (git commit, dirty flag and a hash of the
+uncommitted diff), package versions, the models and seeds named in the stage config, the host,
+GPU, SLURM job and start/end times. `retro_search.audit` checks a chain of them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Iterable
+
+MANIFEST_SUFFIX = "manifest.json"
+PACKAGES = ("retro-search", "torch", "transformers", "tokenizers", "datasets", "trl", "accelerate",
+            "vllm", "math-verify", "hydra-core", "snakemake", "pandas", "numpy")
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def hash_paths(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
+    """sha256 and size of each file; a folder contributes every file below it (sorted, no hidden
+    files, which hold progress and temp data)."""
+    entries = []
+    for path in map(Path, paths):
+        files = sorted(p for p in path.rglob("*") if p.is_file()
+                       and not any(part.startswith(".") for part in p.relative_to(path).parts)) \
+            if path.is_dir() else [path]
+        for file in files:
+            entries.append({"path": str(file), "sha256": sha256_file(file),
+                            "bytes": file.stat().st_size})
+    return entries
+
+
+def _git(*args: str) -> str | None:
+    if shutil.which("git") is None or not (REPO_ROOT / ".git").exists():
+        return None
+    try:
+        return subprocess.run(["git", "-C", str(REPO_ROOT), *args], capture_output=True,
+                              text=True, check=True, timeout=30).stdout
+    except (subprocess.SubprocessError, OSError):
+        return None
+
+
+def code_version() -> dict[str, Any]:
+    """The code that runs: git commit, whether tracked files differ from it, and a hash of that
+    difference (so two runs of the same uncommitted code compare equal)."""
+    commit = _git("rev-parse", "HEAD")
+    diff = _git("diff", "HEAD", "--", "src", "workflow", "Snakefile", "config", "pyproject.toml")
+    try:
+        version = metadata.version("retro-search")
+    except metadata.PackageNotFoundError:
+        version = None
+    return {"package_version": version,
+            "git_commit": commit.strip() if commit else None,
+            "dirty": bool(diff),
+            "diff_sha256": hashlib.sha256(diff.encode()).hexdigest() if diff else None}
+
+
+def package_versions() -> dict[str, str]:
+    found = {}
+    for name in PACKAGES:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return found
+
+
+def gpu_names() -> list[str]:
+    torch = sys.modules.get("torch")  # only ask torch if the stage already loaded it
+    if torch is not None and torch.cuda.is_available():
+        return [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    if shutil.which("nvidia-smi"):
+        try:
+            out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+                                 capture_output=True, text=True, timeout=20).stdout
+            return [line.strip() for line in out.splitlines() if line.strip()]
+        except (subprocess.SubprocessError, OSError):
+            pass
+    return []
+
+
+def _models_and_seeds(config: dict[str, Any]) -> tuple[dict, dict]:
+    models, seeds = {}, {}
+    for section, value in config.items():
+        if not isinstance(value, dict):
+            continue
+        if "path" in value and ("revision" in value or section in ("model", "student")):
+            models[section] = {"id": value.get("path"), "revision": value.get("revision")}
+        if "seed" in value:
+            seeds[section] = value["seed"]
+    return models, seeds
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def write_manifest(path: str | Path, *, stage: str, config_file: str | Path | None,
+                   inputs: Iterable[str | Path], outputs: Iterable[str | Path],
+                   upstream: Iterable[str | Path], started: str, command: list[str]) -> dict:
+    """Write the manifest of a finished stage job to `path` (atomically) and return it."""
+    import yaml  # pyyaml comes with omegaconf
+
+    path = Path(path)
+    config = yaml.safe_load(Path(config_file).read_text()) if config_file else {}
+    models, seeds = _models_and_seeds(config or {})
+    input_paths = list(inputs) + ([config_file] if config_file else [])
+    manifest = {
+        "stage": stage,
+        "artifact_id": f"{path.parent.parent.name}/{path.parent.name}",
+        "config_file": str(config_file) if config_file else None,
+        "inputs": hash_paths(p for p in input_paths if p),
+        "outputs": hash_paths(p for p in outputs if p),
+        "upstream": [{"id": f"{Path(u).parent.name}/{Path(u).name}", "path": str(u)}
+                     for u in upstream],
+        "code": code_version(),
+        "packages": package_versions(),
+        "models": models,
+        "seeds": seeds,
+        "host": platform.node(),
+        "python": platform.python_version(),
+        "gpus": gpu_names(),
+        "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+        "started": started,
+        "ended": now(),
+        "command": command,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+    os.replace(tmp, path)
+    return manifest

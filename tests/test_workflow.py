@@ -1,0 +1,122 @@
+"""The Snakemake pipeline, run as a user runs it: the demo end to end from a clean copy of the
+repository, then a dry run after one search override, then an audit before and after tampering."""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+SNAKEMAKE = Path(sys.executable).parent / "snakemake"
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not (SHARED / "data" / "benchmarks").exists(), reason="shared data not present"),
+    pytest.mark.skipif(not SNAKEMAKE.exists(), reason="snakemake not installed"),
+]
+
+
+def run(cmd, cwd, timeout=1500, check=True):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    done = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
+    if check and done.returncode != 0:
+        raise AssertionError(f"{cmd} failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-5000:]}")
+    return done
+
+
+def job_counts(dry_run_output: str) -> dict[str, int]:
+    """The 'Job stats' table of `snakemake -n`."""
+    counts = {}
+    table = dry_run_output.split("Job stats:", 1)[1]
+    for line in table.splitlines()[3:]:
+        match = re.match(r"^(\w+)\s+(\d+)$", line.strip())
+        if not match:
+            break
+        counts[match.group(1)] = int(match.group(2))
+    return counts
+
+
+@pytest.fixture(scope="module")
+def checkout(tmp_path_factory):
+    """A clean copy of the working tree (tracked and untracked-but-not-ignored files) with the
+    shared data beside it, as CI has it."""
+    root = tmp_path_factory.mktemp("checkout")
+    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+                           cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+    for name in files:
+        if (REPO / name).is_file():
+            (root / "main" / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, root / "main" / name)
+    (root / "shared").symlink_to(SHARED)
+    return root / "main"
+
+
+@pytest.fixture(scope="module")
+def demo(checkout):
+    run([str(SNAKEMAKE), "--cores", "2"], checkout)
+    return checkout
+
+
+def test_demo_runs_end_to_end_and_writes_the_summary_table(demo):
+    index = json.loads((demo / "results/experiments/demo/index.json").read_text())
+    stages = {s["role"]: Path(demo / s["dir"]) for s in index["stages"]}
+    table = (stages["summary"] / "results.md").read_text()
+    assert "retro" in table.lower() and "math500" in table
+    for png in ("accuracy_vs_length.png", "trace_lengths.png", "boundary_acceptance.png"):
+        assert (stages["summary"] / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    stats = json.loads((stages["merge"] / "stats.json").read_text())
+    assert stats  # the search statistics exist
+    assert (stages["sft:retro_search"] / "model" / "config.json").exists()
+
+
+def test_every_stage_has_its_config_and_a_manifest_naming_its_upstream(demo):
+    index = json.loads((demo / "results/experiments/demo/index.json").read_text())
+    for entry in index["stages"]:
+        stage_dir = demo / entry["dir"]
+        assert (stage_dir / "config.yaml").exists(), entry
+        manifests = list(stage_dir.glob("*manifest.json"))
+        assert manifests, entry
+        manifest = json.loads(manifests[0].read_text())
+        for key in ("inputs", "outputs", "upstream", "code", "packages", "host", "started", "ended"):
+            assert key in manifest
+        assert manifest["outputs"] and all(len(o["sha256"]) == 64 for o in manifest["outputs"])
+        if entry["kind"] in ("shard", "search", "merge", "sft", "summary"):
+            assert manifest["upstream"], entry
+
+
+def test_nothing_reruns_when_nothing_changed(demo):
+    out = run([str(SNAKEMAKE), "-n", "--cores", "2"], demo).stdout
+    assert "Nothing to be done" in out
+
+
+def test_a_search_override_reruns_search_and_downstream_only(demo):
+    out = run([str(SNAKEMAKE), "-n", "--cores", "2", "--config", "overrides=search.gamma=0.8"],
+              demo).stdout
+    counts = job_counts(out)
+    for upstream in ("tiny_model", "prepare", "shard"):
+        assert upstream not in counts, counts
+    n_benchmarks = 8
+    assert counts["retro_search"] == 2 and counts["merge"] == 1
+    assert counts["sft_data"] == 1 and counts["sft"] == 1  # the retro arm only
+    assert counts["eval"] == n_benchmarks                  # retro arm x benchmarks; base, original kept
+    assert counts["summarize"] == 1
+
+
+def test_audit_passes_on_the_intact_chain_and_names_a_tampered_artifact(demo):
+    audit = [sys.executable, "-m", "retro_search.cli", "audit", "results/experiments/demo"]
+    env_path = {"PYTHONPATH": str(demo / "src")}
+    ok = subprocess.run(audit, cwd=demo, capture_output=True, text=True, env={**os.environ, **env_path})
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    prepared = next(demo.glob("results/prepare/*/traces.jsonl"))
+    with open(prepared, "a") as fh:
+        fh.write("\n")
+    bad = subprocess.run(audit, cwd=demo, capture_output=True, text=True, env={**os.environ, **env_path})
+    assert bad.returncode == 1
+    assert "modified" in bad.stdout and str(prepared.relative_to(demo)) in bad.stdout

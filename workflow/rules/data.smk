@@ -1,0 +1,80 @@
+# The tiny local model, and raw traces -> prepared pool -> shards.
+
+
+def prepare_source(wildcards):
+    """The raw data file when it is local (a hub dataset id is not a file input)."""
+    source = stage("prepare", wildcards).config["data"]["source"]
+    return [source] if os.path.exists(source) else []
+
+
+def shard_input(wildcards):
+    return upstream_of("shard", "prepare", wildcards).path("traces.jsonl")
+
+
+rule tiny_model:
+    input:
+        config="results/tiny_model/{sid}/config.yaml",
+    output:
+        model=directory("results/tiny_model/{sid}/model"),
+        manifest="results/tiny_model/{sid}/manifest.json",
+    log:
+        "results/tiny_model/{sid}/logs/tiny_model.log",
+    benchmark:
+        "results/tiny_model/{sid}/logs/tiny_model.benchmark.tsv"
+    conda:
+        "../../envs/core.yaml"
+    resources:
+        cpus_per_task=1,
+        mem_mb=2000,
+        runtime=15,
+    shell:
+        "{RS} --manifest {output.manifest} tiny-model {output.model} --config {input.config}"
+        " > {log} 2>&1"
+
+
+rule prepare:
+    input:
+        config="results/prepare/{sid}/config.yaml",
+        source=prepare_source,
+    output:
+        traces="results/prepare/{sid}/traces.jsonl",
+        stats="results/prepare/{sid}/stats.json",
+        removed="results/prepare/{sid}/removed.jsonl",
+        manifest="results/prepare/{sid}/manifest.json",
+    log:
+        "results/prepare/{sid}/logs/prepare.log",
+    benchmark:
+        "results/prepare/{sid}/logs/prepare.benchmark.tsv"
+    conda:
+        "../../envs/core.yaml"
+    resources:
+        cpus_per_task=2,
+        mem_mb=8000,
+        runtime=120,
+    shell:
+        "{RS} --manifest {output.manifest} prepare --config {input.config}"
+        " --output-dir results/prepare/{wildcards.sid} --no-progress > {log} 2>&1"
+
+
+rule shard:
+    input:
+        config="results/shard/{sid}/config.yaml",
+        traces=shard_input,
+    output:
+        shard="results/shard/{sid}/shard-{i}.jsonl",
+        manifest="results/shard/{sid}/shard-{i}.manifest.json",
+    params:
+        num_shards=lambda wildcards: num_shards(stage("shard", wildcards)),
+        upstream=upstream_flags("shard"),
+    log:
+        "results/shard/{sid}/logs/shard-{i}.log",
+    benchmark:
+        "results/shard/{sid}/logs/shard-{i}.benchmark.tsv"
+    conda:
+        "../../envs/core.yaml"
+    resources:
+        runtime=10,
+    shell:
+        "{RS} --manifest {output.manifest} {params.upstream} shard --input {input.traces}"
+        " --output {output.shard} --index {wildcards.i} --num-shards {params.num_shards}"
+        " > {log} 2>&1"

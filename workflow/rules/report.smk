@@ -1,0 +1,101 @@
+# The experiment's tables, plots and search statistics, and its index of stage directories.
+
+
+def summary_inputs(name):
+    def inputs(wildcards):
+        summary = stage("summary", wildcards)
+        merge = summary.upstream_of("merge")
+        evals = [u for u in summary.upstream if u.kind == "eval"]
+        return {
+            "revised": merge.path("revised.jsonl"),
+            "rollouts": merge.path("rollouts.jsonl"),
+            "stats": merge.path("stats.json"),
+            "metrics": [u.path("metrics.json") for u in evals],
+        }[name]
+
+    return inputs
+
+
+def summary_arms(wildcards):
+    summary = stage("summary", wildcards)
+    return " ".join(u.config["arm"] for u in summary.upstream if u.kind == "eval")
+
+
+def experiment_by_name(name):
+    return next(e for e in PLAN.experiments if e.name == name)
+
+
+rule summarize:
+    input:
+        config="results/summary/{sid}/config.yaml",
+        revised=summary_inputs("revised"),
+        rollouts=summary_inputs("rollouts"),
+        stats=summary_inputs("stats"),
+        metrics=summary_inputs("metrics"),
+    output:
+        csv=report(
+            "results/summary/{sid}/results.csv",
+            caption="../report/results_table.rst",
+            category="Results",
+        ),
+        md="results/summary/{sid}/results.md",
+        search=report(
+            "results/summary/{sid}/search_stats.md",
+            caption="../report/search_stats.rst",
+            category="Retro-Search",
+        ),
+        accuracy=report(
+            "results/summary/{sid}/accuracy_vs_length.png",
+            caption="../report/accuracy_vs_length.rst",
+            category="Results",
+        ),
+        lengths=report(
+            "results/summary/{sid}/trace_lengths.png",
+            caption="../report/trace_lengths.rst",
+            category="Retro-Search",
+        ),
+        acceptance=report(
+            "results/summary/{sid}/boundary_acceptance.png",
+            caption="../report/boundary_acceptance.rst",
+            category="Retro-Search",
+        ),
+        summary="results/summary/{sid}/summary.json",
+        manifest="results/summary/{sid}/manifest.json",
+    params:
+        arms=summary_arms,
+        upstream=upstream_flags("summary"),
+    log:
+        "results/summary/{sid}/logs/summarize.log",
+    benchmark:
+        "results/summary/{sid}/logs/summarize.benchmark.tsv"
+    conda:
+        "../../envs/core.yaml"
+    resources:
+        runtime=15,
+    shell:
+        "{RS} --manifest {output.manifest} {params.upstream} summarize"
+        " --metrics {input.metrics} --arms {params.arms} --search-stats {input.stats}"
+        " --revised {input.revised} --rollouts {input.rollouts}"
+        " --output-dir results/summary/{wildcards.sid} > {log} 2>&1"
+
+
+rule experiment_index:
+    input:
+        summary=lambda wildcards: experiment_by_name(wildcards.name)
+        .stages["summary"]
+        .path("manifest.json"),
+    output:
+        index="results/experiments/{name}/index.json",
+        readme="results/experiments/{name}/README.md",
+    params:
+        index=lambda wildcards: json.dumps(experiment_by_name(wildcards.name).index()),
+    log:
+        "results/experiments/{name}/index.log",
+    benchmark:
+        "results/experiments/{name}/index.benchmark.tsv"
+    conda:
+        "../../envs/core.yaml"
+    resources:
+        runtime=5,
+    shell:
+        "{RS} index results/experiments/{wildcards.name} --json {params.index:q} > {log} 2>&1"

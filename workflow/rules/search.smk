@@ -1,0 +1,67 @@
+# Retro-Search, one job per shard, then one merged dataset with its statistics.
+
+
+def search_shard(wildcards):
+    return upstream_of("search", "shard", wildcards).path(f"shard-{wildcards.i}.jsonl")
+
+
+def merge_inputs(suffix):
+    def inputs(wildcards):
+        search = upstream_of("merge", "search", wildcards)
+        return [search.path(f"shard-{i}{suffix}") for i in range(num_shards(search))]
+
+    return inputs
+
+
+rule retro_search:
+    input:
+        config="results/search/{sid}/config.yaml",
+        shard=search_shard,
+        model=model_inputs("search"),
+    output:
+        revised="results/search/{sid}/shard-{i}.jsonl",
+        rollouts="results/search/{sid}/shard-{i}.rollouts.jsonl",
+        manifest="results/search/{sid}/shard-{i}.manifest.json",
+    params:
+        upstream=upstream_flags("search"),
+    log:
+        "results/search/{sid}/logs/shard-{i}.log",
+    benchmark:
+        "results/search/{sid}/logs/shard-{i}.benchmark.tsv"
+    conda:
+        "../../envs/vllm.yaml"
+    resources:
+        cpus_per_task=2,
+        mem_mb=16000,
+        runtime=1440,
+    shell:
+        "{RS} --manifest {output.manifest} {params.upstream} search --input {input.shard}"
+        " --output {output.revised} --log {output.rollouts} --config {input.config}"
+        " > {log} 2>&1"
+
+
+rule merge:
+    input:
+        config="results/merge/{sid}/config.yaml",
+        shards=merge_inputs(".jsonl"),
+        rollouts=merge_inputs(".rollouts.jsonl"),
+    output:
+        revised="results/merge/{sid}/revised.jsonl",
+        rollouts="results/merge/{sid}/rollouts.jsonl",
+        stats="results/merge/{sid}/stats.json",
+        manifest="results/merge/{sid}/manifest.json",
+    params:
+        upstream=upstream_flags("merge"),
+    log:
+        "results/merge/{sid}/logs/merge.log",
+    benchmark:
+        "results/merge/{sid}/logs/merge.benchmark.tsv"
+    conda:
+        "../../envs/core.yaml"
+    resources:
+        mem_mb=8000,
+        runtime=30,
+    shell:
+        "{RS} --manifest {output.manifest} {params.upstream} merge --inputs {input.shards}"
+        " --rollouts {input.rollouts} --output {output.revised} --rollout-log {output.rollouts}"
+        " --stats {output.stats} > {log} 2>&1"
