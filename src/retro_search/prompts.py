@@ -65,7 +65,8 @@ def load_prompt_format(tokenizer_path: str, *, system_prompt: str | None = None,
                          "must be a chat model (set model.tokenizer to one that has a template)")
 
     def render_question(question: str) -> str:
-        messages = [{"role": "user", "content": user_template.format(question=question)}]
+        # replace(), not format(): templates hold LaTeX braces such as \\boxed{}
+        messages = [{"role": "user", "content": user_template.replace("{question}", question)}]
         if system_prompt:
             messages.insert(0, {"role": "system", "content": system_prompt})
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)

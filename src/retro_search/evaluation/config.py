@@ -1,0 +1,191 @@
+"""Settings of the evaluation stage: the `eval` section, and the `engine` section it runs with.
+
+Values come from the `EvalSettings` defaults, then a config file, then `eval.KEY=VALUE` overrides
+(Hydra's dotted syntax). The config file is either a stage's resolved config (with `eval:` and
+`engine:` sections) or a Hydra group file such as `config/eval/default.yaml`, whose first line
+`# @package eval` says that the whole file is the `eval` section.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+from retro_search.evaluation.benchmarks import BENCHMARKS, INSTRUCTION_SUFFIX
+
+__all__ = ["EvalSettings", "load_eval_config", "DEFAULT_USER_TEMPLATE", "AIME_AMC"]
+
+DEFAULT_USER_TEMPLATE = "{question}" + INSTRUCTION_SUFFIX
+AIME_AMC = ("aime24", "aime25", "amc23")
+
+
+@dataclass
+class EvalSettings:
+    """The `eval` config section (ALGORITHM.md, "Evaluation").
+
+    benchmarks: the benchmarks the pipeline evaluates (the CLI runs one per call, `--benchmark`).
+    data_dir: folder with local benchmark copies (`<name>.jsonl`); None = load from the hub.
+        Relative paths are relative to the current directory.
+    limit: at most this many problems per benchmark (the first ones); None = all.
+    n_samples: samples per problem, unless `n_samples_per_benchmark` names the benchmark.
+    temperature, top_p, max_tokens, seed: decoding. Each generation's seed derives from `seed`,
+        the benchmark, the problem id and the sample index.
+    user_template: the user turn; "{question}" is replaced by the question (plain replacement,
+        not str.format, so other braces such as "\\boxed{}" are written as they are).
+    system_prompt: optional system turn.
+    tokenizer: tokenizer for prompts and token counts; None = the evaluated model's.
+    think_open, think_close: the model's reasoning opener and closer; the graded solution is the
+        text after the closer (the whole text when there is none).
+    ks: k values for pass@k and maj@k; values above a benchmark's n are dropped.
+    grading_processes, grading_timeout: math-verify worker processes (0 = in this process) and
+        seconds per answer before it counts as wrong.
+    num_shards, shard: evaluate only problems shard, shard + num_shards, ... (large benchmarks).
+    chunk_size: requests per engine call (one progress-bar step).
+    """
+
+    benchmarks: list[str] = field(default_factory=lambda: list(BENCHMARKS))
+    data_dir: str | None = None
+    limit: int | None = None
+    n_samples: int = 1
+    n_samples_per_benchmark: dict[str, int] = field(
+        default_factory=lambda: {name: 8 for name in AIME_AMC})
+    temperature: float = 0.6
+    top_p: float = 0.95
+    max_tokens: int = 32768
+    seed: int = 0
+    user_template: str = DEFAULT_USER_TEMPLATE
+    system_prompt: str | None = None
+    tokenizer: str | None = None
+    think_open: str = "<think>\n"
+    think_close: str = "</think>"
+    ks: list[int] = field(default_factory=lambda: [1, 4, 8])
+    grading_processes: int = 2
+    grading_timeout: float = 10.0
+    num_shards: int = 1
+    shard: int = 0
+    chunk_size: int = 1024
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        unknown = sorted(set(self.benchmarks) - set(BENCHMARKS))
+        if unknown:
+            raise ValueError(f"eval.benchmarks: unknown benchmark(s) {unknown}; "
+                             f"known: {sorted(BENCHMARKS)}")
+        unknown = sorted(set(self.n_samples_per_benchmark) - set(BENCHMARKS))
+        if unknown:
+            raise ValueError(f"eval.n_samples_per_benchmark: unknown benchmark(s) {unknown}")
+        for name, n in [("n_samples", self.n_samples),
+                        *((f"n_samples_per_benchmark.{k}", v)
+                          for k, v in self.n_samples_per_benchmark.items())]:
+            if n < 1:
+                raise ValueError(f"eval.{name} must be at least 1, got {n}")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"eval.limit must be at least 1 or null, got {self.limit}")
+        if self.temperature < 0:
+            raise ValueError(f"eval.temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"eval.top_p must be in (0, 1], got {self.top_p}")
+        if self.max_tokens < 1:
+            raise ValueError(f"eval.max_tokens must be at least 1, got {self.max_tokens}")
+        if not self.ks or min(self.ks) < 1:
+            raise ValueError(f"eval.ks must be a non-empty list of k >= 1, got {self.ks}")
+        if "{question}" not in self.user_template:
+            raise ValueError("eval.user_template must contain '{question}'")
+        if self.grading_processes < 0 or not self.grading_timeout > 0:
+            raise ValueError("eval.grading_processes must be >= 0 and eval.grading_timeout > 0")
+        if self.num_shards < 1 or not 0 <= self.shard < self.num_shards:
+            raise ValueError(f"eval.shard must be in [0, num_shards), got shard={self.shard}, "
+                             f"num_shards={self.num_shards}")
+        if self.chunk_size < 1:
+            raise ValueError(f"eval.chunk_size must be at least 1, got {self.chunk_size}")
+
+    def samples_for(self, benchmark: str) -> int:
+        """n for this benchmark."""
+        return self.n_samples_per_benchmark.get(benchmark, self.n_samples)
+
+    def ks_for(self, n: int) -> list[int]:
+        """The k values usable with n samples (sorted, k <= n)."""
+        return sorted({k for k in self.ks if k <= n})
+
+    def decoding(self) -> dict[str, Any]:
+        return {"temperature": self.temperature, "top_p": self.top_p,
+                "max_tokens": self.max_tokens, "seed": self.seed}
+
+
+_PACKAGE_RE = re.compile(r"#\s*@package\s+(\S+)\s*")
+
+
+@contextlib.contextmanager
+def _as_stage_file(config_file: str | Path | None) -> Iterator[Path | None]:
+    """The config file as a stage config: a Hydra group file (`# @package eval`) is nested under
+    its package first (through a temporary file, so `load_section` reads it like any other)."""
+    if config_file is None:
+        yield None
+        return
+    path = Path(config_file)
+    text = path.read_text(encoding="utf-8")
+    first = text.lstrip().split("\n", 1)[0] if text.strip() else ""
+    m = _PACKAGE_RE.fullmatch(first)
+    if not m or m.group(1) == "_global_":
+        yield path
+        return
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.create(text) if text.strip() else OmegaConf.create({})
+    for part in reversed(m.group(1).split(".")):
+        cfg = OmegaConf.create({part: cfg})
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".yaml")
+    os.close(fd)
+    try:
+        OmegaConf.save(cfg, tmp)
+        yield Path(tmp)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def load_eval_config(config_file: str | Path | None = None, overrides: Sequence[str] = ()
+                     ) -> tuple[EvalSettings, dict[str, Any]]:
+    """`(EvalSettings, engine section)` from a config file and `eval.*` / `engine.*` overrides.
+
+    The engine section defaults to `{"name": "transformers"}`; its other keys are the engine's
+    constructor arguments (see `retro_search.config.engine_kwargs`). Raises ValueError naming a
+    bad key or an override of another section.
+    """
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    from retro_search.config import load_section
+
+    bad = [o for o in overrides if "=" not in o]
+    if bad:
+        raise ValueError(f"override {bad[0]!r} is not KEY=VALUE (e.g. eval.limit=5)")
+    others = [o for o in overrides if not o.startswith(("eval.", "engine."))]
+    if others:
+        raise ValueError(f"override(s) {others} belong to neither the 'eval' nor the 'engine' "
+                         "section (write eval.KEY=VALUE or engine.KEY=VALUE)")
+    with _as_stage_file(config_file) as path:
+        settings = load_section(EvalSettings, "eval", path,
+                                [o for o in overrides if o.startswith("eval.")])
+        try:
+            engine = OmegaConf.create({"name": "transformers"})
+            if path is not None:
+                loaded = OmegaConf.load(path)
+                if "engine" in loaded and loaded["engine"] is not None:
+                    engine = OmegaConf.merge(engine, loaded["engine"])
+            engine = OmegaConf.merge(engine, OmegaConf.from_dotlist(
+                [o[len("engine."):] for o in overrides if o.startswith("engine.")]))
+            engine_section = OmegaConf.to_container(engine, resolve=True)
+        except OmegaConfBaseException as err:
+            raise ValueError(f"invalid engine config: {err}") from None
+    if not engine_section.get("name"):
+        raise ValueError("engine.name is required (transformers | vllm | package.module:Class)")
+    if "model" in engine_section:
+        raise ValueError("engine.model is set by --model in the eval stage; remove it")
+    return settings, engine_section
