@@ -1,0 +1,177 @@
+"""The paper-shaped results table: accuracy and length per arm and benchmark.
+
+Input: one metric dict per (arm, benchmark), each with at least
+    {"arm", "benchmark", "accuracy" (pass@1 averaged over samples, 0-1), "accuracy_se",
+     "mean_tokens" (average response length in tokens of the evaluated model's tokenizer)}
+(`metrics_from_eval` builds one from an eval stage's metrics.json).
+
+Output of `results_table`: a DataFrame indexed by arm (rows in the given order), with columns
+"{benchmark}/acc" (accuracy in %) and "{benchmark}/len" (mean tokens) for each benchmark, then
+"average/acc" and "average/len" (plain means over the benchmarks; NaN when the arm lacks one of
+them, so that every average covers the same benchmarks). When both the original-trace arm and the
+Retro-Search arm are present, a last row "retro vs original" holds, per column, the accuracy
+difference in points (retro - original) and the length change in % ((retro - original) / original).
+
+Writers: `write_csv` (numbers as they are) and `to_markdown` / `write_markdown` (a table written
+here, not through `tabulate`: accuracy with one decimal, lengths rounded to tokens, the last row
+signed, lengths there with a % sign).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import pandas as pd
+
+__all__ = ["ORIGINAL_ARM", "RETRO_ARM", "RELATIVE_ROW", "metrics_from_eval", "results_table",
+           "readable_mode", "to_markdown", "write_csv", "write_markdown", "write_text_atomic"]
+
+ORIGINAL_ARM = "original"
+RETRO_ARM = "retro_search"
+RELATIVE_ROW = "retro vs original"
+AVERAGE = "average"
+
+# Names of the same quantity in the eval stage's metrics.json and elsewhere, first match wins.
+_ACCURACY_KEYS = ("accuracy", "pass@1")
+_SE_KEYS = ("accuracy_se", "accuracy_stderr", "pass@1_se", "pass@1_stderr")
+
+
+def _first(metrics: Mapping[str, Any], keys: Sequence[str], what: str, source: str,
+           required: bool = True) -> Any:
+    for key in keys:
+        if metrics.get(key) is not None:
+            return metrics[key]
+    if required:
+        raise ValueError(f"{source}: no {what} (looked for {', '.join(map(repr, keys))})")
+    return None
+
+
+def metrics_from_eval(metrics: Mapping[str, Any], arm: str, *, source: str = "metrics") -> dict:
+    """One table input row from an eval metrics.json: arm, benchmark, accuracy (0-1),
+    accuracy_se (None when absent), mean_tokens. `source` names the file in errors."""
+    accuracy = float(_first(metrics, _ACCURACY_KEYS, "accuracy", source))
+    if not 0.0 <= accuracy <= 1.0:
+        raise ValueError(f"{source}: accuracy {accuracy} is not a fraction in [0, 1]")
+    se = _first(metrics, _SE_KEYS, "standard error", source, required=False)
+    return {"arm": arm,
+            "benchmark": str(_first(metrics, ("benchmark",), "benchmark name", source)),
+            "accuracy": accuracy, "accuracy_se": None if se is None else float(se),
+            "mean_tokens": float(_first(metrics, ("mean_tokens",), "mean_tokens", source))}
+
+
+def _ordered(values: Iterable[str], order: Sequence[str] | None) -> list[str]:
+    seen = list(dict.fromkeys(values))
+    if order is None:
+        return seen
+    missing = [v for v in seen if v not in order]
+    return [v for v in order if v in seen] + missing
+
+
+def results_table(metrics: Iterable[Mapping[str, Any]], *, arms: Sequence[str] | None = None,
+                  benchmarks: Sequence[str] | None = None, original_arm: str = ORIGINAL_ARM,
+                  retro_arm: str = RETRO_ARM) -> pd.DataFrame:
+    """The results table (see the module docstring). `arms` / `benchmarks` fix the order of rows /
+    column groups (others follow in order of first appearance). Raises ValueError on a repeated
+    (arm, benchmark) pair or a missing field."""
+    rows = list(metrics)
+    cells: dict[tuple[str, str], Mapping[str, Any]] = {}
+    for number, row in enumerate(rows, 1):
+        for key in ("arm", "benchmark", "accuracy", "mean_tokens"):
+            if row.get(key) is None:
+                raise ValueError(f"metric row {number}: missing {key!r}")
+        pair = (row["arm"], row["benchmark"])
+        if pair in cells:
+            raise ValueError(f"metric row {number}: arm {pair[0]!r} has two results for "
+                             f"benchmark {pair[1]!r}")
+        cells[pair] = row
+    arm_order = _ordered((r["arm"] for r in rows), arms)
+    bench_order = _ordered((r["benchmark"] for r in rows), benchmarks)
+
+    columns = [f"{b}/{stat}" for b in [*bench_order, AVERAGE] for stat in ("acc", "len")]
+    table = pd.DataFrame(index=pd.Index(arm_order, name="arm"), columns=columns, dtype=float)
+    for (arm, bench), row in cells.items():
+        table.loc[arm, f"{bench}/acc"] = 100.0 * float(row["accuracy"])
+        table.loc[arm, f"{bench}/len"] = float(row["mean_tokens"])
+    for stat in ("acc", "len"):
+        per_bench = table[[f"{b}/{stat}" for b in bench_order]]
+        # skipna=False: an arm missing a benchmark gets no average rather than a different one.
+        table[f"{AVERAGE}/{stat}"] = per_bench.mean(axis=1, skipna=False)
+
+    if original_arm in table.index and retro_arm in table.index:
+        original, retro = table.loc[original_arm], table.loc[retro_arm]
+        change = pd.Series(index=columns, dtype=float)
+        for column in columns:
+            if column.endswith("/acc"):
+                change[column] = retro[column] - original[column]
+            else:
+                change[column] = (100.0 * (retro[column] - original[column]) / original[column]
+                                  if original[column] else math.nan)
+        table.loc[RELATIVE_ROW] = change
+    return table
+
+
+# ----------------------------------------------------------------------------- writers
+
+def readable_mode() -> int:
+    """The mode a plain `open()` would give a new file under the current umask (usually 0644)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write text so that readers see the old file or the complete new one (temp file + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
+            fh.write(text)
+        os.chmod(tmp, readable_mode())  # mkstemp makes 0600 files; a report is for sharing
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_csv(table: pd.DataFrame, path: str | Path) -> Path:
+    """CSV with the arm as first column; accuracy in %, lengths in tokens; in the relative row,
+    accuracy in points and lengths in %. Full precision."""
+    return write_text_atomic(path, table.to_csv(index=True, index_label="arm"))
+
+
+def _cell(value: float, column: str, relative: bool) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    if column.endswith("/acc"):
+        return f"{value:+.1f}" if relative else f"{value:.1f}"
+    return f"{value:+.1f}%" if relative else f"{value:.0f}"
+
+
+def to_markdown(table: pd.DataFrame, *, caption: str | None = None) -> str:
+    """A GitHub Markdown table of `results_table` output. Headers read "BENCH acc" / "BENCH len";
+    a note under the table gives the units."""
+    header = ["arm"] + [c.replace("/", " ") for c in table.columns]
+    lines = []
+    if caption:
+        lines += [caption, ""]
+    lines += ["| " + " | ".join(header) + " |",
+              "|---|" + "|".join("---:" for _ in table.columns) + "|"]
+    for arm, row in table.iterrows():
+        relative = arm == RELATIVE_ROW
+        cells = [_cell(row[c], c, relative) for c in table.columns]
+        lines.append("| " + " | ".join([str(arm), *cells]) + " |")
+    lines += ["", "acc: accuracy (pass@1 averaged over samples) in %; len: mean response length "
+                  "in tokens of the evaluated model's tokenizer; average: mean over the benchmarks."]
+    if RELATIVE_ROW in table.index:
+        lines.append(f"{RELATIVE_ROW}: accuracy difference in points, length change in %.")
+    return "\n".join(lines) + "\n"
+
+
+def write_markdown(table: pd.DataFrame, path: str | Path, *, caption: str | None = None) -> Path:
+    return write_text_atomic(path, to_markdown(table, caption=caption))

@@ -1,0 +1,402 @@
+"""The report stage: search statistics, the results table, the figures, and the merge / summarize
+commands, on small hand-made inputs whose numbers are worked out by hand in the comments."""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from retro_search.cli import main
+from retro_search.report.search_stats import merge_stats, search_stats_markdown
+from retro_search.report.tables import (RELATIVE_ROW, metrics_from_eval, results_table,
+                                        to_markdown, write_csv)
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+# ----------------------------------------------------------------------------- hand-made inputs
+
+def search_row(trace_id, source, status, correct, tokens, steps, thoughts, tried, accepted,
+               truncated):
+    """A revised row as `retro-search search` writes it: a TraceRecord dict plus "search"."""
+    return {"id": trace_id, "question": "q", "reference_answer": "1", "reasoning": "r",
+            "solution": "\\boxed{1}", "source_model": source[0], "source_dataset": source[1],
+            "metadata": {},
+            "search": {"trace_id": trace_id, "status": status, "original_correct": correct,
+                       "original_answer": "1" if correct else "2",
+                       "tokens_before": tokens[0], "tokens_after": tokens[1],
+                       "steps_before": steps[0], "steps_after": steps[1],
+                       "thoughts_before": thoughts[0], "thoughts_after": thoughts[1],
+                       "boundaries_visited": tried, "rollouts_tried": tried,
+                       "rollouts_accepted": accepted, "rollouts_truncated": truncated}}
+
+
+def rollout(trace_id, boundary, accepted=False, truncated=False):
+    return {"trace_id": trace_id, "boundary": boundary, "visit": boundary - 1, "rollout": 0,
+            "prefix_steps": 3, "rest_steps": 5, "step_text": "s", "continuation": "c",
+            "step_tokens": 5, "continuation_tokens": 20, "steps": 3, "answer": "1",
+            "correct": not truncated, "truncated": truncated, "value": 0.0, "accepted": accepted,
+            "seeds": [1, 2]}
+
+
+M1, M2 = ("model-a", "set-a"), ("model-b", "set-b")
+REVISED = [
+    search_row("t1", M1, "revised", True, (100, 60), (10, 6), (4, 2), 3, 1, 0),
+    search_row("t2", M1, "unchanged", True, (200, 200), (20, 20), (5, 5), 4, 0, 1),
+    search_row("t3", M2, "revised", True, (300, 150), (30, 12), (6, 3), 2, 2, 0),
+    search_row("t4", M2, "incorrect_original", False, (500, 500), (40, 40), (8, 8), 0, 0, 0),
+]
+ROLLOUTS = [
+    rollout("t1", 1), rollout("t1", 2, accepted=True), rollout("t1", 3),
+    rollout("t2", 1), rollout("t2", 2, truncated=True), rollout("t2", 3), rollout("t2", 4),
+    rollout("t3", 1, accepted=True), rollout("t3", 2, accepted=True),
+]
+
+# Three arms on two benchmarks. Averages: base 35.0% / 6500 tokens, original 45.0% / 7500,
+# retro_search 49.5% / 5500. Retro vs original: aime24 +5 points / -30%, math500 +4 / -20%,
+# average +4.5 points / (5500 - 7500) / 7500 = -26.67% (the change of the averages).
+METRICS = [
+    {"arm": "base", "benchmark": "aime24", "accuracy": 0.10, "accuracy_se": 0.05, "mean_tokens": 9000},
+    {"arm": "base", "benchmark": "math500", "accuracy": 0.60, "accuracy_se": 0.02, "mean_tokens": 4000},
+    {"arm": "original", "benchmark": "aime24", "accuracy": 0.20, "accuracy_se": 0.06, "mean_tokens": 10000},
+    {"arm": "original", "benchmark": "math500", "accuracy": 0.70, "accuracy_se": 0.02, "mean_tokens": 5000},
+    {"arm": "retro_search", "benchmark": "aime24", "accuracy": 0.25, "accuracy_se": 0.06, "mean_tokens": 7000},
+    {"arm": "retro_search", "benchmark": "math500", "accuracy": 0.74, "accuracy_se": 0.02, "mean_tokens": 4000},
+]
+
+
+def write_rows(path, rows):
+    Path(path).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def read_rows(path):
+    return [json.loads(line) for line in Path(path).read_text().splitlines()]
+
+
+def parse_markdown_table(text):
+    """The first Markdown table in `text` as {row label: {header: cell}}."""
+    lines = [line for line in text.splitlines() if line.startswith("|")]
+    split = [[cell.strip() for cell in line.strip("|").split("|")] for line in lines]
+    header, body = split[0], split[2:]
+    return {cells[0]: dict(zip(header[1:], cells[1:])) for cells in body}
+
+
+# ----------------------------------------------------------------------------- merge_stats
+
+def test_merge_stats_counts_traces_by_status():
+    stats = merge_stats(REVISED, ROLLOUTS)
+    assert stats["traces"] == 4
+    assert stats["by_status"] == {"revised": 2, "unchanged": 1, "incorrect_original": 1}
+
+
+def test_merge_stats_lengths_cover_only_traces_with_a_correct_original():
+    tokens = merge_stats(REVISED, ROLLOUTS)["tokens"]
+    assert tokens["traces"] == 3  # t4 (incorrect original, 500 tokens) is left out
+    assert tokens["before"] == {"sum": 600, "mean": 200.0, "median": 200.0}
+    assert tokens["after"]["sum"] == 410  # 60 + 200 + 150
+    assert tokens["after"]["mean"] == pytest.approx(410 / 3)
+    assert tokens["after"]["median"] == 150.0
+    assert tokens["relative_change_pct"] == pytest.approx(100 * (410 - 600) / 600)  # -31.67%
+
+
+def test_merge_stats_steps_and_thoughts_are_means_before_and_after():
+    stats = merge_stats(REVISED, ROLLOUTS)
+    assert stats["steps"]["before_mean"] == pytest.approx(20.0)       # (10 + 20 + 30) / 3
+    assert stats["steps"]["after_mean"] == pytest.approx(38 / 3)      # (6 + 20 + 12) / 3
+    assert stats["thoughts"]["before_mean"] == pytest.approx(5.0)     # (4 + 5 + 6) / 3
+    assert stats["thoughts"]["after_mean"] == pytest.approx(10 / 3)   # (2 + 5 + 3) / 3
+
+
+def test_merge_stats_acceptance_and_truncation_rates():
+    rollouts = merge_stats(REVISED, ROLLOUTS)["rollouts"]
+    assert (rollouts["tried"], rollouts["accepted"], rollouts["truncated"]) == (9, 3, 1)
+    assert rollouts["acceptance_rate"] == pytest.approx(3 / 9)
+    assert rollouts["truncation_rate"] == pytest.approx(1 / 9)
+    assert rollouts["generated_tokens"] == 9 * 25
+    assert rollouts["log_rows"] == 9
+
+
+def test_merge_stats_per_boundary_acceptance():
+    per_boundary = merge_stats(REVISED, ROLLOUTS)["per_boundary"]
+    assert [(b["boundary"], b["tried"], b["accepted"], b["truncated"]) for b in per_boundary] == [
+        (1, 3, 1, 0), (2, 3, 2, 1), (3, 2, 0, 0), (4, 1, 0, 0)]
+    assert [b["rate"] for b in per_boundary] == pytest.approx([1 / 3, 2 / 3, 0.0, 0.0])
+
+
+def test_merge_stats_per_source_counts_and_token_change():
+    per_source = merge_stats(REVISED, ROLLOUTS)["per_source"]
+    assert [(s["source_model"], s["source_dataset"], s["traces"], s["revised"], s["searched"],
+             s["tokens_before"], s["tokens_after"]) for s in per_source] == [
+        ("model-a", "set-a", 2, 1, 2, 300, 260), ("model-b", "set-b", 2, 1, 1, 300, 150)]
+    assert [s["relative_change_pct"] for s in per_source] == pytest.approx([-40 / 3, -50.0])
+
+
+def test_merge_stats_warns_when_the_log_disagrees_with_the_traces():
+    assert merge_stats(REVISED, ROLLOUTS)["warnings"] == []
+    assert "rollout log has 8" in merge_stats(REVISED, ROLLOUTS[:-1])["warnings"][0]
+
+
+def test_merge_stats_of_nothing_has_no_means():
+    stats = merge_stats([], [])
+    assert stats["traces"] == 0
+    assert stats["tokens"]["before"]["mean"] is None
+    assert stats["tokens"]["relative_change_pct"] is None
+    assert stats["rollouts"]["acceptance_rate"] is None
+    assert stats["per_boundary"] == []
+
+
+def test_merge_stats_names_a_row_without_search_stats():
+    with pytest.raises(ValueError, match=r"row 2 \(id='t2'\).*'search'"):
+        merge_stats([REVISED[0], {"id": "t2"}], [])
+
+
+def test_search_stats_markdown_shows_the_headline_numbers():
+    text = search_stats_markdown(merge_stats(REVISED, ROLLOUTS))
+    assert "4 traces: 2 revised, 1 unchanged, 1 with an incorrect original" in text
+    lengths = parse_markdown_table(text)
+    assert lengths["tokens, total"] == {"before": "600", "after": "410", "change": "-31.7%"}
+    assert "33.3%" in text  # acceptance rate
+
+
+# ----------------------------------------------------------------------------- the table
+
+def test_results_table_has_one_row_per_arm_then_the_relative_row():
+    table = results_table(METRICS)
+    assert list(table.index) == ["base", "original", "retro_search", RELATIVE_ROW]
+    assert list(table.columns) == ["aime24/acc", "aime24/len", "math500/acc", "math500/len",
+                                   "average/acc", "average/len"]
+
+
+def test_results_table_gives_accuracy_in_percent_and_length_in_tokens():
+    table = results_table(METRICS)
+    assert table.loc["retro_search", "aime24/acc"] == pytest.approx(25.0)
+    assert table.loc["retro_search", "aime24/len"] == pytest.approx(7000)
+
+
+def test_results_table_average_is_the_mean_over_benchmarks():
+    table = results_table(METRICS)
+    assert table.loc["base", "average/acc"] == pytest.approx(35.0)
+    assert table.loc["original", "average/len"] == pytest.approx(7500)
+    assert table.loc["retro_search", "average/acc"] == pytest.approx(49.5)
+    assert table.loc["retro_search", "average/len"] == pytest.approx(5500)
+
+
+def test_relative_row_gives_accuracy_points_and_length_percent():
+    row = results_table(METRICS).loc[RELATIVE_ROW]
+    assert row["aime24/acc"] == pytest.approx(5.0)
+    assert row["aime24/len"] == pytest.approx(-30.0)
+    assert row["math500/acc"] == pytest.approx(4.0)
+    assert row["math500/len"] == pytest.approx(-20.0)
+    assert row["average/acc"] == pytest.approx(4.5)
+    assert row["average/len"] == pytest.approx(-200 / 7.5)  # -26.67%, not the mean of -30 and -20
+
+
+def test_results_table_follows_the_given_arm_order():
+    table = results_table(METRICS, arms=["retro_search", "original", "base"])
+    assert list(table.index) == ["retro_search", "original", "base", RELATIVE_ROW]
+
+
+def test_results_table_without_both_arms_has_no_relative_row():
+    table = results_table([m for m in METRICS if m["arm"] != "original"])
+    assert list(table.index) == ["base", "retro_search"]
+
+
+def test_an_arm_missing_a_benchmark_gets_no_average():
+    table = results_table(METRICS[:-1])  # retro_search lacks math500
+    assert math.isnan(table.loc["retro_search", "average/acc"])
+    assert table.loc["original", "average/acc"] == pytest.approx(45.0)
+
+
+def test_results_table_rejects_two_results_for_one_arm_and_benchmark():
+    with pytest.raises(ValueError, match="'base' has two results for benchmark 'aime24'"):
+        results_table(METRICS + [METRICS[0]])
+
+
+def test_metrics_from_eval_accepts_the_eval_stage_names():
+    eval_json = {"benchmark": "aime24", "pass@1": 0.25, "pass@1_se": 0.04, "mean_tokens": 812.5}
+    assert metrics_from_eval(eval_json, "base") == {"arm": "base", "benchmark": "aime24",
+                                                    "accuracy": 0.25, "accuracy_se": 0.04,
+                                                    "mean_tokens": 812.5}
+    row = metrics_from_eval({"benchmark": "b", "accuracy": 0.5, "accuracy_stderr": 0.1,
+                             "mean_tokens": 10}, "x")
+    assert (row["accuracy"], row["accuracy_se"]) == (0.5, 0.1)
+
+
+def test_metrics_from_eval_names_the_file_and_the_missing_value():
+    with pytest.raises(ValueError, match=r"m\.json: no accuracy"):
+        metrics_from_eval({"benchmark": "b", "mean_tokens": 1}, "x", source="m.json")
+
+
+def test_markdown_table_parses_back_to_the_same_numbers():
+    table = results_table(METRICS)
+    parsed = parse_markdown_table(to_markdown(table))
+    assert list(parsed) == ["base", "original", "retro_search", RELATIVE_ROW]
+    assert parsed["retro_search"]["aime24 acc"] == "25.0"
+    assert parsed["retro_search"]["aime24 len"] == "7000"
+    assert parsed["retro_search"]["average acc"] == "49.5"
+    assert parsed[RELATIVE_ROW]["average acc"] == "+4.5"
+    assert parsed[RELATIVE_ROW]["average len"] == "-26.7%"
+    for arm in ("base", "original", "retro_search"):
+        for column in table.columns:
+            header = column.replace("/", " ")
+            assert float(parsed[arm][header]) == pytest.approx(table.loc[arm, column], abs=0.5)
+
+
+def test_csv_keeps_full_precision(tmp_path):
+    import pandas as pd
+
+    path = write_csv(results_table(METRICS), tmp_path / "results.csv")
+    back = pd.read_csv(path, index_col="arm")
+    assert back.loc[RELATIVE_ROW, "average/len"] == pytest.approx(-200 / 7.5, rel=1e-12)
+    assert back.loc["retro_search", "math500/acc"] == pytest.approx(74.0)
+
+
+# ----------------------------------------------------------------------------- figures
+
+def assert_png(path, min_bytes=8_000):
+    data = Path(path).read_bytes()
+    assert data[:8] == PNG_SIGNATURE
+    assert len(data) > min_bytes
+
+
+def test_accuracy_vs_length_plot_writes_a_png(tmp_path):
+    from retro_search.report.plots import plot_accuracy_vs_length
+
+    path = plot_accuracy_vs_length(METRICS, tmp_path / "acc.png")
+    assert path == tmp_path / "acc.png"
+    assert_png(path)
+
+
+def test_trace_length_plot_writes_a_png(tmp_path):
+    from retro_search.report.plots import plot_trace_lengths
+
+    assert_png(plot_trace_lengths(REVISED, tmp_path / "lengths.png"))
+
+
+def test_boundary_acceptance_plot_writes_a_png(tmp_path):
+    from retro_search.report.plots import plot_boundary_acceptance
+
+    per_boundary = merge_stats(REVISED, ROLLOUTS)["per_boundary"]
+    assert_png(plot_boundary_acceptance(per_boundary, tmp_path / "boundaries.png"))
+
+
+def test_boundary_acceptance_groups_many_boundaries_into_ranges(tmp_path):
+    from retro_search.report.plots import _grouped
+
+    per_boundary = [{"boundary": b, "tried": 2, "accepted": b % 2} for b in range(1, 101)]
+    bars = _grouped(per_boundary, max_bars=30)
+    assert bars[0] == ("1-4", 8, 2)
+    assert len(bars) == 25 and sum(t for _, t, _ in bars) == 200
+
+
+def test_plots_of_empty_inputs_still_write_a_png(tmp_path):
+    from retro_search.report.plots import (plot_accuracy_vs_length, plot_boundary_acceptance,
+                                           plot_trace_lengths)
+
+    for path in (plot_accuracy_vs_length([], tmp_path / "a.png"),
+                 plot_trace_lengths([], tmp_path / "b.png"),
+                 plot_boundary_acceptance([], tmp_path / "c.png")):
+        assert_png(path, min_bytes=1_000)
+
+
+# ----------------------------------------------------------------------------- merge command
+
+@pytest.mark.parametrize("command", ["merge", "summarize"])
+def test_report_commands_explain_themselves(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    assert "usage: retro-search " + command in capsys.readouterr().out
+
+
+def test_merge_concatenates_shards_in_order_and_writes_stats(tmp_path):
+    shard0 = write_rows(tmp_path / "0.jsonl", REVISED[2:])
+    shard1 = write_rows(tmp_path / "1.jsonl", REVISED[:2])
+    log0 = write_rows(tmp_path / "0.rollouts.jsonl", ROLLOUTS[7:])
+    log1 = write_rows(tmp_path / "1.rollouts.jsonl", ROLLOUTS[:7])
+    out = tmp_path / "merged"
+    assert main(["merge", "--inputs", shard0, shard1, "--rollouts", log0, log1,
+                 "--output", str(out / "revised.jsonl"), "--stats", str(out / "stats.json"),
+                 "--rollout-log", str(out / "rollouts.jsonl")]) == 0
+    assert [r["id"] for r in read_rows(out / "revised.jsonl")] == ["t3", "t4", "t1", "t2"]
+    assert len(read_rows(out / "rollouts.jsonl")) == 9
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["by_status"] == {"revised": 2, "unchanged": 1, "incorrect_original": 1}
+    assert stats["rollouts"]["acceptance_rate"] == pytest.approx(1 / 3)
+    assert stats["inputs"]["revised"] == [shard0, shard1]
+
+
+def test_merge_rejects_a_duplicate_id_naming_the_file(tmp_path, capsys):
+    shard0 = write_rows(tmp_path / "0.jsonl", REVISED[:2])
+    shard1 = write_rows(tmp_path / "1.jsonl", [REVISED[2], REVISED[1]])
+    output = tmp_path / "revised.jsonl"
+    assert main(["merge", "--inputs", shard0, shard1, "--output", str(output),
+                 "--stats", str(tmp_path / "stats.json")]) == 2
+    err = capsys.readouterr().err
+    assert "1.jsonl: row 2: duplicate trace id 't2'" in err and "0.jsonl (row 2)" in err
+    assert not output.exists()
+
+
+# ----------------------------------------------------------------------------- summarize command
+
+def eval_metrics_files(folder):
+    """metrics.json files shaped like the eval stage's (pass@1 / accuracy_stderr names)."""
+    paths, arms = [], []
+    for m in METRICS:
+        path = Path(folder) / m["arm"] / m["benchmark"] / "metrics.json"
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps({"benchmark": m["benchmark"], "model": "student",
+                                    "accuracy": m["accuracy"], "accuracy_stderr": m["accuracy_se"],
+                                    "pass@1": m["accuracy"], "mean_tokens": m["mean_tokens"],
+                                    "n_problems": 30}))
+        paths.append(str(path))
+        arms.append(m["arm"])
+    return paths, arms
+
+
+def test_summarize_writes_tables_figures_and_summary(tmp_path):
+    metrics, arms = eval_metrics_files(tmp_path / "eval")
+    revised = write_rows(tmp_path / "revised.jsonl", REVISED)
+    rollouts = write_rows(tmp_path / "rollouts.jsonl", ROLLOUTS)
+    stats = tmp_path / "stats.json"
+    stats.write_text(json.dumps(merge_stats(REVISED, ROLLOUTS)))
+    out = tmp_path / "summary"
+    assert main(["summarize", "--metrics", *metrics, "--arms", *arms, "--search-stats", str(stats),
+                 "--revised", revised, "--rollouts", rollouts, "--output-dir", str(out)]) == 0
+
+    for name in ("accuracy_vs_length.png", "trace_lengths.png", "boundary_acceptance.png"):
+        assert_png(out / name)
+    table = parse_markdown_table((out / "results.md").read_text())
+    assert table[RELATIVE_ROW]["aime24 acc"] == "+5.0"
+    assert table[RELATIVE_ROW]["math500 len"] == "-20.0%"
+    csv_lines = (out / "results.csv").read_text().splitlines()
+    assert csv_lines[0] == "arm,aime24/acc,aime24/len,math500/acc,math500/len,average/acc,average/len"
+    assert [line.split(",")[0] for line in csv_lines[1:]] == ["base", "original", "retro_search",
+                                                              RELATIVE_ROW]
+    assert "| tokens, total | 600 | 410 | -31.7% |" in (out / "search_stats.md").read_text()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["arms"] == ["base", "original", "retro_search"]
+    assert summary["benchmarks"] == ["aime24", "math500"]
+    assert summary["table"][2]["average/acc"] == pytest.approx(49.5)
+    assert summary["search"]["by_status"]["revised"] == 2
+
+
+def test_summarize_computes_search_stats_from_the_logs_when_no_stats_file(tmp_path):
+    metrics, arms = eval_metrics_files(tmp_path / "eval")
+    out = tmp_path / "summary"
+    assert main(["summarize", "--metrics", *metrics, "--arms", *arms,
+                 "--revised", write_rows(tmp_path / "revised.jsonl", REVISED),
+                 "--rollouts", write_rows(tmp_path / "rollouts.jsonl", ROLLOUTS),
+                 "--output-dir", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["search"]["rollouts"]["tried"] == 9
+    assert (out / "boundary_acceptance.png").exists()
+
+
+def test_summarize_needs_one_arm_per_metrics_file(tmp_path, capsys):
+    metrics, arms = eval_metrics_files(tmp_path / "eval")
+    assert main(["summarize", "--metrics", *metrics, "--arms", *arms[:-1],
+                 "--output-dir", str(tmp_path / "out")]) == 2
+    assert "--arms gives 5 labels for 6 --metrics files" in capsys.readouterr().err
