@@ -1,0 +1,294 @@
+"""The SFT stage: chat formatting, prompt masking, training, resume, batch sizes, over-long rows.
+
+Training tests run a few optimizer steps of the tiny model on CPU (a few seconds each).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import yaml
+
+from retro_search.prompts import PromptFormat, load_prompt_format
+from retro_search.readers import write_records
+from retro_search.records import TraceRecord
+from retro_search.sft.config import (SFTSettings, StudentSettings, gradient_accumulation_steps,
+                                     load_settings)
+from retro_search.sft.data import build_sft_data, sft_row
+
+ROOT = Path(__file__).resolve().parents[1]
+EOS = "<|end_of_text|>"  # the tiny tokenizer's eos
+
+
+def _records(n: int = 8) -> list[TraceRecord]:
+    from retro_search.tiny_model import corpus_examples
+
+    return [TraceRecord(id=f"q{i}", question=q, reference_answer="0", reasoning=r, solution=s)
+            for i, (q, r, s) in enumerate(corpus_examples(n, seed=7))]
+
+
+def _settings(**changes) -> SFTSettings:
+    """Tiny CPU training: 4 steps of 2 rows, a learning rate that visibly moves the weights."""
+    base = SFTSettings(learning_rate=1e-3, max_steps=4, per_device_train_batch_size=2,
+                       save_steps=2, save_total_limit=3, max_length=512, seed=0)
+    return replace(base, **changes)
+
+
+@pytest.fixture(scope="module")
+def train_file(tmp_path_factory, tiny_model_dir) -> Path:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    data = build_sft_data(_records(), load_prompt_format(tiny_model_dir), tokenizer, eos_token=EOS)
+    path = tmp_path_factory.mktemp("sft") / "train.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in data.rows))
+    return path
+
+
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory, tiny_model_dir, train_file) -> Path:
+    """4 steps straight through (shared by the training and the resume test)."""
+    from retro_search.sft.train import train
+
+    out = tmp_path_factory.mktemp("straight")
+    train(train_file, out, StudentSettings(path=tiny_model_dir), _settings())
+    return out
+
+
+def _weights(model_dir: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(model_dir / "model.safetensors"))
+
+
+# ----------------------------------------------------------------------------- chat formatting
+
+def test_completion_keeps_reasoning_closer_solution_and_eos(tiny_model_dir):
+    record = _records(1)[0]
+    row = sft_row(record, load_prompt_format(tiny_model_dir), EOS)
+    assert row["completion"] == f"{record.reasoning}\n</think>\n\n{record.solution}{EOS}"
+    assert row["id"] == record.id
+
+
+def test_prompt_ends_with_the_opener_once_when_the_template_already_opens_it(tiny_model_dir):
+    # The tiny template's generation prompt ends with "<think>\n", like R1-distill's.
+    record = _records(1)[0]
+    prompt = sft_row(record, load_prompt_format(tiny_model_dir), EOS)["prompt"]
+    assert prompt.endswith("<|Assistant|><think>\n")
+    assert prompt.count("<think>") == 1
+    assert record.question in prompt
+
+
+def test_prompt_gets_the_opener_when_the_template_lacks_it():
+    plain = PromptFormat(render_question=lambda q: f"<|User|>{q}<|Assistant|>",
+                         count_tokens=len)
+    prompt = sft_row(_records(1)[0], plain, EOS)["prompt"]
+    assert prompt.endswith("<|Assistant|><think>\n") and prompt.count("<think>") == 1
+
+
+# ----------------------------------------------------------------------------- masking
+
+def test_collated_batch_masks_exactly_the_prompt_tokens(tmp_path, tiny_model_dir, train_file):
+    from transformers import AutoTokenizer
+
+    from retro_search.sft.train import build_trainer
+
+    trainer = build_trainer(train_file, tmp_path, StudentSettings(path=tiny_model_dir),
+                            _settings())
+    rows = [json.loads(line) for line in train_file.read_text().splitlines()[:2]]
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(2)])
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    for i, row in enumerate(rows):
+        prompt = tokenizer(row["prompt"], add_special_tokens=False).input_ids
+        completion = tokenizer(row["completion"], add_special_tokens=False).input_ids
+        n_p, n_c = len(prompt), len(completion)
+        ids, labels = batch["input_ids"][i].tolist(), batch["labels"][i].tolist()
+        assert ids[:n_p + n_c] == prompt + completion
+        assert ids.count(tokenizer.bos_token_id) == 1  # the template's BOS, no second one
+        assert labels[:n_p] == [-100] * n_p                   # prompt: no loss
+        assert labels[n_p:n_p + n_c] == completion            # completion (with eos): loss
+        assert labels[n_p + n_c:] == [-100] * (len(ids) - n_p - n_c)  # padding: no loss
+        assert batch["attention_mask"][i].tolist() == [1] * (n_p + n_c) + [0] * (len(ids) - n_p - n_c)
+    assert (batch["attention_mask"] == 0).any()  # the batch really was padded
+
+
+# ----------------------------------------------------------------------------- training
+
+def test_training_writes_a_loadable_model_that_moved_and_the_losses(straight_run, tiny_model_dir):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(straight_run / "model")
+    start = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    trained, initial = model.state_dict(), start.state_dict()
+    assert trained.keys() == initial.keys()
+    assert any(not torch.equal(trained[k], initial[k]) for k in trained)
+    assert (straight_run / "model" / "tokenizer.json").is_file()
+
+    metrics = json.loads((straight_run / "train_metrics.json").read_text())
+    assert [e["step"] for e in metrics["log"]] == [1, 2, 3, 4]
+    assert all(e["loss"] > 0 for e in metrics["log"])
+    assert metrics["global_step"] == 4 and metrics["resumed_from"] is None
+    assert metrics["num_input_tokens_seen"] > 0 and metrics["session_runtime_s"] > 0
+    assert metrics["bf16"] is False  # auto on CPU
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_killed_run_resumes_from_its_last_checkpoint_and_matches_a_straight_run(
+        tmp_path, tiny_model_dir, train_file, straight_run):
+    from transformers import TrainerCallback
+
+    from retro_search.sft.train import train
+
+    class KillAfterSave(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            if state.global_step == 2:
+                raise _Killed  # like SIGKILL right after checkpoint-2 is on disk
+
+    class RecordSteps(TrainerCallback):
+        def __init__(self):
+            self.steps: list[int] = []
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.steps.append(state.global_step)
+
+    student = StudentSettings(path=tiny_model_dir)
+    with pytest.raises(_Killed):
+        train(train_file, tmp_path, student, _settings(), callbacks=[KillAfterSave()])
+    assert (tmp_path / "checkpoints" / "checkpoint-2" / "trainer_state.json").is_file()
+    assert not (tmp_path / "model").exists()  # a killed run leaves no final model
+
+    recorder = RecordSteps()
+    metrics = train(train_file, tmp_path, student, _settings(), callbacks=[recorder])
+    assert metrics["resumed_from"] == "checkpoint-2" and metrics["session_steps"] == 2
+    assert recorder.steps == [3, 4]  # only the steps the killed run had not done
+    assert [e["step"] for e in metrics["log"]] == [1, 2, 3, 4]
+
+    # Weights, optimizer, scheduler, RNG and data position all come back from checkpoint-2 and
+    # CPU float math is deterministic for the same ops, so the result is bit-identical.
+    resumed, straight = _weights(tmp_path / "model"), _weights(straight_run / "model")
+    assert resumed.keys() == straight.keys()
+    for name in straight:
+        assert (resumed[name] == straight[name]).all(), name
+    straight_losses = json.loads((straight_run / "train_metrics.json").read_text())["log"]
+    assert [e["loss"] for e in metrics["log"]] == [e["loss"] for e in straight_losses]
+
+
+def test_incomplete_checkpoint_is_skipped_and_removed(tmp_path):
+    from retro_search.sft.train import last_checkpoint
+
+    for step, complete in ((2, True), (4, False)):
+        folder = tmp_path / f"checkpoint-{step}"
+        folder.mkdir()
+        if complete:
+            (folder / "trainer_state.json").write_text("{}")
+    assert last_checkpoint(tmp_path) == tmp_path / "checkpoint-2"
+    assert (tmp_path / "checkpoint-4").exists()
+    assert last_checkpoint(tmp_path, remove_incomplete=True) == tmp_path / "checkpoint-2"
+    assert not (tmp_path / "checkpoint-4").exists()
+
+
+# ----------------------------------------------------------------------------- batch sizes
+
+def test_global_batch_size_sets_gradient_accumulation():
+    settings = SFTSettings(global_batch_size=128, per_device_train_batch_size=2)
+    assert gradient_accumulation_steps(settings, world_size=8) == 8
+    assert gradient_accumulation_steps(replace(settings, global_batch_size=96), world_size=8) == 6
+    assert gradient_accumulation_steps(SFTSettings(), world_size=4) == 1  # no global size: as set
+
+
+def test_global_batch_size_not_divisible_is_an_error_naming_the_keys():
+    settings = SFTSettings(global_batch_size=96, per_device_train_batch_size=4)
+    with pytest.raises(ValueError, match=r"sft\.global_batch_size=96 .*\(4\) x 5 process"):
+        gradient_accumulation_steps(settings, world_size=5)
+    with pytest.raises(ValueError, match="contradicts"):
+        gradient_accumulation_steps(replace(settings, gradient_accumulation_steps=2), world_size=8)
+
+
+# ----------------------------------------------------------------------------- sft-data CLI
+
+def test_sft_data_drops_overlong_rows_into_the_side_file(tmp_path, tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    from retro_search.cli import main
+
+    records = _records(6)
+    traces = tmp_path / "revised.jsonl"
+    write_records(records, traces)
+    # Revised traces carry a `search` key: it is ignored.
+    rows = [dict(json.loads(line), search={"status": "revised"})
+            for line in traces.read_text().splitlines()]
+    traces.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    lengths = {r.id: len(tokenizer(sft_row(r, load_prompt_format(tiny_model_dir), EOS)["prompt"]
+                                   + sft_row(r, load_prompt_format(tiny_model_dir), EOS)["completion"],
+                                   add_special_tokens=False).input_ids) for r in records}
+    limit = sorted(lengths.values())[3]  # keeps 4 rows (ties aside), drops the longer ones
+    stage = tmp_path / "stage.yaml"
+    stage.write_text(yaml.safe_dump({"student": {"path": tiny_model_dir},
+                                     "sft": {"max_length": limit}}))
+    out = tmp_path / "train.jsonl"
+
+    assert main(["sft-data", "--input", str(traces), "--output", str(out),
+                 "--config", str(stage)]) == 0
+
+    kept = [json.loads(line) for line in out.read_text().splitlines()]
+    dropped = [json.loads(line) for line in (tmp_path / "train.dropped.jsonl").read_text().splitlines()]
+    assert {r["id"] for r in kept} == {i for i, n in lengths.items() if n <= limit}
+    assert {r["id"] for r in dropped} == {i for i, n in lengths.items() if n > limit}
+    assert dropped and all(d["tokens"] == lengths[d["id"]] > limit for d in dropped)
+    assert all(f"sft.max_length={limit}" in d["reason"] for d in dropped)
+    assert set(kept[0]) == {"id", "prompt", "completion"}
+
+
+def test_sft_data_without_student_path_is_an_error_naming_the_key(tmp_path, capsys):
+    from retro_search.cli import main
+
+    traces = tmp_path / "traces.jsonl"
+    write_records(_records(1), traces)
+    assert main(["sft-data", "--input", str(traces), "--output", str(tmp_path / "t.jsonl")]) == 2
+    assert "student.path" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- config files
+
+def test_config_group_files_hold_valid_sft_settings(tmp_path):
+    for name in ("default", "demo"):
+        group = ROOT / "config" / "sft" / f"{name}.yaml"
+        assert group.read_text().startswith("# @package sft\n")
+        stage = tmp_path / f"{name}.yaml"
+        stage.write_text(yaml.safe_dump({"student": {"path": "some/model"},
+                                         "sft": yaml.safe_load(group.read_text())}))
+        _, settings = load_settings(stage)
+        assert isinstance(settings, SFTSettings)
+    defaults = yaml.safe_load((ROOT / "config" / "sft" / "default.yaml").read_text())
+    assert (defaults["learning_rate"], defaults["num_train_epochs"], defaults["max_length"],
+            defaults["global_batch_size"]) == (1e-5, 3, 16384, 128)
+
+
+def test_accelerate_configs_parse():
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    zero3 = load_config_from_file(str(ROOT / "accelerate" / "deepspeed_zero3.yaml"))
+    assert zero3.deepspeed_config["zero_stage"] == 3 and zero3.mixed_precision == "bf16"
+    fsdp = load_config_from_file(str(ROOT / "accelerate" / "fsdp.yaml"))
+    assert fsdp.fsdp_config["fsdp_state_dict_type"] == "SHARDED_STATE_DICT"
+    assert fsdp.fsdp_config["fsdp_auto_wrap_policy"] == "TRANSFORMER_BASED_WRAP"
+    assert fsdp.fsdp_config["fsdp_activation_checkpointing"] is False
+
+
+def test_subcommands_declare_their_inputs_and_outputs():
+    from retro_search.cli import build_parser
+
+    parser = build_parser()
+    data = parser.parse_args(["sft-data", "--input", "a", "--output", "b", "sft.seed=1"])
+    assert (data.input_args, data.output_args, data.overrides) == (("input",), ("output",), ["sft.seed=1"])
+    run = parser.parse_args(["sft", "--train", "a", "--output-dir", "d"])
+    assert (run.input_args, run.output_args) == (("train",), ("output_dir",))
