@@ -172,6 +172,8 @@ def cmd_search(args: argparse.Namespace) -> int:
 # --- prepare, shard ---------------------------------------------------------------------------
 
 def cmd_prepare(args: argparse.Namespace) -> int:
+    from collections import Counter
+
     import yaml
 
     from retro_search.grading import Grader, normalize_reference
@@ -185,6 +187,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     args.source = data["source"] if Path(data["source"]).exists() else None  # hashed if local
     report = load_traces(data["source"], format=data["format"], split=data.get("split", "train"),
                          name=data.get("name"), limit=data.get("limit"),
+                         source_dataset=data.get("label"),
                          on_bad_record=data.get("on_bad_record", "quarantine"),
                          quarantine_path=out / "quarantine.jsonl")
     records = report.records

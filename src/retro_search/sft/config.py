@@ -20,6 +20,7 @@ class StudentSettings:
     """The model being fine-tuned and the text format it reads (same keys as search's `model`)."""
 
     path: str = MISSING                  # local folder or hub id of the student's starting weights
+    label: Optional[str] = None          # short name used in stage directory names
     tokenizer: Optional[str] = None      # tokenizer (and chat template); None = `path`
     revision: Optional[str] = None       # hub revision (commit) of `path`; recorded for provenance
     user_template: str = "{question}"    # how the question is put in the user turn
