@@ -4,10 +4,8 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-SHARED ?= ../shared/data
-DEMO := results/demo
 
-.PHONY: install test demo clean-demo
+.PHONY: install test demo clean-results
 
 $(VENV)/.installed: pyproject.toml requirements/cpu.lock
 	$(PYTHON) -m venv $(VENV)
@@ -22,14 +20,11 @@ install: $(VENV)/.installed
 test: install
 	$(BIN)/pytest -q
 
-# The demo: build the tiny model, normalise 20 real R1-distill traces, Retro-Search them on CPU.
+# The demo experiment end to end (config/experiment/demo.yaml): tiny model, shipped demo traces,
+# Retro-Search, SFT of both arms, evaluation on the 8 benchmarks, summary table and plots.
 demo: install
-	HF_HUB_OFFLINE=1 $(BIN)/retro-search tiny-model $(DEMO)/tiny-model
-	$(BIN)/retro-search normalize $(SHARED)/traces/thought_anchors_r1_distill_math.jsonl \
-		$(DEMO)/traces.jsonl --format thought_anchors --limit 20
-	HF_HUB_OFFLINE=1 $(BIN)/retro-search search --input $(DEMO)/traces.jsonl \
-		--output $(DEMO)/revised.jsonl --log $(DEMO)/rollouts.jsonl \
-		model.path=$(DEMO)/tiny-model search.max_tokens=64 search.max_step_tokens=32
+	HF_HUB_OFFLINE=1 PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --cores all
+	@echo "Summary table: results/experiments/demo/results.md"
 
-clean-demo:
-	rm -rf $(DEMO)
+clean-results:
+	rm -rf results/*/

@@ -9,6 +9,7 @@
 
 
 include: "workflow/rules/common.smk"
+include: "workflow/rules/stage_config.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/search.smk"
 include: "workflow/rules/sft.smk"
@@ -17,6 +18,6 @@ include: "workflow/rules/report.smk"
 
 
 rule all:
+    default_target: True
     input:
         all_targets(),
-    default_target: True

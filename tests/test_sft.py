@@ -292,3 +292,62 @@ def test_subcommands_declare_their_inputs_and_outputs():
     assert (data.input_args, data.output_args, data.overrides) == (("input",), ("output",), ["sft.seed=1"])
     run = parser.parse_args(["sft", "--train", "a", "--output-dir", "d"])
     assert (run.input_args, run.output_args) == (("train",), ("output_dir",))
+
+
+def test_processes_build_an_accelerate_launch_of_the_same_sft_without_processes():
+    import argparse
+    import sys
+
+    from retro_search.sft.cli import accelerate_command
+
+    args = argparse.Namespace(train="t.jsonl", output_dir="out", config="stage.yaml",
+                              overrides=["sft.max_steps=3"], processes=8)
+    command = accelerate_command(args, "accelerate/fsdp.yaml")
+    assert command[:3] == [sys.executable, "-m", "accelerate.commands.launch"]
+    assert command[command.index("--config_file") + 1] == "accelerate/fsdp.yaml"
+    assert command[command.index("--num_processes") + 1] == "8"
+    launched = command[command.index("retro_search.cli") + 1:]
+    assert launched == ["sft", "--train", "t.jsonl", "--output-dir", "out", "--config",
+                        "stage.yaml", "sft.max_steps=3"]  # no --processes: it trains, not relaunches
+
+
+@pytest.mark.slow
+def test_processes_relaunch_runs_the_training_under_accelerate(tmp_path, tiny_model_dir,
+                                                               train_file):
+    # Several GPUs cannot be had on CPU (accelerate's multi-CPU launch needs mpirun); a one-process
+    # accelerate config still runs the whole relaunch: the launcher, the launched sft, the outputs.
+    import os
+    import subprocess
+    import sys
+
+    accelerate_config = tmp_path / "local.yaml"
+    accelerate_config.write_text(yaml.safe_dump({
+        "compute_environment": "LOCAL_MACHINE", "distributed_type": "NO", "use_cpu": True,
+        "num_machines": 1, "num_processes": 1, "mixed_precision": "no"}))
+    stage = tmp_path / "config.yaml"
+    stage.write_text(yaml.safe_dump({
+        "student": {"path": tiny_model_dir},
+        "sft": {"learning_rate": 1e-3, "max_steps": 2, "per_device_train_batch_size": 2,
+                "save_steps": 1, "max_length": 512, "accelerate_config": str(accelerate_config)}}))
+    out = tmp_path / "run"
+    done = subprocess.run(
+        [sys.executable, "-m", "retro_search.cli", "sft", "--train", str(train_file),
+         "--output-dir", str(out), "--config", str(stage), "--processes", "2"],
+        capture_output=True, text=True, timeout=600,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert "launching: " in done.stderr and "accelerate.commands.launch" in done.stderr
+    metrics = json.loads((out / "train_metrics.json").read_text())
+    assert metrics["global_step"] == 2
+    assert (out / "model" / "config.json").exists()
+
+
+def test_sft_with_missing_accelerate_config_is_an_error_naming_the_key(tmp_path, train_file,
+                                                                       tiny_model_dir, capsys):
+    from retro_search.cli import main
+
+    status = main(["sft", "--train", str(train_file), "--output-dir", str(tmp_path / "run"),
+                   f"student.path={tiny_model_dir}", "sft.accelerate_config=nowhere.yaml",
+                   "--processes", "2"])
+    assert status == 2
+    assert "sft.accelerate_config=nowhere.yaml" in capsys.readouterr().err

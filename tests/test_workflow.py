@@ -4,7 +4,6 @@ repository, then a dry run after one search override, then an audit before and a
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -44,22 +43,8 @@ def job_counts(dry_run_output: str) -> dict[str, int]:
 
 
 @pytest.fixture(scope="module")
-def checkout(tmp_path_factory):
-    """A clean copy of the working tree (tracked and untracked-but-not-ignored files) with the
-    shared data beside it, as CI has it."""
-    root = tmp_path_factory.mktemp("checkout")
-    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-                           cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
-    for name in files:
-        if (REPO / name).is_file():
-            (root / "main" / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / name, root / "main" / name)
-    (root / "shared").symlink_to(SHARED)
-    return root / "main"
-
-
-@pytest.fixture(scope="module")
-def demo(checkout):
+def demo(make_checkout):
+    checkout = make_checkout()
     run([str(SNAKEMAKE), "--cores", "2"], checkout)
     return checkout
 
@@ -120,3 +105,26 @@ def test_audit_passes_on_the_intact_chain_and_names_a_tampered_artifact(demo):
     bad = subprocess.run(audit, cwd=demo, capture_output=True, text=True, env={**os.environ, **env_path})
     assert bad.returncode == 1
     assert "modified" in bad.stdout and str(prepared.relative_to(demo)) in bad.stdout
+
+
+def test_report_bundles_the_results_table_search_statistics_and_plots(demo):
+    import base64
+
+    run([str(SNAKEMAKE), "--report", "report.html"], demo)
+    html = (demo / "report.html").read_text()
+    index = json.loads((demo / "results/experiments/demo/index.json").read_text())
+    summary = demo / next(s["dir"] for s in index["stages"] if s["role"] == "summary")
+    for name in ("results.csv", "search_stats.md", "accuracy_vs_length.png", "trace_lengths.png",
+                 "boundary_acceptance.png"):
+        assert name in html, name
+        # embedded, not linked: the report opens on another machine
+        encoded = base64.b64encode((summary / name).read_bytes()).decode()
+        assert encoded[len(encoded) // 2:][:64] in html, name
+
+
+def test_experiment_index_shows_the_results_table(demo):
+    index = json.loads((demo / "results/experiments/demo/index.json").read_text())
+    summary = demo / next(s["dir"] for s in index["stages"] if s["role"] == "summary")
+    table = (summary / "results.md").read_text()
+    assert (demo / "results/experiments/demo/results.md").read_text() == table
+    assert table.strip() in (demo / "results/experiments/demo/README.md").read_text()

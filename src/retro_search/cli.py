@@ -247,7 +247,12 @@ def cmd_index(args: argparse.Namespace) -> int:
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "index.json").write_text(json.dumps(index, indent=2) + "\n")
-    lines = [f"# Experiment {index['experiment']}", "", "| role | stage directory |", "|---|---|"]
+    lines = [f"# Experiment {index['experiment']}", ""]
+    if args.table:  # a copy, so the table sits where a reader looks first; the audit checks the original
+        table = Path(args.table).read_text()
+        (out / "results.md").write_text(table)
+        lines += ["## Results", "", f"From `{args.table}`.", "", table.rstrip(), ""]
+    lines += ["## Stages", "", "| role | stage directory |", "|---|---|"]
     lines += [f"| {s['role']} | `{s['dir']}` |" for s in index["stages"]]
     (out / "README.md").write_text("\n".join(lines) + "\n")
     return 0
@@ -409,9 +414,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("index", help="write an experiment's index of stage directories",
                        description="results/experiments/NAME/index.json and README.md: which "
-                       "stage directory holds each artifact of the experiment.")
+                       "stage directory holds each artifact of the experiment; with --table, "
+                       "also the results table (README.md and a copy in results.md).")
     p.add_argument("output_dir", help="results/experiments/NAME")
     p.add_argument("--json", required=True, help="the index as JSON (from the workflow plan)")
+    p.add_argument("--table", default=None, help="the summary stage's results.md")
     p.set_defaults(func=cmd_index, input_args=(), output_args=())
 
     p = sub.add_parser("audit", help="verify the provenance chain behind an experiment",

@@ -5,13 +5,17 @@ import shlex
 
 from retro_search.pipeline import build_plan
 
-
 EXPERIMENTS = [e for e in str(config.get("experiment", "demo")).split(",") if e]
 OVERRIDES = shlex.split(str(config.get("overrides", "")))
 CONFIG_DIR = config.get("config_dir", f"{workflow.basedir}/config")  # the Hydra root
 PLAN = build_plan(CONFIG_DIR, EXPERIMENTS, OVERRIDES)
-# The package CLI, importable from the source tree in any environment (venv or conda env).
-RS = f"PYTHONPATH={workflow.basedir}/src${{PYTHONPATH:+:$PYTHONPATH}} python -m retro_search.cli"
+# Every rule calls the package CLI (`python -m retro_search.cli`), importable from the source tree
+# in any environment (the venv or a rule's conda env). Set here, not in the rules' commands, so a
+# moved checkout does not change the commands Snakemake tracks.
+# (Snakemake formats the prefix like a command: the shell expansion's braces are doubled twice.)
+shell.prefix(
+    f"export PYTHONPATH={workflow.basedir}/src${{{{PYTHONPATH:+:$PYTHONPATH}}}}; "
+)
 
 
 localrules:
@@ -81,18 +85,86 @@ def all_targets():
     return targets
 
 
-rule stage_config:
-    output:
-        "results/{kind}/{sid}/config.yaml",
-    params:
-        config=stage_config_json,
-    log:
-        "results/{kind}/{sid}/logs/config.log",
-    benchmark:
-        "results/{kind}/{sid}/logs/config.benchmark.tsv"
-    conda:
-        "../../envs/core.yaml"
-    resources:
-        runtime=5,
-    shell:
-        "{RS} write-config {output} --json {params.config:q} > {log} 2>&1"
+# --- inputs and params of the rules in data.smk
+
+
+def prepare_source(wildcards):
+    """The raw data file when it is local (a hub dataset id is not a file input)."""
+    source = stage("prepare", wildcards).config["data"]["source"]
+    return [source] if os.path.exists(source) else []
+
+
+def shard_input(wildcards):
+    return upstream_of("shard", "prepare", wildcards).path("traces.jsonl")
+
+
+# --- inputs and params of the rules in search.smk
+
+
+def search_shard(wildcards):
+    return upstream_of("search", "shard", wildcards).path(f"shard-{wildcards.i}.jsonl")
+
+
+def merge_inputs(suffix):
+    def inputs(wildcards):
+        search = upstream_of("merge", "search", wildcards)
+        return [search.path(f"shard-{i}{suffix}") for i in range(num_shards(search))]
+
+    return inputs
+
+
+# --- inputs and params of the rules in sft.smk
+
+
+def sft_data_input(wildcards):
+    source = stage("sft_data", wildcards).upstream[
+        0
+    ]  # prepare (original) or merge (retro_search)
+    return source.path("traces.jsonl" if source.kind == "prepare" else "revised.jsonl")
+
+
+def sft_train(wildcards):
+    return upstream_of("sft", "sft_data", wildcards).path("train.jsonl")
+
+
+# --- inputs and params of the rules in eval.smk
+
+
+def eval_model_input(wildcards):
+    """The evaluated model's folder when it is a file (fine-tuned or tiny), else nothing."""
+    model_dir = stage("eval", wildcards).config["model_dir"]
+    return [model_dir] if model_dir.startswith("results/") else []
+
+
+# --- inputs and params of the rules in report.smk
+
+
+def summary_inputs(name):
+    def inputs(wildcards):
+        summary = stage("summary", wildcards)
+        merge = summary.upstream_of("merge")
+        evals = [u for u in summary.upstream if u.kind == "eval"]
+        return {
+            "revised": merge.path("revised.jsonl"),
+            "rollouts": merge.path("rollouts.jsonl"),
+            "stats": merge.path("stats.json"),
+            "metrics": [u.path("metrics.json") for u in evals],
+        }[name]
+
+    return inputs
+
+
+def summary_arms(wildcards):
+    summary = stage("summary", wildcards)
+    return " ".join(u.config["arm"] for u in summary.upstream if u.kind == "eval")
+
+
+def experiment_by_name(name):
+    return next(e for e in PLAN.experiments if e.name == name)
+
+
+def experiment_summary(name):
+    def path(wildcards):
+        return experiment_by_name(wildcards.name).stages["summary"].path(name)
+
+    return path

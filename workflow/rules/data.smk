@@ -1,16 +1,6 @@
 # The tiny local model, and raw traces -> prepared pool -> shards.
 
 
-def prepare_source(wildcards):
-    """The raw data file when it is local (a hub dataset id is not a file input)."""
-    source = stage("prepare", wildcards).config["data"]["source"]
-    return [source] if os.path.exists(source) else []
-
-
-def shard_input(wildcards):
-    return upstream_of("shard", "prepare", wildcards).path("traces.jsonl")
-
-
 rule tiny_model:
     input:
         config="results/tiny_model/{sid}/config.yaml",
@@ -28,7 +18,7 @@ rule tiny_model:
         mem_mb=2000,
         runtime=15,
     shell:
-        "{RS} --manifest {output.manifest} tiny-model {output.model} --config {input.config}"
+        "python -m retro_search.cli --manifest {output.manifest} tiny-model {output.model} --config {input.config}"
         " > {log} 2>&1"
 
 
@@ -52,7 +42,7 @@ rule prepare:
         mem_mb=8000,
         runtime=120,
     shell:
-        "{RS} --manifest {output.manifest} prepare --config {input.config}"
+        "python -m retro_search.cli --manifest {output.manifest} prepare --config {input.config}"
         " --output-dir results/prepare/{wildcards.sid} --no-progress > {log} 2>&1"
 
 
@@ -63,9 +53,6 @@ rule shard:
     output:
         shard="results/shard/{sid}/shard-{i}.jsonl",
         manifest="results/shard/{sid}/shard-{i}.manifest.json",
-    params:
-        num_shards=lambda wildcards: num_shards(stage("shard", wildcards)),
-        upstream=upstream_flags("shard"),
     log:
         "results/shard/{sid}/logs/shard-{i}.log",
     benchmark:
@@ -74,7 +61,10 @@ rule shard:
         "../../envs/core.yaml"
     resources:
         runtime=10,
+    params:
+        num_shards=lambda wildcards: num_shards(stage("shard", wildcards)),
+        upstream=upstream_flags("shard"),
     shell:
-        "{RS} --manifest {output.manifest} {params.upstream} shard --input {input.traces}"
+        "python -m retro_search.cli --manifest {output.manifest} {params.upstream} shard --input {input.traces}"
         " --output {output.shard} --index {wildcards.i} --num-shards {params.num_shards}"
         " > {log} 2>&1"

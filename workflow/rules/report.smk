@@ -1,30 +1,6 @@
 # The experiment's tables, plots and search statistics, and its index of stage directories.
 
 
-def summary_inputs(name):
-    def inputs(wildcards):
-        summary = stage("summary", wildcards)
-        merge = summary.upstream_of("merge")
-        evals = [u for u in summary.upstream if u.kind == "eval"]
-        return {
-            "revised": merge.path("revised.jsonl"),
-            "rollouts": merge.path("rollouts.jsonl"),
-            "stats": merge.path("stats.json"),
-            "metrics": [u.path("metrics.json") for u in evals],
-        }[name]
-
-    return inputs
-
-
-def summary_arms(wildcards):
-    summary = stage("summary", wildcards)
-    return " ".join(u.config["arm"] for u in summary.upstream if u.kind == "eval")
-
-
-def experiment_by_name(name):
-    return next(e for e in PLAN.experiments if e.name == name)
-
-
 rule summarize:
     input:
         config="results/summary/{sid}/config.yaml",
@@ -61,9 +37,6 @@ rule summarize:
         ),
         summary="results/summary/{sid}/summary.json",
         manifest="results/summary/{sid}/manifest.json",
-    params:
-        arms=summary_arms,
-        upstream=upstream_flags("summary"),
     log:
         "results/summary/{sid}/logs/summarize.log",
     benchmark:
@@ -72,8 +45,11 @@ rule summarize:
         "../../envs/core.yaml"
     resources:
         runtime=15,
+    params:
+        arms=summary_arms,
+        upstream=upstream_flags("summary"),
     shell:
-        "{RS} --manifest {output.manifest} {params.upstream} summarize"
+        "python -m retro_search.cli --manifest {output.manifest} {params.upstream} summarize"
         " --metrics {input.metrics} --arms {params.arms} --search-stats {input.stats}"
         " --revised {input.revised} --rollouts {input.rollouts}"
         " --output-dir results/summary/{wildcards.sid} > {log} 2>&1"
@@ -81,14 +57,12 @@ rule summarize:
 
 rule experiment_index:
     input:
-        summary=lambda wildcards: experiment_by_name(wildcards.name)
-        .stages["summary"]
-        .path("manifest.json"),
+        summary=experiment_summary("manifest.json"),
+        table=experiment_summary("results.md"),
     output:
         index="results/experiments/{name}/index.json",
         readme="results/experiments/{name}/README.md",
-    params:
-        index=lambda wildcards: json.dumps(experiment_by_name(wildcards.name).index()),
+        table="results/experiments/{name}/results.md",
     log:
         "results/experiments/{name}/index.log",
     benchmark:
@@ -97,5 +71,8 @@ rule experiment_index:
         "../../envs/core.yaml"
     resources:
         runtime=5,
+    params:
+        index=lambda wildcards: json.dumps(experiment_by_name(wildcards.name).index()),
     shell:
-        "{RS} index results/experiments/{wildcards.name} --json {params.index:q} > {log} 2>&1"
+        "python -m retro_search.cli index results/experiments/{wildcards.name} --json {params.index:q}"
+        " --table {input.table} > {log} 2>&1"

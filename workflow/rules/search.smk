@@ -1,18 +1,6 @@
 # Retro-Search, one job per shard, then one merged dataset with its statistics.
 
 
-def search_shard(wildcards):
-    return upstream_of("search", "shard", wildcards).path(f"shard-{wildcards.i}.jsonl")
-
-
-def merge_inputs(suffix):
-    def inputs(wildcards):
-        search = upstream_of("merge", "search", wildcards)
-        return [search.path(f"shard-{i}{suffix}") for i in range(num_shards(search))]
-
-    return inputs
-
-
 rule retro_search:
     input:
         config="results/search/{sid}/config.yaml",
@@ -22,8 +10,6 @@ rule retro_search:
         revised="results/search/{sid}/shard-{i}.jsonl",
         rollouts="results/search/{sid}/shard-{i}.rollouts.jsonl",
         manifest="results/search/{sid}/shard-{i}.manifest.json",
-    params:
-        upstream=upstream_flags("search"),
     log:
         "results/search/{sid}/logs/shard-{i}.log",
     benchmark:
@@ -34,8 +20,10 @@ rule retro_search:
         cpus_per_task=2,
         mem_mb=16000,
         runtime=1440,
+    params:
+        upstream=upstream_flags("search"),
     shell:
-        "{RS} --manifest {output.manifest} {params.upstream} search --input {input.shard}"
+        "python -m retro_search.cli --manifest {output.manifest} {params.upstream} search --input {input.shard}"
         " --output {output.revised} --log {output.rollouts} --config {input.config}"
         " > {log} 2>&1"
 
@@ -50,8 +38,6 @@ rule merge:
         rollouts="results/merge/{sid}/rollouts.jsonl",
         stats="results/merge/{sid}/stats.json",
         manifest="results/merge/{sid}/manifest.json",
-    params:
-        upstream=upstream_flags("merge"),
     log:
         "results/merge/{sid}/logs/merge.log",
     benchmark:
@@ -61,7 +47,9 @@ rule merge:
     resources:
         mem_mb=8000,
         runtime=30,
+    params:
+        upstream=upstream_flags("merge"),
     shell:
-        "{RS} --manifest {output.manifest} {params.upstream} merge --inputs {input.shards}"
+        "python -m retro_search.cli --manifest {output.manifest} {params.upstream} merge --inputs {input.shards}"
         " --rollouts {input.rollouts} --output {output.revised} --rollout-log {output.rollouts}"
         " --stats {output.stats} > {log} 2>&1"

@@ -1,15 +1,6 @@
 # Chat-formatted training sets per arm, and supervised fine-tuning of the student per arm.
 
 
-def sft_data_input(wildcards):
-    source = stage("sft_data", wildcards).upstream[0]  # prepare (original) or merge (retro_search)
-    return source.path("traces.jsonl" if source.kind == "prepare" else "revised.jsonl")
-
-
-def sft_train(wildcards):
-    return upstream_of("sft", "sft_data", wildcards).path("train.jsonl")
-
-
 rule sft_data:
     input:
         config="results/sft_data/{sid}/config.yaml",
@@ -18,8 +9,6 @@ rule sft_data:
     output:
         train="results/sft_data/{sid}/train.jsonl",
         manifest="results/sft_data/{sid}/manifest.json",
-    params:
-        upstream=upstream_flags("sft_data"),
     log:
         "results/sft_data/{sid}/logs/sft_data.log",
     benchmark:
@@ -29,8 +18,10 @@ rule sft_data:
     resources:
         mem_mb=8000,
         runtime=30,
+    params:
+        upstream=upstream_flags("sft_data"),
     shell:
-        "{RS} --manifest {output.manifest} {params.upstream} sft-data --input {input.traces}"
+        "python -m retro_search.cli --manifest {output.manifest} {params.upstream} sft-data --input {input.traces}"
         " --output {output.train} --config {input.config} > {log} 2>&1"
 
 
@@ -43,8 +34,6 @@ rule sft:
         model=directory("results/sft/{sid}/model"),
         metrics="results/sft/{sid}/train_metrics.json",
         manifest="results/sft/{sid}/manifest.json",
-    params:
-        upstream=upstream_flags("sft"),
     log:
         "results/sft/{sid}/logs/sft.log",
     benchmark:
@@ -55,6 +44,11 @@ rule sft:
         cpus_per_task=2,
         mem_mb=16000,
         runtime=2880,
+        # GPUs of the job, one training process each; the SLURM profile sets them (0: CPU demo)
+        gpu=0,
+    params:
+        upstream=upstream_flags("sft"),
     shell:
-        "{RS} --manifest {output.manifest} {params.upstream} sft --train {input.train}"
-        " --output-dir results/sft/{wildcards.sid} --config {input.config} > {log} 2>&1"
+        "python -m retro_search.cli --manifest {output.manifest} {params.upstream} sft --train {input.train}"
+        " --output-dir results/sft/{wildcards.sid} --config {input.config}"
+        " --processes {resources.gpu} > {log} 2>&1"

@@ -84,8 +84,9 @@ def plot_accuracy_vs_length(metrics: Iterable[Mapping[str, Any]], path: str | Pa
                    marker=_MARKERS[i % len(_MARKERS)], color=_COLOURS[i % len(_COLOURS)],
                    edgecolor="black", linewidth=0.6, label=arm)
         for bench, (x, y) in mine:
-            ax.annotate(bench, (x, y), xytext=(6, 5), textcoords="offset points", fontsize=8,
-                        color="#333333")
+            if arm == retro_arm or (retro_arm, bench) not in points:  # one label per benchmark
+                ax.annotate(bench, (x, y), xytext=(6, 5), textcoords="offset points", fontsize=8,
+                            color="#333333")
     for (arm, bench), (x, y) in points.items():
         if arm == original_arm and (retro_arm, bench) in points:
             ax.annotate("", xy=points[(retro_arm, bench)], xytext=(x, y), zorder=2,
@@ -93,6 +94,9 @@ def plot_accuracy_vs_length(metrics: Iterable[Mapping[str, Any]], path: str | Pa
                                     "shrinkA": 6, "shrinkB": 6})
     if rows:
         ax.margins(x=0.1, y=0.08)  # room for the benchmark labels
+        # Accuracy is a percentage: keep 0 in view and a readable scale when every point is ~0.
+        top = max(max(y for _, y in points.values()) * 1.15, 10.0)
+        ax.set_ylim(-0.04 * top, top)
         ax.set_xlabel("mean response length (tokens)")
         ax.set_ylabel("accuracy, pass@1 (%)")
         ax.grid(True, alpha=0.3)

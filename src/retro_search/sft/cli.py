@@ -54,13 +54,34 @@ def cmd_sft_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def accelerate_command(args: argparse.Namespace, accelerate_config: str) -> list[str]:
+    """The `accelerate launch` command that runs this same `sft` once per GPU (without
+    --processes, so the launched processes train instead of launching again)."""
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+               accelerate_config, "--num_processes", str(args.processes),
+               "-m", "retro_search.cli", "sft", "--train", str(args.train),
+               "--output-dir", str(args.output_dir)]
+    if args.config:
+        command += ["--config", str(args.config)]
+    return command + list(args.overrides)
+
+
 def cmd_sft(args: argparse.Namespace) -> int:
+    import subprocess
+
     from retro_search.sft.config import load_settings
     from retro_search.sft.train import train
 
     student, settings = load_settings(args.config, args.overrides)
     if not Path(args.train).is_file():
         raise FileNotFoundError(f"--train {args.train}: no such file")
+    if args.processes > 1:
+        if not Path(settings.accelerate_config).is_file():
+            raise FileNotFoundError(f"sft.accelerate_config={settings.accelerate_config}: no such "
+                                    "file (paths are relative to where the command runs)")
+        command = accelerate_command(args, settings.accelerate_config)
+        print("launching: " + " ".join(command), file=sys.stderr, flush=True)
+        return subprocess.run(command).returncode
     metrics = train(args.train, args.output_dir, student, settings)
     summary = {k: metrics[k] for k in ("resumed_from", "session_steps", "session_runtime_s",
                                        "global_step", "epoch", "mean_logged_loss",
@@ -94,12 +115,16 @@ def register(sub) -> None:
         "checkpoint when the command is run again, e.g. after a killed or requeued job), "
         "OUTPUT_DIR/model/ (final model + tokenizer, renamed into place when complete) and "
         "OUTPUT_DIR/train_metrics.json (loss per logging step, runtime, steps, tokens). "
-        "Multi-GPU: accelerate launch --config_file accelerate/deepspeed_zero3.yaml "
-        "-m retro_search.cli sft ... (or accelerate/fsdp.yaml).",
+        "Multi-GPU: --processes N (one per GPU; the SLURM profile passes the job's GPUs) "
+        "relaunches this command under `accelerate launch` with sft.accelerate_config "
+        "(accelerate/deepspeed_zero3.yaml, or accelerate/fsdp.yaml).",
         epilog=OVERRIDES_HELP)
     p.add_argument("--train", required=True, help="training rows written by sft-data (.jsonl)")
     p.add_argument("--output-dir", required=True, help="run folder (checkpoints/, model/, train_metrics.json)")
     p.add_argument("--config", default=None, help="stage config YAML with `student` and `sft` sections")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="student.* / sft.* overrides")
+    p.add_argument("--processes", type=int, default=1,
+                   help="training processes, one per GPU; > 1 launches them with accelerate "
+                   "(default: %(default)s; 0 or 1: this process alone)")
     p.set_defaults(func=cmd_sft, input_args=("train",), output_args=("output_dir",))

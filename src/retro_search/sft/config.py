@@ -56,6 +56,8 @@ class SFTSettings:
     save_total_limit: int = 2            # checkpoints kept (older ones deleted)
     logging_steps: int = 1
     dataset_num_proc: Optional[int] = None  # processes for tokenising the training file
+    # How `retro-search sft --processes N` (N > 1: one process per GPU) launches itself.
+    accelerate_config: str = "accelerate/deepspeed_zero3.yaml"  # or accelerate/fsdp.yaml
 
 
 def load_settings(config_file: str | Path | None = None,

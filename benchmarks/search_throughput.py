@@ -1,0 +1,261 @@
+"""Retro-Search throughput on CPU: the project's scheduler vs a naive one-trace-at-a-time loop.
+
+    .venv/bin/python benchmarks/search_throughput.py              # defaults: 40 demo traces
+    .venv/bin/python benchmarks/search_throughput.py --limit 8 --profile
+
+Both arms search the same traces with the same tiny model (built once into a temp dir, trained
+`--train-steps` so rollouts close </think> and end early like real ones), the same SearchConfig
+(the demo experiment's search settings by default) and the same seeds, on ONE TransformersEngine:
+
+- scheduler: `retro_search.scheduler.run_shard` (waves: the pending requests of every unfinished
+  trace go to the engine together, in micro-batches of `--batch-size`);
+- naive: for each trace, `TraceSearch`; while it has pending requests, each request alone
+  through `engine.generate([request])`.
+
+Figures: traces/s, rollouts/s and generated tokens/s of each arm and the scheduler/naive ratio of
+wall time, measured in the same run, and "identical": whether both arms produced the same
+SearchOutcomes (texts, statistics and rollout logs). The engine samples each request from its own
+seeded generator, so a request's text does not depend on its batch; a false here is a bug (or a
+float tie between two tokens, see transformers_engine's docstring).
+
+Target: ratio >= 5 on 2 CPU cores. The tiny model (hidden 64, 2 layers) costs little per token;
+most of the time goes to Python per decoding step (transformers' generate loop, the per-row
+sampler and stopper), which batching amortises. `--profile` adds one profiled pass of each arm
+(after the timed ones, so the timings are unaffected) and writes the top entries to
+benchmarks/profiles/search_throughput-{scheduler,naive}.txt plus a one-line split of where the
+time went (model forward, sampler, stopper, tokenizer, grading, the rest).
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import pstats
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import REPO, Figures, default_traces, load_bench_traces  # noqa: E402
+
+PROFILES = REPO / "benchmarks" / "profiles"
+TARGET_RATIO = 5.0
+
+
+class CountingEngine:
+    """Wraps an engine's `generate` (and only that: the scheduler must run in waves) and counts
+    calls, requests and generated tokens."""
+
+    def __init__(self, engine):
+        self.engine = engine
+        self.reset()
+
+    def reset(self) -> None:
+        self.calls = self.requests = self.tokens = 0
+
+    def generate(self, requests):
+        results = self.engine.generate(requests)
+        self.calls += 1
+        self.requests += len(requests)
+        self.tokens += sum(r.num_tokens for r in results)
+        return results
+
+
+def naive_search(traces, engine, *, prompt_head, config, grade, count_tokens, think_close):
+    """One trace at a time, one request at a time."""
+    from retro_search.search import TraceSearch
+
+    outcomes = []
+    for trace in traces:
+        search = TraceSearch(trace, prompt_head(trace.question), config, grade, count_tokens,
+                             think_close)
+        while search.pending:
+            search.feed([engine.generate([request])[0] for request in search.pending])
+        outcomes.append(search.outcome)
+    return outcomes
+
+
+def scheduler_search(traces, engine, *, prompt_head, config, grade, count_tokens, think_close):
+    from retro_search.scheduler import run_shard
+
+    outcomes, _ = run_shard(traces, engine, prompt_head=prompt_head, config=config, grade=grade,
+                            count_tokens=count_tokens, think_close=think_close,
+                            progress_path=None, show_progress=False)
+    return outcomes
+
+
+ARMS = {"scheduler": scheduler_search, "naive": naive_search}
+
+# Where the time goes: (label, substring of "file:function" of pstats entries). Cumulative time of
+# the first matching entry that is not nested in another match of the same label.
+PROFILE_PARTS = [
+    ("model_forward", "modeling_llama.py:forward"),
+    ("sampler", "transformers_engine.py:__call__"),
+    ("generate_total", "utils.py:generate"),
+    ("tokenizer_decode", ":decode"),
+    ("grading", "verify.py:grade"),
+    ("count_tokens", "prompts.py:count_tokens"),
+]
+
+
+def profile_arm(name, fn, traces, engine, kwargs, top: int) -> dict:
+    profiler = cProfile.Profile()
+    start = time.perf_counter()
+    profiler.enable()
+    fn(traces, engine, **kwargs)
+    profiler.disable()
+    wall = time.perf_counter() - start
+    PROFILES.mkdir(parents=True, exist_ok=True)
+    out = PROFILES / f"search_throughput-{name}.txt"
+    buf = io.StringIO()
+    stats = pstats.Stats(profiler, stream=buf)
+    buf.write(f"# {name}: {len(traces)} traces, {wall:.2f} s under cProfile\n\n")
+    buf.write("## by cumulative time\n")
+    stats.sort_stats("cumulative").print_stats(top)
+    buf.write("## by own time\n")
+    stats.sort_stats("tottime").print_stats(top)
+    out.write_text(buf.getvalue())
+    # Shares of the profiled wall time, from the cumulative time of the top-level entries.
+    shares = {}
+    for label, needle in PROFILE_PARTS:
+        total = 0.0
+        for (file, _line, func), (_cc, _nc, _tt, ct, callers) in stats.stats.items():
+            key = f"{Path(file).name}:{func}"
+            if needle in key or (needle.startswith(":") and func == needle[1:]):
+                # count only entries not called from another entry of the same kind
+                if not any(needle in f"{Path(c[0]).name}:{c[2]}" for c in callers):
+                    total += ct
+        shares[label] = round(100 * total / wall, 1)
+    # the sampler entry also matches the stopper (both are __call__); split them by class line
+    return {"file": str(out.relative_to(REPO)), "wall_s": round(wall, 2), "share_pct": shares}
+
+
+def main(argv=None) -> int:
+    traces_default, format_default = default_traces()
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="Prints one line per figure and a final RESULT {json} line.")
+    p.add_argument("--traces", default=str(traces_default), help="trace file (default: %(default)s)")
+    p.add_argument("--format", default=format_default, help="reader preset (default: %(default)s)")
+    p.add_argument("--limit", type=int, default=40, help="traces to search (default: %(default)s)")
+    p.add_argument("--model-dir", default=None,
+                   help="a tiny model built before (default: build one into a temp dir)")
+    p.add_argument("--train-steps", type=int, default=200,
+                   help="tiny model training steps when building it (default: %(default)s)")
+    p.add_argument("--model-seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=16, help="engine micro-batch (default: %(default)s)")
+    p.add_argument("--max-batch-tokens", type=int, default=4096)
+    p.add_argument("--rollouts", type=int, default=1, help="R per boundary (default: %(default)s)")
+    p.add_argument("--max-tokens", type=int, default=160, help="rollout budget (demo: %(default)s)")
+    p.add_argument("--max-step-tokens", type=int, default=48, help="first-step budget (demo: %(default)s)")
+    p.add_argument("--max-boundaries", type=int, default=4,
+                   help="boundaries visited per trace, 0 = all (demo: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="search seed")
+    p.add_argument("--arms", default="naive,scheduler",
+                   help="arms to time, in this order (default: %(default)s)")
+    p.add_argument("--profile", action="store_true",
+                   help="add a cProfile pass of each arm; writes benchmarks/profiles/")
+    p.add_argument("--profile-top", type=int, default=40)
+    args = p.parse_args(argv)
+
+    import torch
+
+    from retro_search.engines.base import GenerationRequest
+    from retro_search.engines.transformers_engine import TransformersEngine
+    from retro_search.grading import grade, normalize_reference
+    from retro_search.prompts import load_prompt_format
+    from retro_search.scheduler import outcome_to_json
+    from retro_search.search import SearchConfig
+    from retro_search.tiny_model import build_tiny_model
+
+    arms = [a.strip() for a in args.arms.split(",") if a.strip()]
+    unknown = set(arms) - set(ARMS)
+    if unknown:
+        p.error(f"unknown arm(s) {sorted(unknown)}; known: {sorted(ARMS)}")
+    settings = {k: v for k, v in vars(args).items()}
+    fig = Figures("search_throughput", settings)
+
+    tmp = None
+    if args.model_dir is None:
+        tmp = tempfile.TemporaryDirectory(prefix="rs-bench-tiny-")
+        start = time.perf_counter()
+        model_dir = build_tiny_model(Path(tmp.name) / "model", seed=args.model_seed,
+                                     train_steps=args.train_steps)
+        fig.add("model_build_s", round(time.perf_counter() - start, 2), "s")
+    else:
+        model_dir = Path(args.model_dir)
+
+    correct_only = Path(args.traces).resolve() != Path(default_traces()[0]).resolve() \
+        or args.format == "thought_anchors"
+    traces = load_bench_traces(args.traces, args.format, args.limit, correct_only=correct_only)
+    fig.add("traces", len(traces))
+    engine = CountingEngine(TransformersEngine(str(model_dir), device="cpu",
+                                               batch_size=args.batch_size,
+                                               max_batch_tokens=args.max_batch_tokens,
+                                               num_threads=args.threads))
+    fig.note("torch_threads", torch.get_num_threads())
+    prompt = load_prompt_format(str(model_dir))
+    config = SearchConfig(rollouts=args.rollouts, max_tokens=args.max_tokens,
+                          max_step_tokens=args.max_step_tokens, seed=args.seed,
+                          max_boundaries=args.max_boundaries or None)
+    kwargs = dict(prompt_head=prompt.head, config=config,
+                  grade=lambda gold, solution: grade(normalize_reference(gold), solution),
+                  count_tokens=prompt.count_tokens, think_close=prompt.think_close)
+
+    # Warm-up outside the timings: the banned-word tables, first-call allocations, math-verify.
+    engine.generate([GenerationRequest("warmup", prompt.head(traces[0].question), 8, seed=0,
+                                       stop=("\n\n",), banned_words=config.keywords)])
+    kwargs["grade"]("1", "\\boxed{1}")
+
+    outcomes, seconds = {}, {}
+    for arm in arms:
+        engine.reset()
+        start = time.perf_counter()
+        outcomes[arm] = ARMS[arm](traces, engine, **kwargs)
+        seconds[arm] = time.perf_counter() - start
+        rollouts = sum(o.rollouts_tried for o in outcomes[arm])
+        fig.add(f"{arm}_seconds", round(seconds[arm], 3), "s")
+        fig.add(f"{arm}_traces_per_s", round(len(traces) / seconds[arm], 3), "traces/s")
+        fig.add(f"{arm}_rollouts_per_s", round(rollouts / seconds[arm], 2), "rollouts/s")
+        fig.add(f"{arm}_tokens_per_s", round(engine.tokens / seconds[arm], 1), "tokens/s")
+        fig.add(f"{arm}_rollouts", rollouts)
+        fig.add(f"{arm}_generated_tokens", engine.tokens, "tokens")
+        fig.add(f"{arm}_engine_calls", engine.calls)
+        fig.add(f"{arm}_mean_requests_per_call", round(engine.requests / max(engine.calls, 1), 2))
+
+    if "naive" in seconds and "scheduler" in seconds:
+        ratio = seconds["naive"] / seconds["scheduler"]
+        fig.add("ratio_scheduler_over_naive", round(ratio, 2), "x")
+        fig.add("target_ratio_met", ratio >= TARGET_RATIO)
+        a = [outcome_to_json(o) for o in outcomes["naive"]]
+        b = [outcome_to_json(o) for o in outcomes["scheduler"]]
+        same = a == b
+        fig.add("identical", same)
+        if not same:
+            diff = [x["trace_id"] for x, y in zip(a, b) if x != y]
+            fig.note("differing_traces", diff)
+            print(f"differing traces: {diff}", flush=True)
+    statuses = {}
+    for o in next(iter(outcomes.values()), []):
+        statuses[o.status] = statuses.get(o.status, 0) + 1
+    fig.note("statuses", statuses)
+
+    if args.profile:
+        for arm in arms:
+            info = profile_arm(arm, ARMS[arm], traces, engine, kwargs, args.profile_top)
+            fig.note(f"profile_{arm}", info)
+            split = ", ".join(f"{k} {v}%" for k, v in info["share_pct"].items())
+            print(f"profile_{arm}: {info['wall_s']} s under cProfile; {split} -> {info['file']}",
+                  flush=True)
+
+    fig.result()
+    if tmp is not None:
+        tmp.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

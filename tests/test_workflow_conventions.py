@@ -1,0 +1,75 @@
+"""The workflow's conventions, checked without running it: `snakemake --lint` and `snakefmt --check`
+are clean, and the SLURM profile gives every job its SLURM resources (GPU for search, eval and SFT)."""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+SNAKEMAKE = BIN / "snakemake"
+
+pytestmark = pytest.mark.skipif(not SNAKEMAKE.exists(), reason="snakemake not installed")
+
+
+def run(cmd, cwd=REPO, **kwargs):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=300, env=env,
+                          **kwargs)
+
+
+def test_snakemake_lint_is_clean():
+    done = run([str(SNAKEMAKE), "--lint"])
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Congratulations, your workflow is in a good condition!" in done.stdout + done.stderr
+
+
+def test_snakefmt_check_is_clean():
+    done = run([str(BIN / "snakefmt"), "--check", "."])
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_slurm_profile_deploys_conda_envs():
+    profile = yaml.safe_load((REPO / "profiles/slurm/config.yaml").read_text())
+    assert profile["executor"] == "slurm"
+    assert profile["software-deployment-method"] == "conda"
+    for env in ("core", "train", "vllm"):
+        assert (REPO / "envs" / f"{env}.yaml").exists()
+
+
+def job_resources(dry_run: str) -> dict[str, list[dict[str, str]]]:
+    """rule name -> the `resources:` line of each of its jobs, parsed, from `snakemake -n`."""
+    jobs: dict[str, list[dict[str, str]]] = {}
+    rule = None
+    for line in dry_run.splitlines():
+        if match := re.match(r"^(?:local)?rule (\w+):$", line):
+            rule = match.group(1)
+        elif rule and line.strip().startswith("resources:"):
+            items = line.split("resources:", 1)[1].split(", ")
+            jobs.setdefault(rule, []).append(dict(item.strip().split("=", 1) for item in items))
+    return jobs
+
+
+def test_slurm_dry_run_lists_every_job_with_its_slurm_resources(make_checkout, tmp_path):
+    # Conda cannot be installed on these machines (its channels are unreachable) and a dry run with
+    # conda deployment asks `conda info`; the test profile is the shipped one without that key.
+    profile = yaml.safe_load((REPO / "profiles/slurm/config.yaml").read_text())
+    del profile["software-deployment-method"]
+    profile.pop("conda-frontend", None)
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(profile))
+    done = run([str(SNAKEMAKE), "--profile", str(tmp_path), "-n"], cwd=make_checkout())
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    jobs = job_resources(done.stdout)
+    for rule in ("retro_search", "eval", "sft"):
+        assert jobs[rule], rule
+        for resources in jobs[rule]:
+            assert resources["slurm_partition"] == "gpu" and int(resources["gpu"]) >= 1, (rule, resources)
+    for rule in ("prepare", "shard", "merge", "sft_data", "summarize"):
+        for resources in jobs[rule]:
+            assert resources["slurm_partition"] == "cpu" and "gpu" not in resources, (rule, resources)
+            assert int(resources["mem_mb"]) > 0 and int(resources["runtime"]) > 0
