@@ -24,6 +24,7 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -39,7 +40,7 @@ class Stage:
     upstream: list["Stage"] = field(default_factory=list)
     results: str = "results"
 
-    @property
+    @cached_property  # asked for on every path lookup Snakemake makes; fixed once planned
     def hash(self) -> str:
         payload = {"kind": self.kind, "config": self.config,
                    "upstream": [u.id for u in self.upstream]}

@@ -34,13 +34,23 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+# Folders of a stage directory that are not its artifact: Snakemake writes logs/ after the
+# command (and again on a rerun), and checkpoints/ is SFT's resume state.
+NOT_ARTIFACTS = ("logs", "checkpoints")
+
+
+def _is_artifact(relative: Path) -> bool:
+    return not (any(part.startswith(".") for part in relative.parts)
+                or relative.parts[0] in NOT_ARTIFACTS)
+
+
 def hash_paths(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
-    """sha256 and size of each file; a folder contributes every file below it (sorted, no hidden
-    files, which hold progress and temp data)."""
+    """sha256 and size of each file; a folder contributes every file below it (sorted), except
+    hidden files (progress and temp data) and the folders in NOT_ARTIFACTS."""
     entries = []
     for path in map(Path, paths):
-        files = sorted(p for p in path.rglob("*") if p.is_file()
-                       and not any(part.startswith(".") for part in p.relative_to(path).parts)) \
+        files = sorted(p for p in path.rglob("*")
+                       if p.is_file() and _is_artifact(p.relative_to(path))) \
             if path.is_dir() else [path]
         for file in files:
             entries.append({"path": str(file), "sha256": sha256_file(file),

@@ -2,7 +2,10 @@
 import json
 import os
 import shlex
+import sys
 
+# Plan with this checkout's package, like the jobs (shell.prefix below), not an installed copy.
+sys.path.insert(0, f"{workflow.basedir}/src")
 from retro_search.pipeline import build_plan
 
 EXPERIMENTS = [e for e in str(config.get("experiment", "demo")).split(",") if e]
