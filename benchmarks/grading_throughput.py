@@ -1,6 +1,6 @@
 """Grading throughput: the in-process grader vs the `Grader` process pool, and one hung item.
 
-    .venv/bin/python benchmarks/grading_throughput.py                 # defaults: ~1.5 min, 2 cores
+    .venv/bin/python benchmarks/grading_throughput.py      # defaults: ~1.5 min on 2 idle cores
     .venv/bin/python benchmarks/grading_throughput.py --n-synthetic 10000 --processes 1,2,4
 
 Three measurements, all in items/s of wall time (extraction included):
@@ -15,7 +15,7 @@ Three measurements, all in items/s of wall time (extraction included):
    runs), with known labels: `synthetic_agree_with_labels` is the share of grades equal to them.
    The default is 2,000, not the issue's 10,000: a pair costs ~13 ms of CPU on average (tuples and
    intervals ~40 ms: latex2sympy parses them slowly), so 10,000 pairs through the three arms take
-   ~5-7 min on 2 cores; pass --n-synthetic 10000 for the full figure.
+   ~6 min on 2 idle cores (8 min measured on a shared one); pass --n-synthetic 10000 for those.
 - serial = `extract_answer` + `grade_extracted` one by one in this process, i.e. what a pool
   worker runs per item; pool = `Grader(processes=p).grade_many`, workers started (warm-up batch)
   before the clock starts; `*_matches_serial` says the pool gave the same Grades.
@@ -174,7 +174,9 @@ def main(argv=None) -> int:
     fig.add("math500_items", len(math500))
     fig.add("math500_exact_match_items", shortcut)
     fig.add("synthetic_items", len(synth))
-    serial(math500[:20] + synth_pairs[:50])  # warm-up: sympy/lark caches, first-call imports
+    # Warm-up items other than the timed ones: math-verify keeps an LRU cache of recent parses.
+    warm = [(g, r) for g, r, _, _ in synthetic_pairs(50, args.seed + 1)]
+    serial(math500[:20] + warm)  # lark grammar build, first-call imports
 
     # --- serial ---------------------------------------------------------------------------------
     m_serial, m_serial_s = best_time(lambda: serial(math500), args.math500_repeats)
@@ -208,7 +210,7 @@ def main(argv=None) -> int:
     for n in sizes:
         with Grader(processes=n, timeout=args.timeout) as grader:
             start = time.perf_counter()
-            grader.grade_many(synth_pairs[:4 * n])  # starts the forkserver and all n workers
+            grader.grade_many(warm[:4 * n])  # starts the forkserver and all n workers
             fig.add(f"pool{n}_startup_s", round(time.perf_counter() - start, 3), "s")
             m_pool, m_s = best_time(lambda: grader.grade_many(math500), args.math500_repeats)
             fig.add(f"math500_pool{n}_items_per_s", round(len(math500) / m_s, 1), "items/s")
@@ -238,7 +240,7 @@ def main(argv=None) -> int:
     mid = len(normal) // 2
     batch = normal[:mid] + [PATHOLOGICAL] + normal[mid:]
     with Grader(processes=sizes[-1], timeout=args.timeout) as grader:
-        grader.grade_many(normal[:4 * sizes[-1]])  # warm workers, as in the pool arms
+        grader.grade_many(warm[:4 * sizes[-1]])  # warm workers, as in the pool arms
         _, normal_s = best_time(lambda: grader.grade_many(normal), 1)
         before = _worker_pids()
         start = time.perf_counter()

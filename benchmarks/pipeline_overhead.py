@@ -35,8 +35,8 @@ import json
 import os
 import pstats
 import re
-import shlex
 import resource
+import shlex
 import shutil
 import statistics
 import subprocess
