@@ -82,3 +82,18 @@ def load_bench_traces(path: str | Path, fmt: str, limit: int | None, correct_onl
                    if grade(normalize_reference(r.reference_answer), r.solution).correct]
         records.sort(key=lambda r: len(r.reasoning))
     return records[:limit] if limit else records
+
+
+def search_kwargs(args, prompt) -> dict:
+    """The keyword arguments of `run_shard` / `TraceSearch` both search benchmarks pass: the
+    SearchConfig from the script's --rollouts, --max-tokens, --max-step-tokens, --seed and
+    --max-boundaries (0 = all), the prompt format's head, token counter and closer, the grader."""
+    from retro_search.grading import grade, normalize_reference
+    from retro_search.search import SearchConfig
+
+    config = SearchConfig(rollouts=args.rollouts, max_tokens=args.max_tokens,
+                          max_step_tokens=args.max_step_tokens, seed=args.seed,
+                          max_boundaries=args.max_boundaries or None)
+    return dict(prompt_head=prompt.head, config=config,
+                grade=lambda gold, solution: grade(normalize_reference(gold), solution),
+                count_tokens=prompt.count_tokens, think_close=prompt.think_close)

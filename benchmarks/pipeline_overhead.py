@@ -9,7 +9,7 @@ times (the median is reported):
 
 - dry_run_s: `snakemake -n --cores 2 --config experiment=demo overrides="pipeline.num_shards=1000
   eval.benchmarks=[math500,aime24,...]"` (the 8 benchmarks) on the empty results/ tree (every
-  job to do); `jobs` is the total of its 'Job stats' table (3 arms x 8 benchmarks = 24 eval
+  job to do); `jobs` is the total of its 'Job stats' table (3 arms x 8 benchmarks = 24 eval_merge
   jobs, 1000 shard and 1000 retro_search jobs, ...);
 - noop_rerun_s: the same `snakemake --cores 2` (no -n) once every output exists, is up to date
   and has its Snakemake metadata, so it has nothing to do; noop_dry_run_s: the same with -n.
@@ -217,7 +217,7 @@ def main(argv=None) -> int:
     counts = job_stats(out)
     fig.add("jobs", counts.get("total", 0))
     fig.note("job_stats", counts)
-    if counts.get("retro_search") != args.shards or counts.get("eval", 0) % len(benchmarks):
+    if counts.get("retro_search") != args.shards or counts.get("eval_merge", 0) % len(benchmarks):
         raise SystemExit(f"unexpected jobs for {args.shards} shards x {len(benchmarks)} "
                          f"benchmarks: {counts}")
 

@@ -38,7 +38,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import REPO, Figures, default_traces, load_bench_traces  # noqa: E402
+from _common import REPO, Figures, default_traces, load_bench_traces, search_kwargs  # noqa: E402
 
 PROFILES = REPO / "benchmarks" / "profiles"
 TARGET_RATIO = 5.0
@@ -92,7 +92,7 @@ ARMS = {"scheduler": scheduler_search, "naive": naive_search}
 # the first matching entry that is not nested in another match of the same label.
 PROFILE_PARTS = [
     ("model_forward", "modeling_llama.py:forward"),
-    ("sampler", "transformers_engine.py:__call__"),
+    ("sampler", "transformers_engine.py:__call__"),  # sampler + stopper
     ("generate_total", "utils.py:generate"),
     ("tokenizer_decode", ":decode"),
     ("grading", "verify.py:grade"),
@@ -117,18 +117,17 @@ def profile_arm(name, fn, traces, engine, kwargs, top: int) -> dict:
     buf.write("## by own time\n")
     stats.sort_stats("tottime").print_stats(top)
     out.write_text(buf.getvalue())
-    # Shares of the profiled wall time, from the cumulative time of the top-level entries.
+    # Shares of the profiled wall time. Nested entries of one kind (the model's forward calls its
+    # layers' forward through nn.Module, so callers cannot tell them apart) count once: the
+    # outermost, i.e. the largest cumulative time. The sampler's and the stopper's __call__ are
+    # siblings, not nested: "sampler" is their sum.
     shares = {}
     for label, needle in PROFILE_PARTS:
-        total = 0.0
-        for (file, _line, func), (_cc, _nc, _tt, ct, callers) in stats.stats.items():
-            key = f"{Path(file).name}:{func}"
-            if needle in key or (needle.startswith(":") and func == needle[1:]):
-                # count only entries not called from another entry of the same kind
-                if not any(needle in f"{Path(c[0]).name}:{c[2]}" for c in callers):
-                    total += ct
+        times = [ct for (file, _line, func), (_cc, _nc, _tt, ct, _callers) in stats.stats.items()
+                 if needle in f"{Path(file).name}:{func}"
+                 or (needle.startswith(":") and func == needle[1:])]
+        total = sum(times) if label == "sampler" else max(times, default=0.0)
         shares[label] = round(100 * total / wall, 1)
-    # the sampler entry also matches the stopper (both are __call__); split them by class line
     return {"file": str(out.relative_to(REPO)), "wall_s": round(wall, 2), "share_pct": shares}
 
 
@@ -165,10 +164,8 @@ def main(argv=None) -> int:
 
     from retro_search.engines.base import GenerationRequest
     from retro_search.engines.transformers_engine import TransformersEngine
-    from retro_search.grading import grade, normalize_reference
     from retro_search.prompts import load_prompt_format
     from retro_search.scheduler import outcome_to_json
-    from retro_search.search import SearchConfig
     from retro_search.tiny_model import build_tiny_model
 
     arms = [a.strip() for a in args.arms.split(",") if a.strip()]
@@ -198,12 +195,8 @@ def main(argv=None) -> int:
                                                num_threads=args.threads))
     fig.note("torch_threads", torch.get_num_threads())
     prompt = load_prompt_format(str(model_dir))
-    config = SearchConfig(rollouts=args.rollouts, max_tokens=args.max_tokens,
-                          max_step_tokens=args.max_step_tokens, seed=args.seed,
-                          max_boundaries=args.max_boundaries or None)
-    kwargs = dict(prompt_head=prompt.head, config=config,
-                  grade=lambda gold, solution: grade(normalize_reference(gold), solution),
-                  count_tokens=prompt.count_tokens, think_close=prompt.think_close)
+    kwargs = search_kwargs(args, prompt)
+    config = kwargs["config"]
 
     # Warm-up outside the timings: the banned-word tables, first-call allocations, math-verify.
     engine.generate([GenerationRequest("warmup", prompt.head(traces[0].question), 8, seed=0,

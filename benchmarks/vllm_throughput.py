@@ -45,7 +45,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (DEMO_TRACES, FALLBACK_TRACES, Figures,  # noqa: E402
-                     load_bench_traces)
+                     load_bench_traces, search_kwargs)
 from search_throughput import scheduler_search  # noqa: E402
 
 DEFAULT_MODEL = "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"
@@ -212,21 +212,15 @@ def main(argv=None) -> int:
         return 2
 
     from retro_search.engines.base import GenerationRequest
-    from retro_search.grading import grade, normalize_reference
     from retro_search.prompts import load_prompt_format
-    from retro_search.search import SearchConfig
 
     fig = Figures("vllm_throughput", dict(vars(args)))
     correct_only = Path(args.traces).resolve() != DEMO_TRACES.resolve()
     traces = load_bench_traces(args.traces, args.format, args.limit, correct_only=correct_only)
     fig.add("traces", len(traces))
     prompt = load_prompt_format(args.tokenizer or args.model, user_template=args.user_template)
-    config = SearchConfig(rollouts=args.rollouts, max_tokens=args.max_tokens,
-                          max_step_tokens=args.max_step_tokens, seed=args.seed,
-                          max_boundaries=args.max_boundaries or None)
-    kwargs = dict(prompt_head=prompt.head, config=config,
-                  grade=lambda gold, solution: grade(normalize_reference(gold), solution),
-                  count_tokens=prompt.count_tokens, think_close=prompt.think_close)
+    kwargs = search_kwargs(args, prompt)
+    config = kwargs["config"]
 
     start = time.perf_counter()
     engine = build_engine(args)

@@ -157,3 +157,45 @@ def test_eval_command_end_to_end_with_the_tiny_model(tiny_model_dir, tmp_path):
     assert metrics["tokenizer"] == tiny_model_dir and metrics["n_generations"] == 6
     assert "pass@2" in metrics and "pass@8" not in metrics
     assert not list(out.glob(".*.tmp"))  # atomic writes leave no temp files
+
+
+@needs_data
+@pytest.mark.slow
+def test_sharded_eval_merged_equals_the_unsharded_eval(tiny_model_dir, tmp_path):
+    import pandas as pd
+
+    stage = tmp_path / "stage.yaml"
+    stage.write_text(f"eval:\n  data_dir: {DATA}\n  limit: 5\n  max_tokens: 8\n  ks: [1, 2]\n"
+                     "  grading_processes: 0\n  n_samples_per_benchmark: {amc23: 2}\n"
+                     "engine:\n  name: transformers\n  batch_size: 8\n  device: cpu\n")
+    common = ["--model", tiny_model_dir, "--benchmark", "amc23", "--config", str(stage),
+              "--no-progress"]
+    assert main(["eval", *common, "--output-dir", str(tmp_path / "whole")]) == 0
+    for i in range(2):
+        assert main(["eval", *common, "--output-dir", str(tmp_path / f"shard-{i}"),
+                     "eval.num_shards=2", f"eval.shard={i}"]) == 0
+    assert main(["eval-merge", "--config", str(stage),
+                 "--inputs", *(str(tmp_path / f"shard-{i}/generations.parquet") for i in range(2)),
+                 "--metrics", *(str(tmp_path / f"shard-{i}/metrics.json") for i in range(2)),
+                 "--generations", str(tmp_path / "merged.parquet"),
+                 "--output", str(tmp_path / "merged.json")]) == 0
+
+    whole = json.loads((tmp_path / "whole/metrics.json").read_text())
+    merged = json.loads((tmp_path / "merged.json").read_text())
+    assert merged.pop("num_shards") == 2 and "shard" not in merged
+    whole.pop("num_shards"), whole.pop("shard")
+    assert merged == whole  # same seeds per problem and sample, so the same generations
+    key = ["problem_id", "sample"]
+    a = pd.read_parquet(tmp_path / "whole/generations.parquet").sort_values(key, ignore_index=True)
+    b = pd.read_parquet(tmp_path / "merged.parquet").sort_values(key, ignore_index=True)
+    pd.testing.assert_frame_equal(a, b)
+
+
+def test_eval_merge_with_a_missing_shard_is_an_error_naming_the_shards(tmp_path, capsys):
+    metrics = tmp_path / "m.json"
+    metrics.write_text(json.dumps({"benchmark": "amc23", "shard": 1, "num_shards": 2, "n": 1}))
+    status = main(["eval-merge", "--inputs", str(tmp_path / "g.parquet"), "--metrics",
+                   str(metrics), "--generations", str(tmp_path / "o.parquet"),
+                   "--output", str(tmp_path / "o.json")])
+    assert status == 2
+    assert "expected shards 0..0 of 1, got [(1, 2)]" in capsys.readouterr().err

@@ -90,7 +90,8 @@ def test_a_search_override_reruns_search_and_downstream_only(demo):
     n_benchmarks = 8
     assert counts["retro_search"] == 2 and counts["merge"] == 1
     assert counts["sft_data"] == 1 and counts["sft"] == 1  # the retro arm only
-    assert counts["eval"] == n_benchmarks                  # retro arm x benchmarks; base, original kept
+    # retro arm x benchmarks (MATH-500 in 2 shards in the demo); base and original arms kept
+    assert counts["eval_merge"] == n_benchmarks and counts["eval"] == n_benchmarks + 1
     assert counts["summarize"] == 1
 
 

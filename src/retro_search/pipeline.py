@@ -14,7 +14,8 @@ Stages (kind: what it needs):
     merge        search
     sft_data     prepare (arm "original") or merge (arm "retro_search") + student, sft
     sft          sft_data + student, sft
-    eval         sft (or the student itself for arm "base") + eval, engine   (one per benchmark)
+    eval         sft (or the student itself for arm "base") + eval, engine   (one per benchmark;
+                 eval.num_shards_per_benchmark jobs, merged by eval-merge)
     summary      merge + every eval
 """
 
@@ -154,9 +155,15 @@ def plan_experiment(name: str, cfg: dict, results: str = "results") -> Experimen
                         {"student": student, "sft": cfg["sft"]}, [data, *student_up])
             model_dir, upstream = sft.path("model"), [sft]
         for benchmark in cfg["eval"]["benchmarks"]:
+            # Each stage carries only its own shard count, so resharding one benchmark leaves
+            # the others' stages as they are.
+            shards = cfg["eval"].get("num_shards_per_benchmark", {}).get(
+                benchmark, cfg["eval"].get("num_shards", 1))
+            eval_section = {**cfg["eval"], "benchmarks": [benchmark], "num_shards": shards,
+                            "num_shards_per_benchmark": {}}
             evals.append(stage(
                 f"eval:{arm}:{benchmark}", "eval", f"{arm}-{student_label}-{benchmark}",
-                {"eval": {**cfg["eval"], "benchmarks": [benchmark]}, "engine": cfg["engine"],
+                {"eval": eval_section, "engine": cfg["engine"],
                  "student": student, "model_dir": model_dir, "arm": arm, "benchmark": benchmark},
                 upstream))
     stage("summary", "summary", name, {"arms": arms}, [merge, *evals])

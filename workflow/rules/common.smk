@@ -133,6 +133,14 @@ def sft_train(wildcards):
 # --- inputs and params of the rules in eval.smk
 
 
+def eval_shards(name):
+    def inputs(wildcards):
+        shards = stage("eval", wildcards).config["eval"]["num_shards"]
+        return [f"results/eval/{wildcards.sid}/shard-{i}/{name}" for i in range(shards)]
+
+    return inputs
+
+
 def eval_model_input(wildcards):
     """The evaluated model's folder when it is a file (fine-tuned or tiny), else nothing."""
     model_dir = stage("eval", wildcards).config["model_dir"]

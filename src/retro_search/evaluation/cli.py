@@ -148,6 +148,37 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def read_generations(path: str | Path) -> list[dict[str, Any]]:
+    import pyarrow.parquet as pq
+
+    return pq.read_table(path).to_pylist()
+
+
+def cmd_eval_merge(args: argparse.Namespace) -> int:
+    from retro_search.evaluation.config import load_eval_config
+    from retro_search.evaluation.metrics import summarize_benchmark
+
+    settings, _ = load_eval_config(args.config, args.overrides)
+    shards = [json.loads(Path(m).read_text()) for m in args.metrics]
+    benchmarks = {s["benchmark"] for s in shards}
+    if len(benchmarks) != 1:
+        raise ValueError(f"--metrics: shards of several benchmarks {sorted(benchmarks)}")
+    if sorted(s["shard"] for s in shards) != list(range(len(shards))) or \
+            any(s["num_shards"] != len(shards) for s in shards):
+        raise ValueError("--metrics: expected shards 0.." f"{len(shards) - 1} of {len(shards)}, got "
+                         f"{[(s['shard'], s['num_shards']) for s in shards]}")
+    rows = [row for path in args.inputs for row in read_generations(path)]
+    n = shards[0]["n"]
+    summary = {**shards[0], **summarize_benchmark(rows, settings.ks_for(n)),
+               "num_shards": len(shards)}
+    summary.pop("shard")
+    write_generations(Path(args.generations), rows)
+    write_json(Path(args.output), summary)
+    print(json.dumps({k: summary[k] for k in ("benchmark", "n_problems", "n", "accuracy")}),
+          file=sys.stderr)
+    return 0
+
+
 def register(sub) -> None:
     p = sub.add_parser("eval", help="sample a model on one math benchmark; grade; write metrics",
                        description=DESCRIPTION, epilog=EPILOG,
@@ -167,3 +198,16 @@ def register(sub) -> None:
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="config overrides: eval.KEY=VALUE or engine.KEY=VALUE")
     p.set_defaults(func=cmd_eval, input_args=("model",), output_args=("output_dir",))
+
+    p = sub.add_parser("eval-merge", help="merge the shards of one benchmark's evaluation",
+                       description="Concatenate the generations of every shard of one benchmark "
+                       "(written by `eval` with eval.num_shards and eval.shard) and compute the "
+                       "benchmark's metrics over all of them, as one unsharded `eval` would.")
+    p.add_argument("--inputs", nargs="+", required=True, help="each shard's generations.parquet")
+    p.add_argument("--metrics", nargs="+", required=True, help="each shard's metrics.json")
+    p.add_argument("--generations", required=True, help="merged generations.parquet")
+    p.add_argument("--output", required=True, help="merged metrics.json")
+    p.add_argument("--config", default=None, help="the eval stage's resolved config (for eval.ks)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="eval.KEY=VALUE overrides")
+    p.set_defaults(func=cmd_eval_merge, input_args=("inputs", "metrics"),
+                   output_args=("generations", "output"))

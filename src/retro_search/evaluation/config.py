@@ -45,6 +45,8 @@ class EvalSettings:
     grading_processes, grading_timeout: math-verify worker processes (0 = in this process) and
         seconds per answer before it counts as wrong.
     num_shards, shard: evaluate only problems shard, shard + num_shards, ... (large benchmarks).
+    num_shards_per_benchmark: the pipeline's num_shards per benchmark (one job per shard, then
+        `eval-merge`); unlisted benchmarks take num_shards.
     chunk_size: requests per engine call (one progress-bar step).
     """
 
@@ -68,6 +70,7 @@ class EvalSettings:
     grading_timeout: float = 10.0
     num_shards: int = 1
     shard: int = 0
+    num_shards_per_benchmark: dict[str, int] = field(default_factory=dict)
     chunk_size: int = 1024
 
     def __post_init__(self) -> None:
@@ -103,12 +106,23 @@ class EvalSettings:
         if self.num_shards < 1 or not 0 <= self.shard < self.num_shards:
             raise ValueError(f"eval.shard must be in [0, num_shards), got shard={self.shard}, "
                              f"num_shards={self.num_shards}")
+        unknown = sorted(set(self.num_shards_per_benchmark) - set(BENCHMARKS))
+        if unknown:
+            raise ValueError(f"eval.num_shards_per_benchmark: unknown benchmark(s) {unknown}")
+        for name, shards in self.num_shards_per_benchmark.items():
+            if shards < 1:
+                raise ValueError(f"eval.num_shards_per_benchmark.{name} must be at least 1, "
+                                 f"got {shards}")
         if self.chunk_size < 1:
             raise ValueError(f"eval.chunk_size must be at least 1, got {self.chunk_size}")
 
     def samples_for(self, benchmark: str) -> int:
         """n for this benchmark."""
         return self.n_samples_per_benchmark.get(benchmark, self.n_samples)
+
+    def shards_for(self, benchmark: str) -> int:
+        """How many eval jobs the pipeline runs for this benchmark."""
+        return self.num_shards_per_benchmark.get(benchmark, self.num_shards)
 
     def ks_for(self, n: int) -> list[int]:
         """The k values usable with n samples (sorted, k <= n)."""
