@@ -73,3 +73,20 @@ def test_slurm_dry_run_lists_every_job_with_its_slurm_resources(make_checkout, t
         for resources in jobs[rule]:
             assert resources["slurm_partition"] == "cpu" and "gpu" not in resources, (rule, resources)
             assert int(resources["mem_mb"]) > 0 and int(resources["runtime"]) > 0
+
+
+def test_slurm_jobs_of_a_tensor_parallel_preset_ask_for_its_gpus(tmp_path):
+    profile = yaml.safe_load((REPO / "profiles/slurm/config.yaml").read_text())
+    del profile["software-deployment-method"]  # as above: no conda on these machines
+    profile.pop("conda-frontend", None)
+    (tmp_path / "profile").mkdir()
+    (tmp_path / "profile" / "config.yaml").write_text(yaml.safe_dump(profile))
+    # Hub data and models only: nothing is read from the working directory, so it can be empty.
+    done = run([str(SNAKEMAKE), "--profile", str(tmp_path / "profile"), "-n", "--snakefile",
+                str(REPO / "Snakefile"), "-d", str(tmp_path / "work"),
+                "--config", "experiment=weak_to_strong_r1_distill_32b"])
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    jobs = job_resources(done.stdout)
+    assert len(jobs["retro_search"]) == 128  # pipeline.num_shards of the preset
+    assert {r["gpu"] for r in jobs["retro_search"]} == {"4"}  # engine.tensor_parallel_size
+    assert {r["gpu"] for r in jobs["eval"]} == {"4"} and {r["gpu"] for r in jobs["sft"]} == {"8"}

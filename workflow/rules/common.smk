@@ -76,6 +76,19 @@ def model_inputs(kind):
     return inputs
 
 
+def engine_gpus(kind):
+    """GPUs a generation job needs: vLLM's tensor-parallel size, one for transformers unless
+    it is pinned to the CPU."""
+
+    def gpus(wildcards):
+        engine = stage(kind, wildcards).config["engine"]
+        if engine["name"] == "vllm":
+            return int(engine.get("tensor_parallel_size", 1))
+        return 0 if engine.get("device") == "cpu" else 1
+
+    return gpus
+
+
 def num_shards(stage_):
     return stage_.config["num_shards"]
 

@@ -19,6 +19,7 @@ rule eval:
         cpus_per_task=2,
         mem_mb=16000,
         runtime=720,
+        gpu=engine_gpus("eval"),
     params:
         model=lambda wildcards: stage("eval", wildcards).config["model_dir"],
         benchmark=lambda wildcards: stage("eval", wildcards).config["benchmark"],

@@ -20,6 +20,7 @@ rule retro_search:
         cpus_per_task=2,
         mem_mb=16000,
         runtime=1440,
+        gpu=engine_gpus("search"),
     params:
         upstream=upstream_flags("search"),
     shell:
