@@ -93,7 +93,7 @@ ARMS = {"scheduler": scheduler_search, "naive": naive_search}
 PROFILE_PARTS = [
     ("model_forward", "modeling_llama.py:forward"),
     ("sampler", "transformers_engine.py:__call__"),  # sampler + stopper
-    ("generate_total", "utils.py:generate"),
+    ("generate_total", "transformers_engine.py:_generate_batch"),
     ("tokenizer_decode", ":decode"),
     ("grading", "verify.py:grade"),
     ("count_tokens", "prompts.py:count_tokens"),

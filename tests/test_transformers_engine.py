@@ -105,9 +105,8 @@ def test_temperature_zero_is_plain_greedy_whatever_the_seed(engine, prompts):
 def test_sampling_follows_temperature_and_top_p():
     logits = torch.tensor([2.0, 1.5, 1.0, 0.2, -0.5, -1.0, -3.0, -4.0])
     request = GenerationRequest("d", "p", max_tokens=1, temperature=0.7, top_p=0.9, seed=0)
-    sampler = _RowSampler([request], [None], prompt_len=0)
-    draws = Counter(int(sampler(torch.zeros((1, 1), dtype=torch.long),
-                                logits.clone()[None]).argmax()) for _ in range(4000))
+    sampler = _RowSampler([request], [None])
+    draws = Counter(int(sampler([0], [[]], logits.clone()[None]).argmax()) for _ in range(4000))
     probs = torch.softmax(logits / 0.7, dim=-1)
     nucleus = 3  # 0.54 + 0.26 < 0.9 <= 0.54 + 0.26 + 0.13: the first three tokens
     assert probs[:nucleus - 1].sum() < 0.9 <= probs[:nucleus].sum()

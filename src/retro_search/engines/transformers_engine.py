@@ -4,8 +4,12 @@ Contract (see `GenerationRequest`): results come back in request order; a reques
 only on the request (prompt, seed, sampling settings), never on what else shares its batch, so a
 killed and resumed search reproduces an uninterrupted one.
 
-How sampling stays independent of the batch: `model.generate` runs greedy (argmax) and a logits
-processor turns each row's argmax into a sample. Per row it applies the row's temperature and
+Decoding is a loop of our own over the model's forward pass and KV cache rather than
+`model.generate`: a row that finishes leaves the batch at once (its cache rows are dropped), so a
+micro-batch does not keep computing rows that stopped while its longest rollout goes on.
+
+How sampling stays independent of the batch: the loop takes the argmax of scores that a per-row
+sampler has turned into a sample. Per row it applies the row's temperature and
 top-p, then adds Gumbel noise drawn from the row's own `torch.Generator`, seeded from the
 request's seed; argmax(log-probs + Gumbel) is an exact sample from the top-p distribution (the
 Gumbel-max trick). Each row draws exactly one vocabulary-sized noise vector per step, on the CPU,
@@ -29,8 +33,7 @@ import contextlib
 from typing import Sequence
 
 import torch
-from transformers import (AutoModelForCausalLM, AutoTokenizer, GenerationConfig, LogitsProcessor,
-                          LogitsProcessorList, StoppingCriteria, StoppingCriteriaList)
+from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 
 from retro_search.engines.banned_words import banned_token_sequences, vocab_texts
 from retro_search.engines.base import GenerationRequest, GenerationResult, request_seed
@@ -52,49 +55,49 @@ class _Bans:
                 table.setdefault(tuple(seq[:-1]), []).append(seq[-1])
 
 
-class _RowSampler(LogitsProcessor):
-    """Per-row bans, temperature, top-p and seeded Gumbel noise; `generate` then takes argmax."""
+class _RowSampler:
+    """Per-row bans, temperature, top-p and seeded Gumbel noise; the decode loop takes argmax."""
 
-    def __init__(self, requests: Sequence[GenerationRequest], bans: list[_Bans | None],
-                 prompt_len: int):
-        self.prompt_len = prompt_len
+    def __init__(self, requests: Sequence[GenerationRequest], bans: list[_Bans | None]):
         self.bans = bans
-        # Rows with temperature 0 stay greedy; the others are sampled.
-        self.sampled_rows = [row for row, r in enumerate(requests) if r.temperature > 0]
-        self.temperature_col = torch.tensor(
-            [[requests[row].temperature] for row in self.sampled_rows], dtype=torch.float32)
+        self.sampled = [r.temperature > 0 for r in requests]  # temperature 0 stays greedy
+        self.temperature = torch.tensor([[r.temperature] for r in requests], dtype=torch.float32)
         # top_p 1 keeps everything (inf, so float error in the cumulative sum cannot drop a token).
-        self.top_p_col = torch.tensor(
-            [[requests[row].top_p if requests[row].top_p < 1 else float("inf")]
-             for row in self.sampled_rows], dtype=torch.float32)
+        self.top_p = torch.tensor([[r.top_p if r.top_p < 1 else float("inf")] for r in requests],
+                                  dtype=torch.float32)
         # CPU generators: the noise is the same on every device and for every batch.
-        self.generators = {row: torch.Generator().manual_seed(request_seed(requests[row]))
-                           for row in self.sampled_rows}
+        self.generators = [torch.Generator().manual_seed(request_seed(r)) if r.temperature > 0
+                           else None for r in requests]
 
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+    def __call__(self, rows: list[int], generated: list[list[int]],
+                 scores: torch.FloatTensor) -> torch.FloatTensor:
+        """Scores of the active `rows` (row i of `scores` is request rows[i]) with bans applied
+        and, for sampled rows, log-probs plus Gumbel noise."""
         scores = scores.float()
-        n_generated = input_ids.shape[1] - self.prompt_len
-        for row, bans in enumerate(self.bans):
+        for i, row in enumerate(rows):
+            bans = self.bans[row]
             if bans is None:
                 continue
             if bans.singles.numel():
-                scores[row, bans.singles] = float("-inf")
+                scores[i, bans.singles] = float("-inf")
             for length, table in bans.after.items():
-                if n_generated >= length:
-                    tail = tuple(input_ids[row, -length:].tolist())
+                if len(generated[row]) >= length:
+                    tail = tuple(generated[row][-length:])
                     if tail in table:
-                        scores[row, table[tail]] = float("-inf")
-        if not self.sampled_rows:
+                        scores[i, table[tail]] = float("-inf")
+        positions = [i for i, row in enumerate(rows) if self.sampled[row]]
+        if not positions:
             return scores  # all greedy: argmax of the (masked) logits
         # Row-wise ops on the sampled rows at once; each row's values do not depend on the others.
-        rows = self.sampled_rows
-        logp = torch.log_softmax(scores[rows] / self.temperature_col.to(scores.device), dim=-1)
-        logp = logp.masked_fill(~_nucleus(logp.exp(), self.top_p_col.to(scores.device)),
+        sampled = [rows[i] for i in positions]
+        device = scores.device
+        logp = torch.log_softmax(scores[positions] / self.temperature[sampled].to(device), dim=-1)
+        logp = logp.masked_fill(~_nucleus(logp.exp(), self.top_p[sampled].to(device)),
                                 float("-inf"))
         # One vocabulary-sized draw per row and step, from the row's own generator.
         uniform = torch.stack([torch.rand(scores.shape[-1], generator=self.generators[row])
-                               for row in rows])
-        scores[rows] = logp + (-torch.log(-torch.log(uniform))).to(scores.device)
+                               for row in sampled])
+        scores[positions] = logp + (-torch.log(-torch.log(uniform))).to(device)
         return scores
 
 
@@ -105,28 +108,34 @@ def _nucleus(probs: torch.Tensor, top_p: torch.Tensor, candidates: int = 64) -> 
     The rule works on probability values only (keep every token at least as likely as the last
     one needed), so ties are kept or dropped together and the mask never depends on the order a
     sort puts equal values in. Sorting the whole vocabulary is the costly part: the top
-    `candidates` decide the mask whenever they hold more than top_p of the mass, the usual case.
+    `candidates` decide the mask of a row whenever they hold more than top_p of its mass (the
+    usual case for a trained model); only the other rows are sorted in full.
     """
     keep_all = torch.isinf(top_p)
     ranked = probs.topk(min(candidates, probs.shape[-1]), dim=-1).values
-    if not bool(((ranked.sum(dim=-1, keepdim=True) > top_p) | keep_all).all()):
-        ranked = probs.sort(dim=-1, descending=True).values
-    mass_before = ranked.cumsum(dim=-1) - ranked
-    n_needed = (mass_before <= top_p).sum(dim=-1, keepdim=True)  # >= 1: the first is always in
-    threshold = ranked.gather(-1, n_needed - 1)
+    threshold = _threshold(ranked, top_p)
+    short = ~((ranked.sum(dim=-1, keepdim=True) > top_p) | keep_all).squeeze(-1)
+    if bool(short.any()):
+        full = probs[short].sort(dim=-1, descending=True).values
+        threshold[short] = _threshold(full, top_p[short])
     return (probs >= threshold) | keep_all
 
 
-class _RowStopper(StoppingCriteria):
+def _threshold(ranked: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
+    """The probability of the last token needed to reach top_p, per row of descending `ranked`."""
+    mass_before = ranked.cumsum(dim=-1) - ranked
+    n_needed = (mass_before <= top_p).sum(dim=-1, keepdim=True)  # >= 1: the first is always in
+    return ranked.gather(-1, n_needed - 1)
+
+
+class _RowStopper:
     """Ends each row at EOS, its first stop string (decoded text) or its own `max_tokens`.
 
     Records per row `(tokens generated, reason, stop string)`, reason in {"eos", "stop", "length"}.
     """
 
-    def __init__(self, tokenizer, requests: Sequence[GenerationRequest], prompt_len: int,
-                 eos_ids: set[int]):
+    def __init__(self, tokenizer, requests: Sequence[GenerationRequest], eos_ids: set[int]):
         self.tokenizer = tokenizer
-        self.prompt_len = prompt_len
         self.eos_ids = eos_ids
         self.stops = [r.stop for r in requests]
         self.max_tokens = [r.max_tokens for r in requests]
@@ -134,23 +143,21 @@ class _RowStopper(StoppingCriteria):
         self.window = [4 * max(map(len, r.stop)) + 2 if r.stop else 0 for r in requests]
         self.finished: list[tuple[int, str, str | None] | None] = [None] * len(requests)
 
-    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
-        n = input_ids.shape[1] - self.prompt_len
-        last = input_ids[:, -1].tolist()
-        for row in range(len(self.finished)):
-            if self.finished[row] is not None:
-                continue
-            if last[row] in self.eos_ids:
+    def __call__(self, rows: list[int], generated: list[list[int]]) -> list[bool]:
+        """Whether each active row is finished after its newest token."""
+        for row in rows:
+            tokens = generated[row]
+            n = len(tokens)
+            if tokens[-1] in self.eos_ids:
                 self.finished[row] = (n, "eos", None)
-            elif self.stops[row] and (hit := self._stop_in_tail(input_ids[row], n, row)):
+            elif self.stops[row] and (hit := self._stop_in_tail(tokens, row)):
                 self.finished[row] = (n, "stop", hit)
             elif n >= self.max_tokens[row]:
                 self.finished[row] = (n, "length", None)
-        return torch.tensor([f is not None for f in self.finished], device=input_ids.device)
+        return [self.finished[row] is not None for row in rows]
 
-    def _stop_in_tail(self, ids: torch.LongTensor, n: int, row: int) -> str | None:
-        tail = ids[-min(n, self.window[row]):].tolist()
-        text = self.tokenizer.decode(tail, skip_special_tokens=True,
+    def _stop_in_tail(self, tokens: list[int], row: int) -> str | None:
+        text = self.tokenizer.decode(tokens[-self.window[row]:], skip_special_tokens=True,
                                      clean_up_tokenization_spaces=False)
         return next((s for s in self.stops[row] if s in text), None)
 
@@ -261,32 +268,53 @@ class TransformersEngine:
 
     def _generate_batch(self, requests: list[GenerationRequest],
                         prompts: list[list[int]]) -> list[GenerationResult]:
+        """Prefill the left-padded prompts, then decode one token per active row and step.
+
+        A row leaves the batch (and its KV cache rows are dropped) as soon as it finishes, so
+        the rest of a micro-batch does not pay for rows that already stopped: rollouts of one
+        wave end at very different lengths.
+        """
         prompt_len = max(map(len, prompts))
         input_ids = torch.full((len(prompts), prompt_len), self.pad_id, dtype=torch.long)
-        attention_mask = torch.zeros_like(input_ids)
+        mask = torch.zeros_like(input_ids)
         for row, ids in enumerate(prompts):  # left padding: every row ends at the same column
             input_ids[row, prompt_len - len(ids):] = torch.tensor(ids)
-            attention_mask[row, prompt_len - len(ids):] = 1
-        sampler = _RowSampler(requests, [self._bans_for(r.banned_words) for r in requests],
-                              prompt_len)
-        stopper = _RowStopper(self.tokenizer, requests, prompt_len, self.eos_ids)
-        config = GenerationConfig(
-            max_new_tokens=max(r.max_tokens for r in requests), do_sample=False, num_beams=1,
-            pad_token_id=self.pad_id, eos_token_id=sorted(self.eos_ids),
-            bos_token_id=self.tokenizer.bos_token_id)
+            mask[row, prompt_len - len(ids):] = 1
+        sampler = _RowSampler(requests, [self._bans_for(r.banned_words) for r in requests])
+        stopper = _RowStopper(self.tokenizer, requests, self.eos_ids)
+        generated: list[list[int]] = [[] for _ in requests]
+        rows = list(range(len(requests)))  # the active rows, in the cache's batch order
+        mask = mask.to(self.device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)  # a padded row sees unpadded positions
+        cache = DynamicCache(config=self.model.config)
         with torch.inference_mode():
-            output = self.model.generate(
-                input_ids=input_ids.to(self.device), attention_mask=attention_mask.to(self.device),
-                generation_config=config, logits_processor=LogitsProcessorList([sampler]),
-                stopping_criteria=StoppingCriteriaList([stopper]))
-        generated = output[:, prompt_len:].tolist()
+            logits = self.model(input_ids=input_ids.to(self.device), attention_mask=mask,
+                                position_ids=positions, past_key_values=cache,
+                                use_cache=True, logits_to_keep=1).logits[:, -1, :]
+            next_position = positions[:, -1:] + 1
+            while True:
+                tokens = sampler(rows, generated, logits).argmax(dim=-1)
+                for row, token in zip(rows, tokens.tolist()):
+                    generated[row].append(token)
+                keep = [i for i, done in enumerate(stopper(rows, generated)) if not done]
+                if not keep:
+                    break
+                if len(keep) < len(rows):
+                    index = torch.tensor(keep, device=self.device)
+                    cache.batch_select_indices(index)
+                    mask, next_position, tokens = mask[index], next_position[index], tokens[index]
+                    rows = [rows[i] for i in keep]
+                mask = torch.cat([mask, mask.new_ones((len(rows), 1))], dim=-1)
+                logits = self.model(input_ids=tokens[:, None], attention_mask=mask,
+                                    position_ids=next_position, past_key_values=cache,
+                                    use_cache=True, logits_to_keep=1).logits[:, -1, :]
+                next_position = next_position + 1
         return [self._result(r, generated[row], stopper.finished[row])
-                for row, r in enumerate(requests)]
+                for row, r in enumerate(requests)]  # type: ignore[arg-type]
 
     def _result(self, request: GenerationRequest, tokens: list[int],
-                finished: tuple[int, str, str | None] | None) -> GenerationResult:
-        # `finished` is None only if generate stopped on its own max length, i.e. at max_tokens.
-        n, reason, stop = finished if finished is not None else (len(tokens), "length", None)
+                finished: tuple[int, str, str | None]) -> GenerationResult:
+        n, reason, stop = finished
         kept = tokens[:n - 1] if reason == "eos" else tokens[:n]
         text = self.tokenizer.decode(kept, skip_special_tokens=True,
                                      clean_up_tokenization_spaces=False)
