@@ -26,6 +26,15 @@ METRIC_KEYS = {"benchmark", "model", "tokenizer", "n", "n_problems", "n_generati
                "no_answer_rate"}
 
 
+def tiny_cpu_stage(tmp_path: Path, limit: int, ks: str = "[1, 4, 8]") -> Path:
+    """A stage config: the first `limit` AMC problems (n = 2), 8 tokens, the tiny model on CPU."""
+    stage = tmp_path / "stage.yaml"
+    stage.write_text(f"eval:\n  data_dir: {DATA}\n  limit: {limit}\n  max_tokens: 8\n  ks: {ks}\n"
+                     "  grading_processes: 0\n  n_samples_per_benchmark: {amc23: 2}\n"
+                     "engine:\n  name: transformers\n  batch_size: 8\n  device: cpu\n")
+    return stage
+
+
 def fake_format() -> PromptFormat:
     return PromptFormat(render_question=lambda q: f"<|User|>{q}<|Assistant|>", count_tokens=len)
 
@@ -132,10 +141,7 @@ def test_eval_help_explains_inputs_outputs_and_overrides(capsys):
 def test_eval_command_end_to_end_with_the_tiny_model(tiny_model_dir, tmp_path):
     import pandas as pd
 
-    stage = tmp_path / "stage.yaml"
-    stage.write_text(f"eval:\n  data_dir: {DATA}\n  limit: 3\n  max_tokens: 8\n"
-                     "  grading_processes: 0\n  n_samples_per_benchmark: {amc23: 2}\n"
-                     "engine:\n  name: transformers\n  batch_size: 8\n  device: cpu\n")
+    stage = tiny_cpu_stage(tmp_path, limit=3)
     out = tmp_path / "eval"
     code = main(["eval", "--model", tiny_model_dir, "--benchmark", "amc23", "--output-dir",
                  str(out), "--config", str(stage), "--no-progress", "eval.ks=[1,2,8]"])
@@ -164,10 +170,7 @@ def test_eval_command_end_to_end_with_the_tiny_model(tiny_model_dir, tmp_path):
 def test_sharded_eval_merged_equals_the_unsharded_eval(tiny_model_dir, tmp_path):
     import pandas as pd
 
-    stage = tmp_path / "stage.yaml"
-    stage.write_text(f"eval:\n  data_dir: {DATA}\n  limit: 5\n  max_tokens: 8\n  ks: [1, 2]\n"
-                     "  grading_processes: 0\n  n_samples_per_benchmark: {amc23: 2}\n"
-                     "engine:\n  name: transformers\n  batch_size: 8\n  device: cpu\n")
+    stage = tiny_cpu_stage(tmp_path, limit=5, ks="[1, 2]")
     common = ["--model", tiny_model_dir, "--benchmark", "amc23", "--config", str(stage),
               "--no-progress"]
     assert main(["eval", *common, "--output-dir", str(tmp_path / "whole")]) == 0
