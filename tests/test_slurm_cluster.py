@@ -1,0 +1,77 @@
+"""The SLURM profile on a real SLURM cluster: the CPU stages of the demo (prepare, two shards) go
+through sbatch, finish, and their manifests name their SLURM jobs.
+
+Needs a running cluster with a `cpu` partition (`.ci/run` starts one with
+tests/slurm/start_cluster.sh); skipped otherwise. The GPU stages are not run: the one-node test
+cluster has no GPUs.
+"""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def cluster_partitions() -> set[str]:
+    if not shutil.which("sinfo"):
+        return set()
+    done = subprocess.run(["sinfo", "-h", "-o", "%R %t"], capture_output=True, text=True)
+    if done.returncode != 0:
+        return set()
+    return {line.split()[0] for line in done.stdout.splitlines()
+            if line.split()[1:] and line.split()[1] in ("idle", "mix")}
+
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif("cpu" not in cluster_partitions(),
+                       reason="no SLURM cluster with an idle `cpu` partition "
+                              "(tests/slurm/start_cluster.sh starts one)"),
+    pytest.mark.skipif(not (REPO.parent / "shared" / "data").exists(),
+                       reason="shared data not present"),
+]
+
+
+def test_cpu_stages_run_as_slurm_jobs_and_record_their_job_ids(make_checkout, tmp_path):
+    checkout = make_checkout()
+    # The shipped profile, adapted to the test cluster only where it must be: no conda (not
+    # installable here), no account and job states from squeue (no accounting database), small
+    # memory requests and short waits.
+    profile = yaml.safe_load((REPO / "profiles/slurm/config.yaml").read_text())
+    profile.pop("software-deployment-method")
+    profile.pop("conda-frontend", None)
+    profile["default-resources"].pop("slurm_account")
+    profile["default-resources"]["mem_mb"] = 1000
+    profile["set-resources"]["prepare"].update(mem_mb=2000, cpus_per_task=1)
+    profile.update({"slurm-status-command": "squeue", "latency-wait": 5,
+                    "slurm-init-seconds-before-status-checks": 2})
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(profile))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    snakemake = [str(BIN / "snakemake"), "--profile", str(tmp_path)]
+
+    planned = subprocess.run([*snakemake, "-n"], cwd=checkout, capture_output=True, text=True,
+                             env=env, timeout=300)
+    shards = sorted(set(re.findall(r"results/shard/[^ ,]+/shard-\d+\.jsonl", planned.stdout)))
+    assert len(shards) == 2, planned.stdout[-2000:]
+    # SIGINT on timeout: the plugin then cancels its jobs instead of polling forever.
+    done = subprocess.run(["timeout", "-s", "INT", "600", *snakemake, *shards], cwd=checkout,
+                          capture_output=True, text=True, env=env, timeout=700)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    submitted = re.findall(r"submitted with SLURM jobid (\d+)", done.stdout + done.stderr)
+    assert len(submitted) == 3  # prepare and two shards; the tiny stage_config jobs run locally
+
+    for shard in shards:
+        assert (checkout / shard).stat().st_size > 0
+        manifest = json.loads((checkout / shard.replace(".jsonl", ".manifest.json")).read_text())
+        assert manifest["slurm_job_id"] in submitted
+    prepare = json.loads(next(checkout.glob("results/prepare/*/manifest.json")).read_text())
+    assert prepare["slurm_job_id"] in submitted
