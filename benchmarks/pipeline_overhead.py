@@ -46,7 +46,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import REPO, SHARED, Figures  # noqa: E402
+from _common import REPO, Figures  # noqa: E402
+
+sys.path.insert(0, str(REPO / "tests"))
+from workflow_helpers import copy_checkout, job_counts  # noqa: E402  (the workflow tests' copy)
 
 SNAKEMAKE = Path(sys.executable).parent / "snakemake"
 PROFILES = REPO / "benchmarks" / "profiles"
@@ -67,18 +70,6 @@ PROFILE_PARTS = [
     ("conda_env_specs", "snakemake/dag.py", "update_conda_envs"),
     ("job_printing", "snakemake/executors/dryrun.py", "printjob"),
 ]
-
-
-def checkout(root: Path) -> Path:
-    """A clean copy of the working tree in `root`/main, with `root`/shared -> the shared data."""
-    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-                           cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
-    for name in files:
-        if (REPO / name).is_file():
-            (root / "main" / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / name, root / "main" / name)
-    (root / "shared").symlink_to(SHARED)
-    return root / "main"
 
 
 def run(cmd: list[str], cwd: Path, expect: str | None = None) -> tuple[str, float, float]:
@@ -109,17 +100,6 @@ def timed(fig: Figures, name: str, cmd: list[str], cwd: Path, repeat: int, expec
     fig.add(f"{name}_cpu_s", round(statistics.median(cpus), 3), "s")
     fig.note(f"{name}_runs_s", [round(w, 3) for w in walls])
     return out
-
-
-def job_stats(dry_run_output: str) -> dict[str, int]:
-    """The 'Job stats' table of `snakemake -n` (as tests/test_workflow.py reads it), with total."""
-    counts = {}
-    for line in dry_run_output.split("Job stats:", 1)[1].splitlines()[3:]:
-        match = re.match(r"^(\w+)\s+(\d+)$", line.strip())
-        if not match:
-            break
-        counts[match.group(1)] = int(match.group(2))
-    return counts
 
 
 def materialise(workdir: Path, dry_run_output: str, touch_cmd: list[str]) -> int:
@@ -211,10 +191,10 @@ def main(argv=None) -> int:
     print("command: " + shlex.join(dry), flush=True)
 
     tmp = Path(tempfile.mkdtemp(prefix="rs-bench-pipeline-"))
-    workdir = checkout(tmp)
+    workdir = copy_checkout(tmp)
 
     out = timed(fig, "dry_run", dry, workdir, args.repeat)
-    counts = job_stats(out)
+    counts = job_counts(out)
     fig.add("jobs", counts.get("total", 0))
     fig.note("job_stats", counts)
     if counts.get("retro_search") != args.shards or counts.get("eval_merge", 0) % len(benchmarks):

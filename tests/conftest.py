@@ -21,24 +21,9 @@ def tiny_model_dir(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="session")
 def make_checkout(tmp_path_factory):
-    """Makes a clean copy of the working tree (tracked and untracked-but-not-ignored files, no results/)
-    with the shared data beside it, as CI has it: workflow tests run there, never in the
-    developer's own checkout."""
-    import shutil
-    import subprocess
-    from pathlib import Path
+    """Makes a clean copy of the working tree with the shared data beside it, as CI has it
+    (workflow_helpers.copy_checkout): workflow tests run there, never in the developer's own
+    checkout."""
+    from workflow_helpers import copy_checkout
 
-    repo = Path(__file__).resolve().parents[1]
-    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-                           cwd=repo, capture_output=True, text=True, check=True).stdout.split()
-
-    def make() -> Path:
-        root = tmp_path_factory.mktemp("checkout")
-        for name in files:
-            if (repo / name).is_file():
-                (root / "main" / name).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(repo / name, root / "main" / name)
-        (root / "shared").symlink_to(repo.parent / "shared")
-        return root / "main"
-
-    return make
+    return lambda: copy_checkout(tmp_path_factory.mktemp("checkout"))

@@ -7,18 +7,14 @@ cluster has no GPUs.
 """
 
 import json
-import os
 import re
 import shutil
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
-import yaml
 
-REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
+from workflow_helpers import (REPO, SNAKEMAKE, slurm_profile_without_conda, workflow_env,
+                              write_profile)
 
 
 def cluster_partitions() -> set[str]:
@@ -46,17 +42,15 @@ def test_cpu_stages_run_as_slurm_jobs_and_record_their_job_ids(make_checkout, tm
     # The shipped profile, adapted to the test cluster only where it must be: no conda (not
     # installable here), no account and job states from squeue (no accounting database), small
     # memory requests and short waits.
-    profile = yaml.safe_load((REPO / "profiles/slurm/config.yaml").read_text())
-    profile.pop("software-deployment-method")
-    profile.pop("conda-frontend", None)
+    profile = slurm_profile_without_conda()
     profile["default-resources"].pop("slurm_account")
     profile["default-resources"]["mem_mb"] = 1000
     profile["set-resources"]["prepare"].update(mem_mb=2000, cpus_per_task=1)
     profile.update({"slurm-status-command": "squeue", "latency-wait": 5,
                     "slurm-init-seconds-before-status-checks": 2})
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump(profile))
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
-    snakemake = [str(BIN / "snakemake"), "--profile", str(tmp_path)]
+    write_profile(tmp_path, profile)
+    env = workflow_env()
+    snakemake = [str(SNAKEMAKE), "--profile", str(tmp_path)]
 
     planned = subprocess.run([*snakemake, "-n"], cwd=checkout, capture_output=True, text=True,
                              env=env, timeout=300)

@@ -3,16 +3,15 @@ repository, then a dry run after one search override, then an audit before and a
 
 import json
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from workflow_helpers import REPO, SNAKEMAKE, job_counts, workflow_env
+
 SHARED = REPO.parent / "shared"
-SNAKEMAKE = Path(sys.executable).parent / "snakemake"
 
 pytestmark = [
     pytest.mark.slow,
@@ -22,24 +21,11 @@ pytestmark = [
 
 
 def run(cmd, cwd, timeout=1500, check=True):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1",
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    done = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
+    done = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                          env=workflow_env())
     if check and done.returncode != 0:
         raise AssertionError(f"{cmd} failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-5000:]}")
     return done
-
-
-def job_counts(dry_run_output: str) -> dict[str, int]:
-    """The 'Job stats' table of `snakemake -n`."""
-    counts = {}
-    table = dry_run_output.split("Job stats:", 1)[1]
-    for line in table.splitlines()[3:]:
-        match = re.match(r"^(\w+)\s+(\d+)$", line.strip())
-        if not match:
-            break
-        counts[match.group(1)] = int(match.group(2))
-    return counts
 
 
 @pytest.fixture(scope="module")

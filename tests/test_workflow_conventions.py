@@ -1,26 +1,21 @@
 """The workflow's conventions, checked without running it: `snakemake --lint` and `snakefmt --check`
 are clean, and the SLURM profile gives every job its SLURM resources (GPU for search, eval and SFT)."""
 
-import os
 import re
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-SNAKEMAKE = BIN / "snakemake"
+from workflow_helpers import (BIN, REPO, SNAKEMAKE, slurm_profile_without_conda, workflow_env,
+                              write_profile)
 
 pytestmark = pytest.mark.skipif(not SNAKEMAKE.exists(), reason="snakemake not installed")
 
 
-def run(cmd, cwd=REPO, **kwargs):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
-    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=300, env=env,
-                          **kwargs)
+def run(cmd, cwd=REPO):
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=300,
+                          env=workflow_env())
 
 
 def test_snakemake_lint_is_clean():
@@ -56,12 +51,7 @@ def job_resources(dry_run: str) -> dict[str, list[dict[str, str]]]:
 
 
 def test_slurm_dry_run_lists_every_job_with_its_slurm_resources(make_checkout, tmp_path):
-    # Conda cannot be installed on these machines (its channels are unreachable) and a dry run with
-    # conda deployment asks `conda info`; the test profile is the shipped one without that key.
-    profile = yaml.safe_load((REPO / "profiles/slurm/config.yaml").read_text())
-    del profile["software-deployment-method"]
-    profile.pop("conda-frontend", None)
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump(profile))
+    write_profile(tmp_path, slurm_profile_without_conda())
     done = run([str(SNAKEMAKE), "--profile", str(tmp_path), "-n"], cwd=make_checkout())
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     jobs = job_resources(done.stdout)
@@ -76,11 +66,7 @@ def test_slurm_dry_run_lists_every_job_with_its_slurm_resources(make_checkout, t
 
 
 def test_slurm_jobs_of_a_tensor_parallel_preset_ask_for_its_gpus(tmp_path):
-    profile = yaml.safe_load((REPO / "profiles/slurm/config.yaml").read_text())
-    del profile["software-deployment-method"]  # as above: no conda on these machines
-    profile.pop("conda-frontend", None)
-    (tmp_path / "profile").mkdir()
-    (tmp_path / "profile" / "config.yaml").write_text(yaml.safe_dump(profile))
+    write_profile(tmp_path / "profile", slurm_profile_without_conda())
     # Hub data and models only: nothing is read from the working directory, so it can be empty.
     done = run([str(SNAKEMAKE), "--profile", str(tmp_path / "profile"), "-n", "--snakefile",
                 str(REPO / "Snakefile"), "-d", str(tmp_path / "work"),

@@ -133,9 +133,8 @@ def merge_inputs(suffix):
 
 
 def sft_data_input(wildcards):
-    source = stage("sft_data", wildcards).upstream[
-        0
-    ]  # prepare (original) or merge (retro_search)
+    # prepare (arm original) or merge (arm retro_search)
+    source = stage("sft_data", wildcards).upstream[0]
     return source.path("traces.jsonl" if source.kind == "prepare" else "revised.jsonl")
 
 

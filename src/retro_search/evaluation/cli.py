@@ -165,7 +165,7 @@ def cmd_eval_merge(args: argparse.Namespace) -> int:
         raise ValueError(f"--metrics: shards of several benchmarks {sorted(benchmarks)}")
     if sorted(s["shard"] for s in shards) != list(range(len(shards))) or \
             any(s["num_shards"] != len(shards) for s in shards):
-        raise ValueError("--metrics: expected shards 0.." f"{len(shards) - 1} of {len(shards)}, got "
+        raise ValueError(f"--metrics: expected shards 0..{len(shards) - 1} of {len(shards)}, got "
                          f"{[(s['shard'], s['num_shards']) for s in shards]}")
     rows = [row for path in args.inputs for row in read_generations(path)]
     n = shards[0]["n"]

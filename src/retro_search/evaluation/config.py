@@ -120,10 +120,6 @@ class EvalSettings:
         """n for this benchmark."""
         return self.n_samples_per_benchmark.get(benchmark, self.n_samples)
 
-    def shards_for(self, benchmark: str) -> int:
-        """How many eval jobs the pipeline runs for this benchmark."""
-        return self.num_shards_per_benchmark.get(benchmark, self.num_shards)
-
     def ks_for(self, n: int) -> list[int]:
         """The k values usable with n samples (sorted, k <= n)."""
         return sorted({k for k in self.ks if k <= n})
