@@ -3,27 +3,30 @@
     .venv/bin/python benchmarks/search_throughput.py              # defaults: 40 demo traces
     .venv/bin/python benchmarks/search_throughput.py --limit 8 --profile
 
-Both arms search the same traces with the same tiny model (built once into a temp dir, trained
+The arms search the same traces with the same tiny model (built once into a temp dir, trained
 `--train-steps` so rollouts close </think> and end early like real ones), the same SearchConfig
 (the demo experiment's search settings by default) and the same seeds, on ONE TransformersEngine:
 
-- scheduler: `retro_search.scheduler.run_shard` (waves: the pending requests of every unfinished
-  trace go to the engine together, in micro-batches of `--batch-size`);
+- scheduler: `retro_search.scheduler.run_shard` as the pipeline runs it: in waves, the pending
+  requests of every unfinished trace go to the engine together, which decodes them with
+  continuous batching (at most `--batch-size` rows at once, a finished row's slot refilled at the
+  next token);
 - naive: for each trace, `TraceSearch`; while it has pending requests, each request alone
   through `engine.generate([request])`.
 
-Figures: traces/s, rollouts/s and generated tokens/s of each arm and the scheduler/naive ratio of
-wall time, measured in the same run, and "identical": whether both arms produced the same
-SearchOutcomes (texts, statistics and rollout logs). The engine samples each request from its own
-seeded generator, so a request's text does not depend on its batch; a false here is a bug (or a
-float tie between two tokens, see transformers_engine's docstring).
+Figures per arm: traces/s, rollouts/s, generated tokens/s, the model's forward passes and the
+mean rows per pass; the scheduler/naive ratio of wall time, measured in the same run; and
+"identical": whether both arms produced the same SearchOutcomes (texts,
+statistics and rollout logs). The engine samples each request from its own seeded generator, so
+a request's text does not depend on its batch; a false here is a bug (or a float tie between two
+tokens, see `engines/decoding.py`).
 
 Target: ratio >= 5 on 2 CPU cores. The tiny model (hidden 64, 2 layers) costs little per token;
-most of the time goes to Python per decoding step (transformers' generate loop, the per-row
-sampler and stopper), which batching amortises. `--profile` adds one profiled pass of each arm
-(after the timed ones, so the timings are unaffected) and writes the top entries to
-benchmarks/profiles/search_throughput-{scheduler,naive}.txt plus a one-line split of where the
-time went (model forward, sampler, stopper, tokenizer, grading, the rest).
+much of the time goes to Python per forward pass (transformers' modules, the per-row sampler and
+stopper), which batching amortises. `--profile` adds one profiled pass of each arm (after the
+timed ones, so the timings are unaffected) and writes the top entries to
+benchmarks/profiles/search_throughput-{arm}.txt plus a one-line split of where the time went
+(model forward, sampler, tokenizer, grading, the rest).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import argparse
 import cProfile
 import io
 import pstats
+import statistics
 import sys
 import tempfile
 import time
@@ -45,19 +49,23 @@ TARGET_RATIO = 5.0
 
 
 class CountingEngine:
-    """Wraps an engine's `generate` (and only that: the scheduler must run in waves) and counts
-    calls, requests and generated tokens."""
+    """Wraps an engine's `generate` and counts requests, generated tokens and the model's
+    forward passes (and the rows they carried)."""
 
     def __init__(self, engine):
         self.engine = engine
+        engine.model.register_forward_pre_hook(self._count_forward, with_kwargs=True)
         self.reset()
 
     def reset(self) -> None:
-        self.calls = self.requests = self.tokens = 0
+        self.requests = self.tokens = self.forwards = self.forward_rows = 0
+
+    def _count_forward(self, _module, _args, kwargs) -> None:
+        self.forwards += 1
+        self.forward_rows += kwargs["input_ids"].shape[0]
 
     def generate(self, requests):
         results = self.engine.generate(requests)
-        self.calls += 1
         self.requests += len(requests)
         self.tokens += sum(r.num_tokens for r in results)
         return results
@@ -92,8 +100,9 @@ ARMS = {"scheduler": scheduler_search, "naive": naive_search}
 # the first matching entry that is not nested in another match of the same label.
 PROFILE_PARTS = [
     ("model_forward", "modeling_llama.py:forward"),
-    ("sampler", "transformers_engine.py:__call__"),  # sampler + stopper
-    ("generate_total", "transformers_engine.py:_generate_batch"),
+    ("sampler", "decoding.py:_sample"),
+    ("stopper", "decoding.py:_ending"),
+    ("engine_step", "decoding.py:step"),
     ("tokenizer_decode", ":decode"),
     ("grading", "verify.py:grade"),
     ("count_tokens", "prompts.py:count_tokens"),
@@ -119,14 +128,13 @@ def profile_arm(name, fn, traces, engine, kwargs, top: int) -> dict:
     out.write_text(buf.getvalue())
     # Shares of the profiled wall time. Nested entries of one kind (the model's forward calls its
     # layers' forward through nn.Module, so callers cannot tell them apart) count once: the
-    # outermost, i.e. the largest cumulative time. The sampler's and the stopper's __call__ are
-    # siblings, not nested: "sampler" is their sum.
+    # outermost, i.e. the largest cumulative time.
     shares = {}
     for label, needle in PROFILE_PARTS:
         times = [ct for (file, _line, func), (_cc, _nc, _tt, ct, _callers) in stats.stats.items()
                  if needle in f"{Path(file).name}:{func}"
                  or (needle.startswith(":") and func == needle[1:])]
-        total = sum(times) if label == "sampler" else max(times, default=0.0)
+        total = max(times, default=0.0)
         shares[label] = round(100 * total / wall, 1)
     return {"file": str(out.relative_to(REPO)), "wall_s": round(wall, 2), "share_pct": shares}
 
@@ -145,8 +153,10 @@ def main(argv=None) -> int:
                    help="tiny model training steps when building it (default: %(default)s)")
     p.add_argument("--model-seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: %(default)s)")
-    p.add_argument("--batch-size", type=int, default=16, help="engine micro-batch (default: %(default)s)")
-    p.add_argument("--max-batch-tokens", type=int, default=4096)
+    p.add_argument("--batch-size", type=int, default=16,
+                   help="rows the engine decodes together (default: %(default)s)")
+    p.add_argument("--max-batch-tokens", type=int, default=4096,
+                   help="padded prompt tokens per prefill (default: %(default)s)")
     p.add_argument("--rollouts", type=int, default=1, help="R per boundary (default: %(default)s)")
     p.add_argument("--max-tokens", type=int, default=160, help="rollout budget (demo: %(default)s)")
     p.add_argument("--max-step-tokens", type=int, default=48, help="first-step budget (demo: %(default)s)")
@@ -155,6 +165,8 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0, help="search seed")
     p.add_argument("--arms", default="naive,scheduler",
                    help="arms to time, in this order (default: %(default)s)")
+    p.add_argument("--repeat", type=int, default=3,
+                   help="timed runs per arm; figures are the median (default: %(default)s)")
     p.add_argument("--profile", action="store_true",
                    help="add a cProfile pass of each arm; writes benchmarks/profiles/")
     p.add_argument("--profile-top", type=int, default=40)
@@ -205,19 +217,26 @@ def main(argv=None) -> int:
 
     outcomes, seconds = {}, {}
     for arm in arms:
-        engine.reset()
-        start = time.perf_counter()
-        outcomes[arm] = ARMS[arm](traces, engine, **kwargs)
-        seconds[arm] = time.perf_counter() - start
+        times = []
+        for _ in range(args.repeat):  # the median of repeats: this machine's speed drifts
+            engine.reset()
+            start = time.perf_counter()
+            outcomes[arm] = ARMS[arm](traces, engine, **kwargs)
+            times.append(time.perf_counter() - start)
+        seconds[arm] = statistics.median(times)
         rollouts = sum(o.rollouts_tried for o in outcomes[arm])
         fig.add(f"{arm}_seconds", round(seconds[arm], 3), "s")
+        if args.repeat > 1:
+            fig.note(f"{arm}_seconds_all", [round(t, 3) for t in times])
         fig.add(f"{arm}_traces_per_s", round(len(traces) / seconds[arm], 3), "traces/s")
         fig.add(f"{arm}_rollouts_per_s", round(rollouts / seconds[arm], 2), "rollouts/s")
         fig.add(f"{arm}_tokens_per_s", round(engine.tokens / seconds[arm], 1), "tokens/s")
         fig.add(f"{arm}_rollouts", rollouts)
         fig.add(f"{arm}_generated_tokens", engine.tokens, "tokens")
-        fig.add(f"{arm}_engine_calls", engine.calls)
-        fig.add(f"{arm}_mean_requests_per_call", round(engine.requests / max(engine.calls, 1), 2))
+        fig.add(f"{arm}_requests", engine.requests)
+        fig.add(f"{arm}_forward_passes", engine.forwards)
+        fig.add(f"{arm}_mean_rows_per_forward",
+                round(engine.forward_rows / max(engine.forwards, 1), 2))
 
     if "naive" in seconds and "scheduler" in seconds:
         ratio = seconds["naive"] / seconds["scheduler"]

@@ -201,7 +201,7 @@ def main(argv=None) -> int:
     g.add_argument("--device", default="cuda", help="cuda, cuda:1, cpu (default: %(default)s)")
     g.add_argument("--batch-size", type=int, default=16)
     g.add_argument("--max-batch-tokens", type=int, default=None,
-                   help="padded prompt tokens per micro-batch (default: 4096 on cpu, 262144 on gpu)")
+                   help="padded prompt tokens per prefill (default: 4096 on cpu, 262144 on gpu)")
     g.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = p.parse_args(argv)
 

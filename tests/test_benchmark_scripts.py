@@ -25,11 +25,13 @@ def result_of(script: str, *args: str) -> dict:
 
 def test_search_throughput_arms_agree(tiny_model_dir):
     result = result_of("search_throughput.py", "--model-dir", tiny_model_dir, "--limit", "3",
-                       "--max-tokens", "24", "--max-step-tokens", "8", "--max-boundaries", "1")
+                       "--max-tokens", "24", "--max-step-tokens", "8", "--max-boundaries", "1",
+                       "--repeat", "1")
     figures = result["figures"]
     assert figures["identical"] is True
     assert figures["naive_rollouts"] == figures["scheduler_rollouts"] > 0
-    assert figures["scheduler_engine_calls"] < figures["naive_engine_calls"]
+    assert figures["naive_mean_rows_per_forward"] == 1
+    assert figures["scheduler_forward_passes"] < figures["naive_forward_passes"]
 
 
 def test_transformers_path_of_the_gpu_script_runs_on_cpu(tiny_model_dir):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections import Counter
+from collections import Counter, deque
 
 import pytest
 import torch
@@ -12,7 +12,8 @@ import torch
 from retro_search.engines.banned_words import banned_token_sequences, word_variants
 from retro_search.engines.base import GenerationRequest
 from retro_search.engines.base import request_seed
-from retro_search.engines.transformers_engine import TransformersEngine, _RowSampler
+from retro_search.engines.decoding import Row, _next_tokens, take_group
+from retro_search.engines.transformers_engine import TransformersEngine
 
 QUESTIONS = [
     "What is 2 + 2?",
@@ -105,8 +106,8 @@ def test_temperature_zero_is_plain_greedy_whatever_the_seed(engine, prompts):
 def test_sampling_follows_temperature_and_top_p():
     logits = torch.tensor([2.0, 1.5, 1.0, 0.2, -0.5, -1.0, -3.0, -4.0])
     request = GenerationRequest("d", "p", max_tokens=1, temperature=0.7, top_p=0.9, seed=0)
-    sampler = _RowSampler([request], [None])
-    draws = Counter(int(sampler([0], [[]], logits.clone()[None]).argmax()) for _ in range(4000))
+    row = Row(0, request, [1], None)
+    draws = Counter(_next_tokens([row], logits.clone()[None])[0] for _ in range(4000))
     probs = torch.softmax(logits / 0.7, dim=-1)
     nucleus = 3  # 0.54 + 0.26 < 0.9 <= 0.54 + 0.26 + 0.13: the first three tokens
     assert probs[:nucleus - 1].sum() < 0.9 <= probs[:nucleus].sum()
@@ -252,16 +253,18 @@ def test_invalid_requests_are_rejected_with_their_id(engine, prompts):
         engine.generate([GenerationRequest("zero", prompts[0], max_tokens=0)])
 
 
-def test_micro_batches_respect_the_prompt_count_and_padded_token_limits(tiny_model_dir):
-    engine = TransformersEngine(tiny_model_dir, device="cpu", batch_size=3, max_batch_tokens=100)
+def test_prefill_groups_respect_the_free_slots_and_padded_token_limit():
     lengths = [5, 10, 20, 30, 30, 40, 90, 200]
-    prompts = [[1] * n for n in lengths]
-    batches = engine._micro_batches(list(range(len(lengths))), prompts)
-    assert [i for b in batches for i in b] == list(range(len(lengths)))  # order kept, none lost
-    for batch in batches:
-        assert len(batch) <= 3
-        assert len(batch) == 1 or len(batch) * max(lengths[i] for i in batch) <= 100
-    assert batches[-1] == [7]  # a prompt longer than the budget still runs, alone
+    waiting = deque(Row(i, GenerationRequest(f"r{n}", "p", 1), [1] * n, None)
+                    for i, n in enumerate(lengths))
+    groups = []
+    while waiting:
+        groups.append([len(row.prompt) for row in take_group(waiting, free=3, max_tokens=100)])
+    assert [n for g in groups for n in g] == lengths  # order kept, none lost
+    for group in groups:
+        assert len(group) <= 3
+        assert len(group) == 1 or len(group) * max(group) <= 100
+    assert groups[-1] == [200]  # a prompt longer than the budget still runs, alone
 
 
 def test_token_limit_does_not_change_results(tiny_model_dir, prompts):
