@@ -3,12 +3,14 @@ copies, the sort-free top-p rule, and rows joining a batch that is already decod
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from transformers import AutoModelForCausalLM
 
 from retro_search.engines import attention
 from retro_search.engines.base import GenerationRequest
-from retro_search.engines.decoding import Row, _sample
+from retro_search.engines.decoding import ContinuousBatch, Row, _sample
 from retro_search.engines.kv_cache import HEADROOM, GrowingLayer, new_cache
 from retro_search.engines.transformers_engine import TransformersEngine
 
@@ -119,3 +121,25 @@ def test_new_cache_uses_growing_layers_for_plain_attention(tiny_model_dir):
     config = AutoModelForCausalLM.from_pretrained(tiny_model_dir).config
     cache, joinable = new_cache(config)
     assert joinable and all(isinstance(layer, GrowingLayer) for layer in cache.layers)
+
+
+def test_a_sliding_window_model_decodes_without_rearranging_its_cache(tiny_model_dir, tmp_path):
+    import shutil
+
+    from transformers import AutoTokenizer, MistralConfig, MistralForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    torch.manual_seed(0)
+    config = MistralConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                           num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                           sliding_window=8, max_position_embeddings=512)
+    MistralForCausalLM(config).save_pretrained(tmp_path)
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        if (source := Path(tiny_model_dir) / name).exists():
+            shutil.copy(source, tmp_path / name)
+    engine = TransformersEngine(str(tmp_path), device="cpu", batch_size=2)
+    batch = ContinuousBatch(engine.model, engine.tokenizer, engine.eos_ids, engine.pad_id, 2, 4096)
+    assert not batch.joinable  # sliding-window layers: newcomers wait for an empty batch
+    requests = [GenerationRequest(f"w{i}", "Okay, so" * (3 + 4 * i), max_tokens=6 + 5 * i, seed=i)
+                for i in range(3)]
+    assert engine.generate(requests) == [engine.generate([r])[0] for r in requests]
