@@ -84,6 +84,22 @@ def load_bench_traces(path: str | Path, fmt: str, limit: int | None, correct_onl
     return records[:limit] if limit else records
 
 
+def add_search_args(p, *, traces: Path, fmt: str, max_tokens: int, max_step_tokens: int,
+                    seed_help: str = "search seed") -> None:
+    """The options `search_kwargs` reads, plus the trace file, its reader preset and --limit."""
+    p.add_argument("--traces", default=str(traces), help="trace file (default: %(default)s)")
+    p.add_argument("--format", default=fmt, help="reader preset (default: %(default)s)")
+    p.add_argument("--limit", type=int, default=40, help="traces to search (default: %(default)s)")
+    p.add_argument("--rollouts", type=int, default=1, help="R per boundary (default: %(default)s)")
+    p.add_argument("--max-tokens", type=int, default=max_tokens,
+                   help="rollout budget (default: %(default)s)")
+    p.add_argument("--max-step-tokens", type=int, default=max_step_tokens,
+                   help="first-step budget (default: %(default)s)")
+    p.add_argument("--max-boundaries", type=int, default=4,
+                   help="boundaries visited per trace, 0 = all (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help=seed_help)
+
+
 def search_kwargs(args, prompt) -> dict:
     """The keyword arguments of `run_shard` / `TraceSearch` both search benchmarks pass: the
     SearchConfig from the script's --rollouts, --max-tokens, --max-step-tokens, --seed and

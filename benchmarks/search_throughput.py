@@ -42,7 +42,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import REPO, Figures, default_traces, load_bench_traces, search_kwargs  # noqa: E402
+from _common import (REPO, Figures, add_search_args, default_traces,  # noqa: E402
+                     load_bench_traces, search_kwargs)
 
 PROFILES = REPO / "benchmarks" / "profiles"
 TARGET_RATIO = 5.0
@@ -144,9 +145,9 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="Prints one line per figure and a final RESULT {json} line.")
-    p.add_argument("--traces", default=str(traces_default), help="trace file (default: %(default)s)")
-    p.add_argument("--format", default=format_default, help="reader preset (default: %(default)s)")
-    p.add_argument("--limit", type=int, default=40, help="traces to search (default: %(default)s)")
+    # The demo experiment's search settings.
+    add_search_args(p, traces=traces_default, fmt=format_default, max_tokens=160,
+                    max_step_tokens=48)
     p.add_argument("--model-dir", default=None,
                    help="a tiny model built before (default: build one into a temp dir)")
     p.add_argument("--train-steps", type=int, default=200,
@@ -157,12 +158,6 @@ def main(argv=None) -> int:
                    help="rows the engine decodes together (default: %(default)s)")
     p.add_argument("--max-batch-tokens", type=int, default=4096,
                    help="padded prompt tokens per prefill (default: %(default)s)")
-    p.add_argument("--rollouts", type=int, default=1, help="R per boundary (default: %(default)s)")
-    p.add_argument("--max-tokens", type=int, default=160, help="rollout budget (demo: %(default)s)")
-    p.add_argument("--max-step-tokens", type=int, default=48, help="first-step budget (demo: %(default)s)")
-    p.add_argument("--max-boundaries", type=int, default=4,
-                   help="boundaries visited per trace, 0 = all (demo: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="search seed")
     p.add_argument("--arms", default="naive,scheduler",
                    help="arms to time, in this order (default: %(default)s)")
     p.add_argument("--repeat", type=int, default=3,

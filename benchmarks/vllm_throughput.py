@@ -44,7 +44,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (DEMO_TRACES, FALLBACK_TRACES, Figures,  # noqa: E402
+from _common import (DEMO_TRACES, FALLBACK_TRACES, Figures, add_search_args,  # noqa: E402
                      load_bench_traces, search_kwargs)
 from search_throughput import scheduler_search  # noqa: E402
 
@@ -182,16 +182,8 @@ def main(argv=None) -> int:
     p.add_argument("--model", default=DEFAULT_MODEL, help="hub id or local folder (default: %(default)s)")
     p.add_argument("--tokenizer", default=None, help="default: the model's")
     p.add_argument("--user-template", default="{question}", help="user turn around the question")
-    p.add_argument("--traces", default=str(traces_default), help="trace file (default: %(default)s)")
-    p.add_argument("--format", default=format_default, help="reader preset (default: %(default)s)")
-    p.add_argument("--limit", type=int, default=40, help="traces to search (default: %(default)s)")
-    p.add_argument("--rollouts", type=int, default=1, help="R per boundary (default: %(default)s)")
-    p.add_argument("--max-tokens", type=int, default=4096, help="rollout budget (default: %(default)s)")
-    p.add_argument("--max-step-tokens", type=int, default=256,
-                   help="first-step budget (default: %(default)s)")
-    p.add_argument("--max-boundaries", type=int, default=4,
-                   help="boundaries visited per trace, 0 = all (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="search and flat-prompt seed")
+    add_search_args(p, traces=traces_default, fmt=format_default, max_tokens=4096,
+                    max_step_tokens=256, seed_help="search and flat-prompt seed")
     p.add_argument("--dtype", default="auto", help="model dtype (default: %(default)s)")
     g = p.add_argument_group("vllm")
     g.add_argument("--tensor-parallel-size", type=int, default=1)
