@@ -3,10 +3,11 @@ copies, the sort-free top-p rule, and rows joining a batch that is already decod
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer, MistralConfig, MistralForCausalLM
 
 from retro_search.engines import attention
 from retro_search.engines.base import GenerationRequest
@@ -124,10 +125,6 @@ def test_new_cache_uses_growing_layers_for_plain_attention(tiny_model_dir):
 
 
 def test_a_sliding_window_model_decodes_without_rearranging_its_cache(tiny_model_dir, tmp_path):
-    import shutil
-
-    from transformers import AutoTokenizer, MistralConfig, MistralForCausalLM
-
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     torch.manual_seed(0)
     config = MistralConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
