@@ -14,6 +14,7 @@ from retro_search.engines.base import GenerationRequest
 from retro_search.engines.base import request_seed
 from retro_search.engines.decoding import Row, _next_tokens, take_group
 from retro_search.engines.transformers_engine import TransformersEngine
+from retro_search.segmentation import KEYWORD_FLAGS, keyword_regex
 
 QUESTIONS = [
     "What is 2 + 2?",
@@ -53,7 +54,8 @@ def _mixed_requests(prompts, n=8, max_tokens=24):
 
 
 def _starts_word(words):
-    return re.compile(r"(?<![^\W_])(?:" + "|".join(map(re.escape, word_variants(words))) + ")")
+    """Any of `words` as the ban defines it: at a word start, in any case, as a whole word."""
+    return re.compile(r"(?<![^\W_])" + keyword_regex(words), KEYWORD_FLAGS)
 
 
 # --- reproducibility -------------------------------------------------------------------------
@@ -199,7 +201,9 @@ def test_ban_holds_when_the_model_is_pushed_to_say_wait(tiny_model_dir, prompts)
     requests = [GenerationRequest(f"w{i}", prompts[i % 4], max_tokens=32, seed=i,
                                   temperature=[0.0, 0.6, 1.0][i % 3]) for i in range(6)]
     free = engine.generate(requests)
-    assert all(_starts_word(["Wait"]).search(r.text) for r in free)
+    # Pushed, the model writes "wait" at word starts (as a word or run into "waitwait").
+    assert all(re.search(r"(?i)(?<![^\W_])wait", r.text) for r in free)
+    assert any(_starts_word(["Wait"]).search(r.text) for r in free)
     out = engine.generate([dataclasses.replace(r, banned_words=("Wait",)) for r in requests])
     assert not any(_starts_word(["Wait"]).search(r.text) for r in out), [r.text for r in out]
 
@@ -220,12 +224,6 @@ def test_every_canonical_spelling_of_a_banned_word_is_blocked(engine):
             full = tok.encode(context + variant, add_special_tokens=False)
             n_context = len(tok.encode(context, add_special_tokens=False)) if context else 0
             assert blocked(full[max(n_context - 1, 0):]), (context, variant)
-
-
-def test_word_variants_cover_case_and_reject_empty_words():
-    assert word_variants([" Wait", "but wait"]) == ["Wait", "wait", "but wait", "But wait"]
-    with pytest.raises(ValueError, match="empty"):
-        word_variants(["  "])
 
 
 # --- interface -------------------------------------------------------------------------------

@@ -54,7 +54,8 @@ def test_missing_seed_is_derived_from_the_request_id_like_the_transformers_engin
 def test_banned_words_become_bad_words_and_single_token_biases():
     request = GenerationRequest("b", "p", max_tokens=5, banned_words=("Wait", "But wait"))
     kwargs = to_sampling_kwargs(request, banned=[[7], [3], [5, 9], [7]])
-    assert kwargs["bad_words"] == ["Wait", "wait", "But wait", "but wait"]
+    assert kwargs["bad_words"] == ["Wait", "wait", "WAIT", "But wait", "but wait", "BUT WAIT",
+                                   "But Wait"]
     assert kwargs["logit_bias"] == {3: BAN_BIAS, 7: BAN_BIAS}
     assert "bad_words" not in to_sampling_kwargs(GenerationRequest("n", "p", max_tokens=5))
 

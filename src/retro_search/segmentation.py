@@ -2,7 +2,8 @@
 
 - A *step* is a chunk of the reasoning separated by a blank line ("\\n\\n"); empty chunks are dropped.
 - A step whose text starts with a *transition keyword* (case-insensitive, after leading whitespace
-  and markdown such as `**`, `#`, `>`, `-`) opens a new *thought*.
+  and markdown such as `**`, `#`, `>`, `-`, not followed by a word character) opens a new
+  *thought*; `keyword_regex` is that rule, shared with the ban in `engines.banned_words`.
 - A *thought* is a maximal run of steps that begins at the start of the trace or at such a step.
 - *Boundary* i (1-based) lies between thought i and thought i + 1; m thoughts have m - 1 boundaries.
 
@@ -35,16 +36,24 @@ DEFAULT_KEYWORDS: tuple[str, ...] = (
 
 # Markdown that may precede the first word of a step: bold/italic markers, headings, quotes, bullets.
 _LEADING_MARKUP = r"[\s*_#>\-]*"
+KEYWORD_FLAGS = re.IGNORECASE
+
+
+def keyword_regex(keywords: Sequence[str]) -> str:
+    """The one matching rule for transition keywords, as regex source (compile with
+    `KEYWORD_FLAGS`): any keyword, case-insensitive, not followed by a word character ("Wait,"
+    and "WAIT" match; "Waiting" and "Hmmm" do not). Longest first, so "But wait" wins over a
+    shorter overlapping keyword. Segmentation anchors it at the start of a step; the ban
+    (`engines.banned_words`) looks for it at every word start of a token."""
+    if not keywords:
+        return r"(?!x)x"  # matches nothing: no keyword, one thought
+    alternatives = "|".join(re.escape(k.strip()) for k in sorted(keywords, key=len, reverse=True))
+    return rf"(?:{alternatives})(?!\w)"
 
 
 @lru_cache(maxsize=32)
 def _keyword_pattern(keywords: tuple[str, ...]) -> re.Pattern[str]:
-    if not keywords:
-        return re.compile(r"(?!x)x")  # matches nothing: no keyword, one thought
-    # Longest first so "But wait" is preferred over a shorter overlapping keyword; the trailing
-    # \b keeps "Waiting" from counting as "Wait".
-    alternatives = "|".join(re.escape(k) for k in sorted(keywords, key=len, reverse=True))
-    return re.compile(rf"^{_LEADING_MARKUP}(?:{alternatives})\b", re.IGNORECASE)
+    return re.compile(rf"^{_LEADING_MARKUP}{keyword_regex(keywords)}", KEYWORD_FLAGS)
 
 
 def split_steps(reasoning: str) -> list[str]:

@@ -1,28 +1,33 @@
 """Expand banned words into the token-id sequences an engine must never complete.
 
-A `GenerationRequest` bans words such as "Wait" while the search writes the first step of a
-rollout, so that the model continues its current thought. A byte-level BPE model can spell a word
-with many token sequences ("Wait", " Wait", "\\n\\nWait", ".\\n\\nWait" ...), and masking one id
-would let the model slip through another. The contract of `banned_token_sequences`:
+A `GenerationRequest` bans transition keywords such as "Wait" while the search writes the first
+step of a rollout, so that the model continues its current thought. A byte-level BPE model can
+spell a word with many token sequences ("Wait", " Wait", "\\n\\nWait", ".\\n\\nWait" ...), and
+masking one id would let the model slip through another. The contract of `banned_token_sequences`:
 
-Semantics: a banned word is forbidden wherever it starts a word in the output, in its given,
-lower-case and capitalised forms. "Starts a word" means it is not preceded by a letter or digit;
-the word may go on ("Waiting", "Hmmm" are banned with "Wait", "Hmm"), which errs on the side of
-stopping thought switches rather than on the side of fluent text.
+Semantics: the matching rule is segmentation's (`segmentation.keyword_regex`, one rule for both):
+a banned word is forbidden wherever it starts a word in the output, in any letter case, when it
+is not followed by a word character. "WAIT," and "wait" are banned with "Wait"; "Waiting" and
+"Hmmm" are not, because they do not open a thought.
 
 What is banned (all ids are the tokenizer's):
-1. every vocabulary token whose decoded text contains a variant at a word start (" Wait",
-   "\\n\\nWait", ".Wait", "Waiting" ...): banned as single tokens, masked at every step;
-2. the canonical tokenisation of each variant after "", " ", "\\n", "\\n\\n", with the tokens
-   that only spell the context removed (["But", " wait"] for "But wait"): the last token is masked
-   when the output ends with the others;
+1. every vocabulary token whose decoded text contains a keyword by that rule (" Wait", "WAIT",
+   "\\n\\nWait", ".Wait", "wait," ...): banned as single tokens, masked at every step;
+2. the canonical tokenisation of each case form of each word (as given, lower, upper, capitalised,
+   title case) after "", " ", "\\n", "\\n\\n", with the tokens that only spell the context removed
+   (["But", " wait"] for "But wait"): the last token is masked when the output ends with the
+   others;
 3. for those sequences, every token that spells the first token's text behind leading spaces,
    newlines or punctuation ("\\n\\nLet", "(Let", "**Let") replaces the first token, so a phrase
    after a paragraph break or markdown is caught too.
-Not covered (documented limit, shared with vLLM's `bad_words`): non-canonical spellings that split
-the word in unusual places ("W" + "ait"); trained models rarely produce them (not measured here).
+Not covered (documented limits, shared with vLLM's `bad_words`): non-canonical spellings that
+split the word in unusual places ("W" + "ait") and case forms other than the five above spelt over
+several tokens; trained models rarely produce them (not measured here). And a token that ends
+exactly where a keyword ends is masked although a following token could have made a longer word
+of it ("Wait" + "ing"): which token comes next is not known when the mask is applied. "Waiting"
+spelt as its own token stays allowed.
 
-The vLLM adapter passes the word variants as `bad_words` (vLLM tokenises them with and without a
+The vLLM adapter passes the case forms as `bad_words` (vLLM tokenises them with and without a
 leading space) and every single banned token as a `logit_bias` of -100; the transformers engine
 enforces every sequence itself.
 """
@@ -32,16 +37,19 @@ from __future__ import annotations
 import re
 from typing import Any, Iterable, Sequence
 
+from retro_search.segmentation import KEYWORD_FLAGS, keyword_regex
+
 # Contexts a transition word typically follows; the tokens that spell only the context are dropped.
 _CONTEXTS = ("", " ", "\n", "\n\n")
-# A variant "starts a word" when not preceded by a letter or digit (underscores and markdown count
-# as separators, so "_Wait_" and "**Wait**" are caught).
+# A keyword "starts a word" when not preceded by a letter or digit (underscores and markdown count
+# as separators, so "_Wait" and "**Wait**" are caught, as segmentation's leading markup is).
 _WORD_START = r"(?<![^\W_])"
 _LEADING_SEPARATORS = re.compile(r"^[\W_]+")
 
 
 def word_variants(words: Iterable[str]) -> list[str]:
-    """The forms of each word that are banned: as given, lower-case, capitalised (order kept).
+    """The case forms of each word spelt out for token sequences and vLLM's `bad_words`: as given,
+    lower case, upper case, capitalised, title case (order kept, no duplicates).
 
     Leading and trailing whitespace is dropped ("with a leading space" is handled by tokenisation).
     Raises ValueError for an empty word, which would ban everything.
@@ -51,7 +59,7 @@ def word_variants(words: Iterable[str]) -> list[str]:
         w = word.strip()
         if not w:
             raise ValueError(f"banned word {word!r} is empty: it would ban every token")
-        for v in (w, w.lower(), w[0].upper() + w[1:]):
+        for v in (w, w.lower(), w.upper(), w[0].upper() + w[1:], w.title()):
             if v not in variants:
                 variants.append(v)
     return variants
@@ -89,8 +97,8 @@ def banned_token_sequences(tokenizer: Any, words: Sequence[str], *,
         return []
     texts = list(texts) if texts is not None else vocab_texts(tokenizer)
     variants = word_variants(words)
-    # Rule 1 in one pass over the vocabulary (one alternation, not one regex per variant).
-    pattern = re.compile(_WORD_START + "(?:" + "|".join(map(re.escape, variants)) + ")")
+    # Rule 1 in one pass over the vocabulary, with segmentation's rule at every word start.
+    pattern = re.compile(_WORD_START + keyword_regex(words), KEYWORD_FLAGS)
     singles = {tid for tid, text in enumerate(texts) if pattern.search(text)}
     # Rule 3 lookup: token text without leading separators -> the ids that spell it.
     by_head: dict[str, list[int]] = {}
