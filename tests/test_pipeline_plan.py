@@ -58,3 +58,8 @@ def test_each_eval_stage_carries_only_its_own_shard_count():
 def test_an_unknown_arm_is_an_error_naming_the_key():
     with pytest.raises(ValueError, match="pipeline.arms: unknown arm"):
         build_plan(CONFIG, ["demo"], ["pipeline.arms=[base,distilled]"])
+
+
+def test_gamma_of_one_is_refused_when_the_plan_is_built_not_in_a_job():
+    with pytest.raises(ValueError, match=r"search\.gamma must be strictly between 0 and 1"):
+        build_plan(CONFIG, ["demo"], ["search.gamma=1"])

@@ -18,38 +18,47 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # ----------------------------------------------------------------------------- hand-made inputs
 
 def search_row(trace_id, source, status, correct, tokens, steps, thoughts, tried, accepted,
-               truncated):
-    """A revised row as `retro-search search` writes it: a TraceRecord dict plus "search"."""
+               truncated_length, unclosed=0):
+    """A revised row as `retro-search search` writes it: a TraceRecord dict plus "search".
+    `tokens` are reasoning tokens; the response adds a 20-token solution, 40 after a revision
+    (an accepted rollout brings its own solution)."""
+    solution_after = 40 if status == "revised" else 20
     return {"id": trace_id, "question": "q", "reference_answer": "1", "reasoning": "r",
             "solution": "\\boxed{1}", "source_model": source[0], "source_dataset": source[1],
             "metadata": {},
             "search": {"trace_id": trace_id, "status": status, "original_correct": correct,
                        "original_answer": "1" if correct else "2",
-                       "tokens_before": tokens[0], "tokens_after": tokens[1],
+                       "reasoning_tokens_before": tokens[0], "reasoning_tokens_after": tokens[1],
+                       "response_tokens_before": tokens[0] + 20,
+                       "response_tokens_after": tokens[1] + solution_after,
                        "steps_before": steps[0], "steps_after": steps[1],
                        "thoughts_before": thoughts[0], "thoughts_after": thoughts[1],
                        "boundaries_visited": tried, "rollouts_tried": tried,
-                       "rollouts_accepted": accepted, "rollouts_truncated": truncated}}
+                       "rollouts_accepted": accepted,
+                       "rollouts_truncated_length": truncated_length,
+                       "rollouts_unclosed": unclosed, "skip_reason": None}}
 
 
-def rollout(trace_id, boundary, accepted=False, truncated=False):
+def rollout(trace_id, boundary, accepted=False, truncated=False, unclosed=False):
     return {"trace_id": trace_id, "boundary": boundary, "visit": boundary - 1, "rollout": 0,
             "prefix_steps": 3, "rest_steps": 5, "step_text": "s", "continuation": "c",
             "step_tokens": 5, "continuation_tokens": 20, "steps": 3, "answer": "1",
-            "correct": not truncated, "truncated": truncated, "value": 0.0, "accepted": accepted,
+            "correct": not (truncated or unclosed), "truncated_length": truncated,
+            "unclosed": unclosed, "log_value": None, "accepted": accepted,
             "seeds": [1, 2]}
 
 
 M1, M2 = ("model-a", "set-a"), ("model-b", "set-b")
 REVISED = [
     search_row("t1", M1, "revised", True, (100, 60), (10, 6), (4, 2), 3, 1, 0),
-    search_row("t2", M1, "unchanged", True, (200, 200), (20, 20), (5, 5), 4, 0, 1),
+    search_row("t2", M1, "unchanged", True, (200, 200), (20, 20), (5, 5), 4, 0, 1, 1),
     search_row("t3", M2, "revised", True, (300, 150), (30, 12), (6, 3), 2, 2, 0),
     search_row("t4", M2, "incorrect_original", False, (500, 500), (40, 40), (8, 8), 0, 0, 0),
 ]
 ROLLOUTS = [
     rollout("t1", 1), rollout("t1", 2, accepted=True), rollout("t1", 3),
-    rollout("t2", 1), rollout("t2", 2, truncated=True), rollout("t2", 3), rollout("t2", 4),
+    rollout("t2", 1), rollout("t2", 2, truncated=True), rollout("t2", 3, unclosed=True),
+    rollout("t2", 4),
     rollout("t3", 1, accepted=True), rollout("t3", 2, accepted=True),
 ]
 
@@ -88,17 +97,26 @@ def parse_markdown_table(text):
 def test_merge_stats_counts_traces_by_status():
     stats = merge_stats(REVISED, ROLLOUTS)
     assert stats["traces"] == 4
-    assert stats["by_status"] == {"revised": 2, "unchanged": 1, "incorrect_original": 1}
+    assert stats["by_status"] == {"revised": 2, "unchanged": 1, "incorrect_original": 1,
+                                  "skipped": 0}
 
 
 def test_merge_stats_lengths_cover_only_traces_with_a_correct_original():
-    tokens = merge_stats(REVISED, ROLLOUTS)["tokens"]
+    tokens = merge_stats(REVISED, ROLLOUTS)["reasoning_tokens"]
     assert tokens["traces"] == 3  # t4 (incorrect original, 500 tokens) is left out
     assert tokens["before"] == {"sum": 600, "mean": 200.0, "median": 200.0}
     assert tokens["after"]["sum"] == 410  # 60 + 200 + 150
     assert tokens["after"]["mean"] == pytest.approx(410 / 3)
     assert tokens["after"]["median"] == 150.0
     assert tokens["relative_change_pct"] == pytest.approx(100 * (410 - 600) / 600)  # -31.67%
+
+
+def test_merge_stats_report_whole_responses_apart_from_the_reasoning():
+    # The revised traces' solutions grew from 20 to 40 tokens: responses shrink less than the
+    # reasoning (660 -> 510, against 600 -> 410).
+    tokens = merge_stats(REVISED, ROLLOUTS)["response_tokens"]
+    assert (tokens["before"]["sum"], tokens["after"]["sum"]) == (660, 510)
+    assert tokens["relative_change_pct"] == pytest.approx(100 * (510 - 660) / 660)
 
 
 def test_merge_stats_steps_and_thoughts_are_means_before_and_after():
@@ -111,24 +129,27 @@ def test_merge_stats_steps_and_thoughts_are_means_before_and_after():
 
 def test_merge_stats_acceptance_and_truncation_rates():
     rollouts = merge_stats(REVISED, ROLLOUTS)["rollouts"]
-    assert (rollouts["tried"], rollouts["accepted"], rollouts["truncated"]) == (9, 3, 1)
+    assert (rollouts["tried"], rollouts["accepted"], rollouts["truncated_length"],
+            rollouts["unclosed"]) == (9, 3, 1, 1)
     assert rollouts["acceptance_rate"] == pytest.approx(3 / 9)
-    assert rollouts["truncation_rate"] == pytest.approx(1 / 9)
+    assert rollouts["truncated_length_rate"] == pytest.approx(1 / 9)
+    assert rollouts["unclosed_rate"] == pytest.approx(1 / 9)
     assert rollouts["generated_tokens"] == 9 * 25
     assert rollouts["log_rows"] == 9
 
 
 def test_merge_stats_per_boundary_acceptance():
     per_boundary = merge_stats(REVISED, ROLLOUTS)["per_boundary"]
-    assert [(b["boundary"], b["tried"], b["accepted"], b["truncated"]) for b in per_boundary] == [
-        (1, 3, 1, 0), (2, 3, 2, 1), (3, 2, 0, 0), (4, 1, 0, 0)]
+    assert [(b["boundary"], b["tried"], b["accepted"], b["truncated_length"], b["unclosed"])
+            for b in per_boundary] == [
+        (1, 3, 1, 0, 0), (2, 3, 2, 1, 0), (3, 2, 0, 0, 1), (4, 1, 0, 0, 0)]
     assert [b["rate"] for b in per_boundary] == pytest.approx([1 / 3, 2 / 3, 0.0, 0.0])
 
 
 def test_merge_stats_per_source_counts_and_token_change():
     per_source = merge_stats(REVISED, ROLLOUTS)["per_source"]
     assert [(s["source_model"], s["source_dataset"], s["traces"], s["revised"], s["searched"],
-             s["tokens_before"], s["tokens_after"]) for s in per_source] == [
+             s["reasoning_tokens_before"], s["reasoning_tokens_after"]) for s in per_source] == [
         ("model-a", "set-a", 2, 1, 2, 300, 260), ("model-b", "set-b", 2, 1, 1, 300, 150)]
     assert [s["relative_change_pct"] for s in per_source] == pytest.approx([-40 / 3, -50.0])
 
@@ -141,8 +162,8 @@ def test_merge_stats_warns_when_the_log_disagrees_with_the_traces():
 def test_merge_stats_of_nothing_has_no_means():
     stats = merge_stats([], [])
     assert stats["traces"] == 0
-    assert stats["tokens"]["before"]["mean"] is None
-    assert stats["tokens"]["relative_change_pct"] is None
+    assert stats["reasoning_tokens"]["before"]["mean"] is None
+    assert stats["reasoning_tokens"]["relative_change_pct"] is None
     assert stats["rollouts"]["acceptance_rate"] is None
     assert stats["per_boundary"] == []
 
@@ -156,8 +177,12 @@ def test_search_stats_markdown_shows_the_headline_numbers():
     text = search_stats_markdown(merge_stats(REVISED, ROLLOUTS))
     assert "4 traces: 2 revised, 1 unchanged, 1 with an incorrect original" in text
     lengths = parse_markdown_table(text)
-    assert lengths["tokens, total"] == {"before": "600", "after": "410", "change": "-31.7%"}
+    assert lengths["reasoning tokens, total"] == {"before": "600", "after": "410",
+                                                  "change": "-31.7%"}
+    assert lengths["response tokens, total"] == {"before": "660", "after": "510",
+                                                 "change": "-22.7%"}
     assert "33.3%" in text  # acceptance rate
+    assert "| 1 (11.1%) | 1 (11.1%) |" in text  # truncated at the budget, unclosed
 
 
 # ----------------------------------------------------------------------------- the table
@@ -323,7 +348,8 @@ def test_merge_concatenates_shards_in_order_and_writes_stats(tmp_path):
     assert [r["id"] for r in read_rows(out / "revised.jsonl")] == ["t3", "t4", "t1", "t2"]
     assert len(read_rows(out / "rollouts.jsonl")) == 9
     stats = json.loads((out / "stats.json").read_text())
-    assert stats["by_status"] == {"revised": 2, "unchanged": 1, "incorrect_original": 1}
+    assert stats["by_status"] == {"revised": 2, "unchanged": 1, "incorrect_original": 1,
+                                  "skipped": 0}
     assert stats["rollouts"]["acceptance_rate"] == pytest.approx(1 / 3)
     assert stats["inputs"]["revised"] == [shard0, shard1]
 
@@ -375,7 +401,7 @@ def test_summarize_writes_tables_figures_and_summary(tmp_path):
     assert csv_lines[0] == "arm,aime24/acc,aime24/len,math500/acc,math500/len,average/acc,average/len"
     assert [line.split(",")[0] for line in csv_lines[1:]] == ["base", "original", "retro_search",
                                                               RELATIVE_ROW]
-    assert "| tokens, total | 600 | 410 | -31.7% |" in (out / "search_stats.md").read_text()
+    assert "| reasoning tokens, total | 600 | 410 | -31.7% |" in (out / "search_stats.md").read_text()
     summary = json.loads((out / "summary.json").read_text())
     assert summary["arms"] == ["base", "original", "retro_search"]
     assert summary["benchmarks"] == ["aime24", "math500"]

@@ -156,16 +156,21 @@ def cmd_search(args: argparse.Namespace) -> int:
     progress.unlink(missing_ok=True)  # the outputs now hold everything it had
 
     by_status = {s: sum(o.status == s for o in outcomes)
-                 for s in ("revised", "unchanged", "incorrect_original")}
-    before = sum(o.tokens_before for o in outcomes if o.original_correct)
-    after = sum(o.tokens_after for o in outcomes if o.original_correct)
+                 for s in ("revised", "unchanged", "incorrect_original", "skipped")}
+    searched = [o for o in outcomes if o.original_correct]
     print(json.dumps({"traces": len(outcomes), **by_status, "resumed": stats.traces_resumed,
                       "rollouts": sum(o.rollouts_tried for o in outcomes),
                       "accepted": sum(o.rollouts_accepted for o in outcomes),
-                      "truncated": sum(o.rollouts_truncated for o in outcomes),
-                      "tokens_before": before, "tokens_after": after,
+                      "truncated_length": sum(o.rollouts_truncated_length for o in outcomes),
+                      "unclosed": sum(o.rollouts_unclosed for o in outcomes),
+                      "reasoning_tokens_before": sum(o.reasoning_tokens_before for o in searched),
+                      "reasoning_tokens_after": sum(o.reasoning_tokens_after for o in searched),
                       "generated_tokens_per_s": round(stats.tokens_per_second, 1),
                       "output": str(output), "rollout_log": str(rollout_log)}), file=sys.stderr)
+    for outcome in outcomes:
+        if outcome.skip_reason:
+            print(f"retro-search search: trace {outcome.trace_id!r}: {outcome.skip_reason}",
+                  file=sys.stderr)
     return 0
 
 

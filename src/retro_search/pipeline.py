@@ -106,6 +106,9 @@ def expand_sweep(overrides: list[str]) -> list[list[str]]:
 
 def plan_experiment(name: str, cfg: dict, results: str = "results") -> Experiment:
     """Every stage of one experiment, keyed by role."""
+    from retro_search.config import search_config
+
+    search_config(cfg)  # a bad search value (e.g. search.gamma=1) is refused here, not in a job
     stages: dict[str, Stage] = {}
 
     def stage(role: str, kind: str, label: str, config: dict, upstream: list[Stage]) -> Stage:

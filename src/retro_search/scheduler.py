@@ -106,11 +106,16 @@ def run_shard(
     think_close: str = "</think>",
     progress_path: Path | None = None,
     show_progress: bool = True,
+    context_length: int | None = None,
 ) -> tuple[list[SearchOutcome], ShardProgress]:
     """Search every trace; returns outcomes in the order of `traces` and the run's counters.
 
     `prompt_head(question)` gives the revision model's prompt up to its reasoning opener.
+    `context_length` (tokens) bounds every request's prompt plus budget; None takes the engine's
+    `max_model_len` when it has one.
     """
+    if context_length is None:
+        context_length = getattr(engine, "max_model_len", None)
     ids = [t.id for t in traces]
     if len(set(ids)) != len(ids):
         raise ValueError("trace ids in a shard must be unique")
@@ -138,7 +143,8 @@ def run_shard(
         bar.set_postfix(rollouts=stats.rollouts, tok_s=f"{stats.tokens_per_second:.0f}", refresh=False)
 
     try:
-        searches = [TraceSearch(t, prompt_head(t.question), config, grade, count_tokens, think_close)
+        searches = [TraceSearch(t, prompt_head(t.question), config, grade, count_tokens, think_close,
+                                context_length)
                     for t in traces if t.id not in finished]
         for search in searches:
             if search.done:  # e.g. a wrong original answer: nothing to generate

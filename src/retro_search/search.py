@@ -7,7 +7,7 @@ can drive it with a scripted engine. `TraceSearch` wraps the generator in a smal
 
 The loop, read top to bottom in `retro_search`:
 
-    for each boundary i of the current trace (after thought i):
+    for each boundary i of the current trace (after thought i), if partial revision visits it:
         prefix  = steps of thoughts 1..i
         x_r     = one new step from the prefix, transition keywords banned       (R requests)
         y_r     = free continuation from prefix + x_r to the end of the solution  (R requests)
@@ -16,14 +16,13 @@ The loop, read top to bottom in `retro_search`:
         continue at boundary i + 1 of the (possibly new) trace
 
 Units: `*_tokens` are tokens of the revision model's tokenizer (engine counts for rollouts,
-`count_tokens` for whole traces); `steps` and `thoughts` are counted as in `segmentation`.
+`count_tokens` for whole texts); `steps` and `thoughts` are counted as in `segmentation`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-import random
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Generator, Literal, Protocol, Sequence
 
@@ -52,7 +51,7 @@ class SearchConfig:
     """Settings of the search. Defaults are ALGORITHM.md's [choice]s."""
 
     rollouts: int = 1                 # R: rollouts per boundary
-    gamma: float = 0.9                # discount per step in V = gamma^N * R
+    gamma: float = 0.9                # discount per step in V = gamma^N * R, 0 < gamma < 1
     max_tokens: int = 32768           # budget of one rollout (first step + continuation + solution)
     max_step_tokens: int = 1024       # budget of the constrained first step x_r
     temperature: float = 0.6
@@ -60,14 +59,15 @@ class SearchConfig:
     seed: int = 0
     keywords: tuple[str, ...] = DEFAULT_KEYWORDS
     max_boundaries: int | None = None      # partial revision: visit at most this many boundaries
-    boundary_fraction: float | None = None  # partial revision: visit this fraction of them
+    boundary_fraction: float | None = None  # partial revision: visit this share of them
     drop_incorrect: bool = False      # leave traces with a wrong original answer out of the output
 
     def __post_init__(self):
         if self.rollouts < 1:
             raise ValueError(f"search.rollouts must be >= 1, got {self.rollouts}")
-        if not 0 < self.gamma <= 1:
-            raise ValueError(f"search.gamma must be in (0, 1], got {self.gamma}")
+        if not 0 < self.gamma < 1:
+            # gamma = 1 gives every correct rollout the original's value: nothing is ever accepted.
+            raise ValueError(f"search.gamma must be strictly between 0 and 1, got {self.gamma}")
         if self.max_step_tokens < 1 or self.max_tokens < 1:
             raise ValueError("search.max_tokens and search.max_step_tokens must be >= 1")
         if self.boundary_fraction is not None and not 0 < self.boundary_fraction <= 1:
@@ -79,7 +79,13 @@ class SearchConfig:
 
 @dataclass
 class Rollout:
-    """One rollout from one boundary: the audit log entry."""
+    """One rollout from one boundary: the audit log entry.
+
+    A rollout ends in one of three ways: closed (its reasoning closer was written and the solution
+    graded), `truncated_length` (it reached its token budget, including the case where no budget
+    was left to ask for), or `unclosed` (it ended without writing the closer). Only a closed,
+    correct rollout has a value; the other two are never accepted.
+    """
 
     trace_id: str
     boundary: int            # boundary number in the trace as it was when visited (1-based)
@@ -87,15 +93,16 @@ class Rollout:
     rollout: int             # r in 0..R-1
     prefix_steps: int        # steps kept before the boundary
     rest_steps: int          # steps the current trace had after the prefix (what it competes with)
-    step_text: str           # x_r, the constrained first step
+    step_text: str           # x_r, the constrained first step (blank attempts included)
     continuation: str        # y_r, reasoning rest + closer + solution as generated
     step_tokens: int
     continuation_tokens: int
     steps: int               # N: steps after the prefix until the end of the reasoning
     answer: str | None
     correct: bool
-    truncated: bool          # hit its token budget or never closed its reasoning: never accepted
-    value: float
+    truncated_length: bool = False
+    unclosed: bool = False
+    log_value: float | None = None   # N * log(gamma) when correct, None when the value is 0
     accepted: bool = False
     seeds: tuple[int, int | None] = (0, None)
 
@@ -103,14 +110,28 @@ class Rollout:
     def tokens(self) -> int:
         return self.step_tokens + self.continuation_tokens
 
+    @property
+    def truncated(self) -> bool:
+        return self.truncated_length or self.unclosed
 
-Status = Literal["revised", "unchanged", "incorrect_original"]
+    @property
+    def value(self) -> float:
+        """V = gamma^N * R (may underflow to 0 on long traces; compare `log_value` instead)."""
+        return 0.0 if self.log_value is None else math.exp(self.log_value)
+
+
+Status = Literal["revised", "unchanged", "incorrect_original", "skipped"]
 
 
 @dataclass
 class SearchOutcome:
     """The result of searching one trace. `reasoning`/`solution` are the revised ones (equal to the
-    original when nothing was accepted or the original answer was wrong)."""
+    original when nothing was accepted, the original answer was wrong or the trace was skipped).
+
+    Lengths: `reasoning_tokens_*` count the reasoning alone (the paper's length), `response_tokens_*`
+    the whole response (reasoning, closer, solution), both before and after the search.
+    `skip_reason` says why the trace (status "skipped") or its later boundaries were not searched.
+    """
 
     trace_id: str
     status: Status
@@ -118,8 +139,10 @@ class SearchOutcome:
     original_answer: str | None
     reasoning: str
     solution: str
-    tokens_before: int
-    tokens_after: int
+    reasoning_tokens_before: int
+    reasoning_tokens_after: int
+    response_tokens_before: int
+    response_tokens_after: int
     steps_before: int
     steps_after: int
     thoughts_before: int
@@ -127,7 +150,9 @@ class SearchOutcome:
     boundaries_visited: int
     rollouts_tried: int
     rollouts_accepted: int
-    rollouts_truncated: int
+    rollouts_truncated_length: int
+    rollouts_unclosed: int
+    skip_reason: str | None = None
     log: list[Rollout] = field(default_factory=list)
 
     def stats(self) -> dict:
@@ -144,23 +169,37 @@ def derive_seed(*parts: object) -> int:
     return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
 
 
-def boundaries_to_visit(trace_id: str, num_boundaries: int, config: SearchConfig) -> set[int] | None:
-    """Partial revision: the boundary numbers to visit, or None for all of them.
+def visit_probability(config: SearchConfig, visited: int, boundaries_left: int) -> float:
+    """Partial revision: the chance of visiting the next boundary of the current trace.
 
-    [choice] The subset is drawn once from the original trace's boundary numbers, with a seed
-    derived from the search seed and the trace id, so a rerun visits the same ones. Numbers refer
-    to the trace as it is when the search reaches them; after a replacement they may land on new
-    thoughts, and numbers past the end of a shortened trace are simply not reached.
+    [choice] `boundary_fraction` (default 1) is the share of boundaries visited; `max_boundaries`
+    caps the visits with selection sampling (visits left / boundaries left, counting this one), so
+    an unchanged trace gets a uniform random set of `max_boundaries` boundaries rather than its
+    first ones. `boundaries_left` counts the boundaries of the trace as it is now, so the share and
+    the cap hold whatever was accepted before.
     """
-    count = num_boundaries
-    if config.boundary_fraction is not None:
-        count = min(count, math.ceil(config.boundary_fraction * num_boundaries))
+    p = config.boundary_fraction if config.boundary_fraction is not None else 1.0
     if config.max_boundaries is not None:
-        count = min(count, config.max_boundaries)
-    if count >= num_boundaries:
-        return None
-    rng = random.Random(derive_seed(config.seed, trace_id, "boundaries"))
-    return set(rng.sample(range(1, num_boundaries + 1), count))
+        p = min(p, (config.max_boundaries - visited) / boundaries_left)
+    return max(p, 0.0)
+
+
+def visits_boundary(config: SearchConfig, trace_id: str, prefix_steps: int, visited: int,
+                    boundaries_left: int) -> bool:
+    """The seeded visit-or-skip decision for the boundary after `prefix_steps` steps (the same
+    inputs give the same decision, so a rerun or a resumed run visits the same boundaries)."""
+    p = visit_probability(config, visited, boundaries_left)
+    if p >= 1:
+        return True
+    draw = derive_seed(config.seed, trace_id, prefix_steps, "visit") / 2**31
+    return draw < p
+
+
+def rollout_budget(max_tokens: int, context_length: int | None, prompt_tokens: int) -> int:
+    """Tokens a request may generate: min(max_tokens, context - prompt); may be < 1 (none)."""
+    if context_length is None:
+        return max_tokens
+    return min(max_tokens, context_length - prompt_tokens)
 
 
 def retro_search(
@@ -170,75 +209,62 @@ def retro_search(
     grade: GradeFn,
     count_tokens: Callable[[str], int],
     think_close: str = "</think>",
+    context_length: int | None = None,
 ) -> Generator[list[GenerationRequest], list[GenerationResult], SearchOutcome]:
     """Search one trace. `prompt_head` is the revision model's prompt up to the start of the
-    reasoning (see `prompts.PromptFormat.head`). Results must be sent back in request order."""
+    reasoning (see `prompts.PromptFormat.head`); `context_length` is the engine's context in tokens
+    (None: unlimited). Results must be sent back in request order."""
     original = grade(trace.reference_answer, trace.solution)
     steps = split_steps(trace.reasoning)
     solution = trace.solution
     before = segment_steps(steps, config.keywords)
     log: list[Rollout] = []
 
-    def outcome(status: Status, reasoning: str, visited: int) -> SearchOutcome:
+    def outcome(status: Status, reasoning: str, visited: int, skip_reason: str | None = None):
         after = segment_steps(steps, config.keywords)
         return SearchOutcome(
             trace_id=trace.id, status=status, original_correct=original.correct,
             original_answer=original.extracted, reasoning=reasoning, solution=solution,
-            tokens_before=count_tokens(_response(trace.reasoning, trace.solution, think_close)),
-            tokens_after=count_tokens(_response(reasoning, solution, think_close)),
+            reasoning_tokens_before=count_tokens(trace.reasoning),
+            reasoning_tokens_after=count_tokens(reasoning),
+            response_tokens_before=count_tokens(_response(trace.reasoning, trace.solution, think_close)),
+            response_tokens_after=count_tokens(_response(reasoning, solution, think_close)),
             steps_before=before.num_steps, steps_after=after.num_steps,
             thoughts_before=before.num_thoughts, thoughts_after=after.num_thoughts,
             boundaries_visited=visited, rollouts_tried=len(log),
             rollouts_accepted=sum(r.accepted for r in log),
-            rollouts_truncated=sum(r.truncated for r in log), log=log)
+            rollouts_truncated_length=sum(r.truncated_length for r in log),
+            rollouts_unclosed=sum(r.unclosed for r in log), skip_reason=skip_reason, log=log)
 
     if not original.correct:
         # Only correct traces are revised; a wrong one passes through, flagged by its status.
         return outcome("incorrect_original", trace.reasoning, 0)
 
-    plan = boundaries_to_visit(trace.id, before.num_boundaries, config)
-    boundary, visit, replaced = 1, 0, False
+    boundary, visit, replaced, skip_reason = 1, 0, False, None
+    log_gamma = math.log(config.gamma)
     while boundary <= (current := segment_steps(steps, config.keywords)).num_boundaries:
-        if plan is not None and boundary not in plan:
+        prefix = list(steps[: current.prefix_length(boundary)])
+        boundaries_left = current.num_boundaries - boundary + 1
+        if config.max_boundaries is not None and visit >= config.max_boundaries:
+            break
+        if not visits_boundary(config, trace.id, len(prefix), visit, boundaries_left):
             boundary += 1
             continue
-        prefix = list(steps[: current.prefix_length(boundary)])
-        rest_steps = len(steps) - len(prefix)
         prompt = prompt_head + join_steps(prefix) + STEP_SEPARATOR
-        seeds = [(derive_seed(config.seed, trace.id, visit, r, "step"),
-                  derive_seed(config.seed, trace.id, visit, r, "rest")) for r in range(config.rollouts)]
-        base_id = f"{trace.id}/v{visit}"
-
-        # x_r: continue the current thought for one step, transition keywords banned.
-        step_budget = min(config.max_step_tokens, config.max_tokens)
-        x_results = yield [
-            GenerationRequest(f"{base_id}/r{r}/step", prompt, step_budget, config.temperature,
-                              config.top_p, seeds[r][0], stop=(STEP_SEPARATOR,),
-                              banned_words=config.keywords)
-            for r in range(config.rollouts)
-        ]
-        # y_r: free continuation to the end of the trace and its solution.
-        y_requests, y_index = [], {}
-        for r, x in enumerate(x_results):
-            joiner = _after_step(x, step_budget, config.max_tokens)
-            if joiner is not None:
-                y_index[r] = len(y_requests)
-                y_requests.append(GenerationRequest(
-                    f"{base_id}/r{r}/rest", prompt + x.text + joiner,
-                    config.max_tokens - x.num_tokens, config.temperature, config.top_p, seeds[r][1]))
-        y_results = (yield y_requests) if y_requests else []
-
-        rollouts = []
-        for r, x in enumerate(x_results):
-            y = y_results[y_index[r]] if r in y_index else None
-            rollouts.append(_score(trace, boundary, visit, r, len(prefix), rest_steps, x, y,
-                                   _after_step(x, step_budget, config.max_tokens),
-                                   seeds[r][0], seeds[r][1] if y else None, grade, config, think_close))
+        prompt_tokens = count_tokens(prompt) if context_length is not None else 0
+        if rollout_budget(config.max_tokens, context_length, prompt_tokens) < 1:
+            # Later boundaries keep longer prefixes, so none of them fits either.
+            skip_reason = (f"the rollout prompt at boundary {boundary} has {prompt_tokens} tokens, "
+                           f"the engine's context holds {context_length}")
+            break
+        rollouts = yield from _visit(trace, boundary, visit, prompt, prefix, len(steps) - len(prefix),
+                                     config, grade, count_tokens, think_close, context_length)
         log.extend(rollouts)
 
-        best = max(rollouts, key=lambda ro: (ro.value, -ro.tokens))
-        # The trace's own rest is correct (only correct traces are searched): V = gamma^N * 1.
-        if not best.truncated and best.value > config.gamma ** rest_steps:
+        best = max(rollouts, key=lambda ro: (ro.log_value if ro.log_value is not None
+                                             else -math.inf, -ro.tokens))
+        # The trace's own rest is correct (only correct traces are searched): log V = N log gamma.
+        if best.log_value is not None and best.log_value > (len(steps) - len(prefix)) * log_gamma:
             best.accepted, replaced = True, True
             new_reasoning, solution = _split_continuation(best, think_close)
             steps = prefix + split_steps(new_reasoning)
@@ -246,24 +272,97 @@ def retro_search(
         visit += 1
 
     reasoning = join_steps(steps) if replaced else trace.reasoning
-    return outcome("revised" if replaced else "unchanged", reasoning, visit)
+    if visit == 0 and skip_reason is not None:
+        return outcome("skipped", reasoning, visit, skip_reason)
+    return outcome("revised" if replaced else "unchanged", reasoning, visit, skip_reason)
+
+
+@dataclass
+class _Draft:
+    """One rollout while it is generated: its first step so far, then its continuation."""
+
+    step_text: str = ""
+    step_tokens: int = 0
+    attempts: int = 0
+    last: GenerationResult | None = None      # the latest result (step or continuation)
+    continuation: GenerationResult | None = None
+    out_of_budget: bool = False
+
+
+def _visit(trace, boundary, visit, prompt, prefix, rest_steps, config: SearchConfig,
+           grade: GradeFn, count_tokens, think_close: str, context_length: int | None):
+    """All rollouts from one boundary: first steps (banned words), then continuations."""
+    base_id = f"{trace.id}/v{visit}"
+    seeds = [(derive_seed(config.seed, trace.id, visit, r, "step"),
+              derive_seed(config.seed, trace.id, visit, r, "rest")) for r in range(config.rollouts)]
+    budget = rollout_budget(config.max_tokens, context_length,
+                            count_tokens(prompt) if context_length is not None else 0)
+    step_budget = min(config.max_step_tokens, budget)
+    drafts = [_Draft() for _ in range(config.rollouts)]
+
+    # x_r: continue the current thought for one step, transition keywords banned. The ban holds
+    # until a non-blank step ends at its blank line: a blank step is continued, still banned, and
+    # a step that reaches its budget ends the rollout (truncated) instead of going on unbanned.
+    writing = list(range(config.rollouts))
+    while writing:
+        requests = []
+        for r in writing:
+            d = drafts[r]
+            suffix = "" if d.attempts == 0 else f".{d.attempts}"
+            seed = seeds[r][0] if d.attempts == 0 else derive_seed(seeds[r][0], d.attempts)
+            requests.append(GenerationRequest(
+                f"{base_id}/r{r}/step{suffix}", prompt + d.step_text, step_budget - d.step_tokens,
+                config.temperature, config.top_p, seed, stop=(STEP_SEPARATOR,),
+                banned_words=config.keywords))
+        results = yield requests
+        still = []
+        for r, x in zip(writing, results):
+            d = drafts[r]
+            d.attempts += 1
+            d.step_text += x.text
+            d.step_tokens += x.num_tokens
+            d.last = x
+            blank = x.finish_reason == "stop" and x.stop_string is not None and not d.step_text.strip()
+            if blank:
+                d.step_text += STEP_SEPARATOR
+                # An attempt costs at least its blank line, so the attempts are bounded too.
+                if max(d.step_tokens, d.attempts) < step_budget:
+                    still.append(r)
+                else:
+                    d.out_of_budget = True
+        writing = still
+
+    # y_r: free continuation to the end of the trace and its solution.
+    pending = []
+    for r, d in enumerate(drafts):
+        x = d.last
+        if d.out_of_budget or x.finish_reason != "stop" or x.stop_string is None:
+            continue  # truncated at its budget, or ended (end of sequence) inside the first step
+        rest_prompt = prompt + d.step_text + STEP_SEPARATOR
+        rest_budget = budget - d.step_tokens
+        if context_length is not None:
+            rest_budget = min(rest_budget, context_length - count_tokens(rest_prompt))
+        if rest_budget < 1:
+            d.out_of_budget = True  # no request asks for fewer than one token
+            continue
+        pending.append((r, GenerationRequest(f"{base_id}/r{r}/rest", rest_prompt, rest_budget,
+                                             config.temperature, config.top_p, seeds[r][1])))
+    if pending:
+        results = yield [request for _, request in pending]
+        for (r, _), y in zip(pending, results):
+            drafts[r].continuation = drafts[r].last = y
+
+    return [_score(trace, boundary, visit, r, len(prefix), rest_steps, d,
+                   (seeds[r][0], seeds[r][1] if d.continuation else None), grade, config, think_close)
+            for r, d in enumerate(drafts)]
 
 
 def _response(reasoning: str, solution: str, think_close: str) -> str:
     return f"{reasoning}\n{think_close}\n\n{solution}"
 
 
-def _after_step(x: GenerationResult, step_budget: int, max_tokens: int) -> str | None:
-    """What joins x_r to its continuation, or None when x_r already ended the rollout."""
-    if x.finish_reason == "stop" and x.stop_string is not None:
-        return STEP_SEPARATOR  # the step ended at its blank line; the next step starts fresh
-    if x.finish_reason == "length" and x.num_tokens < max_tokens and step_budget < max_tokens:
-        return ""  # the step hit its own budget mid-sentence: let the continuation finish it
-    return None  # end of sequence, or the whole rollout budget is spent
-
-
 def _continuation_text(ro: Rollout) -> str:
-    return ro.step_text + (ro.continuation if ro.continuation is not None else "")
+    return ro.step_text + ro.continuation
 
 
 def _split_continuation(ro: Rollout, think_close: str) -> tuple[str, str]:
@@ -271,25 +370,26 @@ def _split_continuation(ro: Rollout, think_close: str) -> tuple[str, str]:
     return reasoning.strip("\n"), solution.strip()
 
 
-def _score(trace, boundary, visit, r, prefix_steps, rest_steps, x, y, joiner, x_seed, y_seed,
+def _score(trace, boundary, visit, r, prefix_steps, rest_steps, draft: _Draft, seeds,
            grade: GradeFn, config: SearchConfig, think_close: str) -> Rollout:
-    last = y if y is not None else x
-    continuation = (joiner or "") + y.text if y is not None else ""
+    y = draft.continuation
     ro = Rollout(
         trace_id=trace.id, boundary=boundary, visit=visit, rollout=r, prefix_steps=prefix_steps,
-        rest_steps=rest_steps, step_text=x.text, continuation=continuation,
-        step_tokens=x.num_tokens, continuation_tokens=y.num_tokens if y is not None else 0,
-        steps=0, answer=None, correct=False, truncated=False, value=0.0, seeds=(x_seed, y_seed))
-    full = _continuation_text(ro)
-    # A rollout that ran out of tokens, or ended without closing its reasoning, is truncated:
-    # it scores 0 and is never accepted, whatever answer it may contain.
-    ro.truncated = last.finish_reason == "length" or think_close not in full
+        rest_steps=rest_steps, step_text=draft.step_text,
+        continuation=STEP_SEPARATOR + y.text if y is not None else "",
+        step_tokens=draft.step_tokens, continuation_tokens=y.num_tokens if y is not None else 0,
+        steps=0, answer=None, correct=False, seeds=seeds)
+    # Neither a rollout that ran out of tokens nor one that ended without closing its reasoning
+    # is graded: it scores 0 and is never accepted, whatever answer it may contain.
+    ro.truncated_length = draft.out_of_budget or draft.last.finish_reason == "length"
+    ro.unclosed = not ro.truncated_length and think_close not in _continuation_text(ro)
     reasoning, solution = _split_continuation(ro, think_close)
     ro.steps = len(split_steps(reasoning))
     if not ro.truncated:
         result = grade(trace.reference_answer, solution)
         ro.answer, ro.correct = result.extracted, bool(result.correct)
-        ro.value = config.gamma ** ro.steps if ro.correct else 0.0
+        if ro.correct:
+            ro.log_value = ro.steps * math.log(config.gamma)
     return ro
 
 
@@ -297,9 +397,11 @@ class TraceSearch:
     """Object API over `retro_search`: `pending` requests, `feed(results)`, then `outcome`."""
 
     def __init__(self, trace: TraceRecord, prompt_head: str, config: SearchConfig, grade: GradeFn,
-                 count_tokens: Callable[[str], int], think_close: str = "</think>"):
+                 count_tokens: Callable[[str], int], think_close: str = "</think>",
+                 context_length: int | None = None):
         self.trace = trace
-        self._steps = retro_search(trace, prompt_head, config, grade, count_tokens, think_close)
+        self._steps = retro_search(trace, prompt_head, config, grade, count_tokens, think_close,
+                                   context_length)
         self.pending: list[GenerationRequest] = []
         self.outcome: SearchOutcome | None = None
         self._advance(None)

@@ -75,6 +75,8 @@ class TransformersEngine:
         self.pad_id = pad if pad is not None else min(self.eos_ids)
         self._vocab_texts: list[str] | None = None
         self._bans: dict[tuple[str, ...], Bans] = {}
+        # Prompt plus generated tokens must fit the positions the model was built for.
+        self.max_model_len: int | None = getattr(self.model.config, "max_position_embeddings", None)
 
     def count_tokens(self, texts: list[str]) -> list[int]:
         """Number of tokens of each text, without special tokens."""

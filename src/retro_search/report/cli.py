@@ -21,9 +21,10 @@ write its statistics. Every trace id must be unique across the shards; a repeate
 that names both files. Optionally concatenate the shards' rollout logs too. Outputs are written
 atomically.
 
-STATS.json holds: traces by status (revised / unchanged / incorrect_original); tokens before and
-after (sum, mean, median, relative change in %) and mean steps and thoughts, over the traces whose
-original answer was correct; rollouts tried, accepted, truncated, acceptance and truncation rates;
+STATS.json holds: traces by status (revised / unchanged / incorrect_original / skipped); reasoning
+tokens (the paper's length) and whole-response tokens before and after (sum, mean, median,
+relative change in %) and mean steps and thoughts, over the traces whose original answer was
+correct; rollouts tried, accepted, truncated at their token budget, unclosed, and their rates;
 acceptance per boundary number (from the rollout logs); counts and token change per
 (source_model, source_dataset). Tokens are the revision model's."""
 
@@ -43,7 +44,7 @@ Writes into OUTPUT_DIR:
   search_stats.md          the search statistics (from --search-stats, or computed from
                            --revised and --rollouts when it is not given)
   accuracy_vs_length.png   accuracy vs mean length per arm and benchmark, arrows original -> retro
-  trace_lengths.png        trace lengths before / after Retro-Search
+  trace_lengths.png        reasoning lengths before / after Retro-Search
   boundary_acceptance.png  acceptance rate of rollouts by boundary number
   summary.json             the metrics read, the table, and the search statistics
 A metrics file is the eval stage's metrics.json: it needs "benchmark", the accuracy as "accuracy"
@@ -107,7 +108,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
     print(json.dumps({"traces": stats["traces"], **stats["by_status"],
                       "rollouts": stats["rollouts"]["tried"],
                       "accepted": stats["rollouts"]["accepted"],
-                      "token_change_pct": stats["tokens"]["relative_change_pct"],
+                      "reasoning_token_change_pct": stats["reasoning_tokens"]["relative_change_pct"],
                       "output": args.output, "stats": args.stats}), file=sys.stderr)
     return 0
 

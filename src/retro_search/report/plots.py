@@ -5,7 +5,7 @@ Each function draws one figure, writes it atomically to `path` and returns the p
 - `plot_accuracy_vs_length(metrics, path)`: accuracy (%) against mean response length (tokens), one
   marker and colour per arm, each point labelled with its benchmark, arrows from the original-trace
   arm to the Retro-Search arm per benchmark (up-left is better: more accurate and shorter).
-- `plot_trace_lengths(revised_rows, path)`: histograms of trace lengths in tokens before and after
+- `plot_trace_lengths(revised_rows, path)`: histograms of reasoning lengths in tokens before and after
   Retro-Search, over the traces whose original answer was correct, medians marked.
 - `plot_boundary_acceptance(per_boundary, path)`: acceptance rate of rollouts by boundary number,
   with the number of rollouts tried written on each bar; boundaries are grouped into ranges when
@@ -116,8 +116,8 @@ def _lengths(revised_rows: Iterable[Mapping[str, Any]]) -> tuple[list[int], list
     for row in revised_rows:
         search = row.get("search") or {}
         if search.get("original_correct"):
-            before.append(int(search["tokens_before"]))
-            after.append(int(search["tokens_after"]))
+            before.append(int(search["reasoning_tokens_before"]))
+            after.append(int(search["reasoning_tokens_after"]))
     return before, after
 
 
@@ -129,8 +129,8 @@ def _median(values: Sequence[float]) -> float:
 
 def plot_trace_lengths(revised_rows: Iterable[Mapping[str, Any]], path: str | Path, *,
                        bins: int | None = None, title: str | None = None) -> Path:
-    """Histograms of tokens per trace before and after Retro-Search (traces with a correct
-    original only), with dashed lines at the medians. `bins` defaults to about 2 * sqrt(traces),
+    """Histograms of reasoning tokens per trace (the paper's length: the solution is left out)
+    before and after Retro-Search (traces with a correct original only), with dashed lines at the medians. `bins` defaults to about 2 * sqrt(traces),
     between 5 and 30."""
     before, after = _lengths(revised_rows)
     if bins is None:
@@ -149,14 +149,14 @@ def plot_trace_lengths(revised_rows: Iterable[Mapping[str, Any]], path: str | Pa
             ax.axvline(median, color=colour, linestyle="--", linewidth=1.5)
         total_b, total_a = sum(before), sum(after)
         change = 100.0 * (total_a - total_b) / total_b if total_b else math.nan
-        ax.set_xlabel("trace length (tokens of the revision model)")
+        ax.set_xlabel("reasoning length (tokens of the revision model)")
         ax.set_ylabel("traces")
         ax.yaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylim(0, ax.get_ylim()[1] * 1.25)  # headroom so the legend does not hide bars
         ax.legend(loc="upper right", fontsize=9,
                   title=f"{len(before)} traces, total length {change:+.1f}%")
         ax.grid(True, axis="y", alpha=0.3)
-    ax.set_title(title or "Trace lengths before and after Retro-Search")
+    ax.set_title(title or "Reasoning lengths before and after Retro-Search")
     return _save(fig, path)
 
 

@@ -4,13 +4,16 @@
 `retro-search search` (or their concatenation by `retro-search merge`):
 
 - revised rows: `TraceRecord` dicts with an extra key "search" holding `SearchOutcome.stats()`
-  (trace_id, status, original_correct, tokens_before/after, steps_before/after,
-  thoughts_before/after, boundaries_visited, rollouts_tried/accepted/truncated);
-- rollout rows: `Rollout` dicts (trace_id, boundary, visit, accepted, truncated, correct, steps,
-  step_tokens, continuation_tokens, ...), one per rollout.
+  (trace_id, status, original_correct, reasoning_tokens_before/after,
+  response_tokens_before/after, steps_before/after, thoughts_before/after, boundaries_visited,
+  rollouts_tried/accepted/truncated_length/unclosed);
+- rollout rows: `Rollout` dicts (trace_id, boundary, visit, accepted, truncated_length, unclosed,
+  correct, steps, step_tokens, continuation_tokens, ...), one per rollout.
 
-Units: tokens are the revision model's tokens (as counted by the search); steps and thoughts as in
-`retro_search.segmentation`. Lengths, steps and thoughts are reported over the traces whose original
+Units: tokens are the revision model's tokens (as counted by the search). Reasoning tokens (the
+text between the reasoning markers) are the paper's length and the headline; response tokens
+(reasoning, closer and solution) are reported beside them, because an accepted rollout replaces
+the solution too. Steps and thoughts as in `retro_search.segmentation`. Lengths, steps and thoughts are reported over the traces whose original
 answer was correct (the only ones the search revises; the others pass through unchanged and would
 dilute the change). Rates are fractions in [0, 1]; relative changes are percentages.
 `search_stats_markdown(stats)` renders the result for a report.
@@ -24,7 +27,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 __all__ = ["STATUSES", "merge_stats", "search_stats_markdown"]
 
-STATUSES = ("revised", "unchanged", "incorrect_original")
+STATUSES = ("revised", "unchanged", "incorrect_original", "skipped")
 
 
 def _summary(values: Sequence[float]) -> dict[str, float | None]:
@@ -58,9 +61,9 @@ def _search_of(row: Mapping[str, Any], number: int) -> Mapping[str, Any]:
     return search
 
 
-def _length_block(searches: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    before = [s["tokens_before"] for s in searches]
-    after = [s["tokens_after"] for s in searches]
+def _length_block(searches: Sequence[Mapping[str, Any]], unit: str = "reasoning") -> dict[str, Any]:
+    before = [s[f"{unit}_tokens_before"] for s in searches]
+    after = [s[f"{unit}_tokens_after"] for s in searches]
     out = {"traces": len(searches), "before": _summary(before), "after": _summary(after)}
     out["relative_change_pct"] = relative_change_pct(out["before"]["sum"] if before else None,
                                                      out["after"]["sum"] if after else None)
@@ -74,14 +77,16 @@ def merge_stats(revised_rows: Iterable[Mapping[str, Any]],
     Returns a JSON-ready dict:
       traces                      number of revised rows
       by_status                   {revised, unchanged, incorrect_original: count}
-      tokens                      over traces whose original was correct: traces, before/after
+      reasoning_tokens            over traces whose original was correct: traces, before/after
                                   {sum, mean, median}, relative_change_pct (of the sums)
+      response_tokens             the same for whole responses (reasoning + closer + solution)
       steps, thoughts             {before_mean, after_mean, relative_change_pct}, same traces
-      rollouts                    tried / accepted / truncated (from the traces' search stats),
-                                  acceptance_rate (accepted / tried), truncation_rate
-                                  (truncated / tried), generated_tokens (from the log),
-                                  log_rows (rollout rows given)
-      per_boundary                [{boundary, tried, accepted, truncated, rate}] by boundary
+      rollouts                    tried / accepted / truncated_length (reached the token budget)
+                                  / unclosed (ended without closing the reasoning), from the
+                                  traces' search stats; acceptance_rate (accepted / tried),
+                                  truncated_length_rate, unclosed_rate (of tried),
+                                  generated_tokens (from the log), log_rows (rollout rows given)
+      per_boundary                [{boundary, tried, accepted, truncated_length, unclosed, rate}]
                                   number (1-based, in the trace as it was when visited), from the log
       per_source                  [{source_model, source_dataset, traces, revised, searched,
                                   tokens_before, tokens_after, relative_change_pct}]
@@ -97,7 +102,8 @@ def merge_stats(revised_rows: Iterable[Mapping[str, Any]],
     correct = [s for s in searches if s.get("original_correct")]
 
     stats: dict[str, Any] = {"traces": len(rows), "by_status": by_status,
-                             "tokens": _length_block(correct)}
+                             "reasoning_tokens": _length_block(correct, "reasoning"),
+                             "response_tokens": _length_block(correct, "response")}
     for unit in ("steps", "thoughts"):
         before = _mean([s[f"{unit}_before"] for s in correct])
         after = _mean([s[f"{unit}_after"] for s in correct])
@@ -106,17 +112,20 @@ def merge_stats(revised_rows: Iterable[Mapping[str, Any]],
 
     tried = sum(s["rollouts_tried"] for s in searches)
     accepted = sum(s["rollouts_accepted"] for s in searches)
-    truncated = sum(s["rollouts_truncated"] for s in searches)
+    truncated_length = sum(s["rollouts_truncated_length"] for s in searches)
+    unclosed = sum(s["rollouts_unclosed"] for s in searches)
     stats["rollouts"] = {
-        "tried": tried, "accepted": accepted, "truncated": truncated,
-        "acceptance_rate": _rate(accepted, tried), "truncation_rate": _rate(truncated, tried),
+        "tried": tried, "accepted": accepted, "truncated_length": truncated_length,
+        "unclosed": unclosed, "acceptance_rate": _rate(accepted, tried),
+        "truncated_length_rate": _rate(truncated_length, tried),
+        "unclosed_rate": _rate(unclosed, tried),
         "generated_tokens": sum(int(r.get("step_tokens", 0)) + int(r.get("continuation_tokens", 0))
                                 for r in log),
         "log_rows": len(log),
     }
 
-    per_boundary: dict[int, dict[str, int]] = defaultdict(lambda: {"tried": 0, "accepted": 0,
-                                                                   "truncated": 0})
+    per_boundary: dict[int, dict[str, int]] = defaultdict(
+        lambda: {"tried": 0, "accepted": 0, "truncated_length": 0, "unclosed": 0})
     for number, rollout in enumerate(log, 1):
         if "boundary" not in rollout:
             raise ValueError(f"rollout row {number} (trace_id={rollout.get('trace_id')!r}) has no "
@@ -124,7 +133,8 @@ def merge_stats(revised_rows: Iterable[Mapping[str, Any]],
         cell = per_boundary[int(rollout["boundary"])]
         cell["tried"] += 1
         cell["accepted"] += bool(rollout.get("accepted"))
-        cell["truncated"] += bool(rollout.get("truncated"))
+        cell["truncated_length"] += bool(rollout.get("truncated_length"))
+        cell["unclosed"] += bool(rollout.get("unclosed"))
     stats["per_boundary"] = [{"boundary": b, **cell, "rate": _rate(cell["accepted"], cell["tried"])}
                              for b, cell in sorted(per_boundary.items())]
 
@@ -138,7 +148,8 @@ def merge_stats(revised_rows: Iterable[Mapping[str, Any]],
             "source_model": model, "source_dataset": dataset, "traces": len(group),
             "revised": sum(s["status"] == "revised" for s in group),
             "searched": lengths["traces"],
-            "tokens_before": lengths["before"]["sum"], "tokens_after": lengths["after"]["sum"],
+            "reasoning_tokens_before": lengths["before"]["sum"],
+            "reasoning_tokens_after": lengths["after"]["sum"],
             "relative_change_pct": lengths["relative_change_pct"]})
 
     warnings = []
@@ -182,31 +193,45 @@ def _table(header: Sequence[str], rows: Iterable[Sequence[str]], text_columns: i
 def search_stats_markdown(stats: Mapping[str, Any], *, max_boundaries: int = 20) -> str:
     """A Markdown page of `merge_stats` output: overview, lengths, rollouts, the first
     `max_boundaries` boundaries, and the per-source breakdown."""
-    tokens, rollouts = stats["tokens"], stats["rollouts"]
-    status = stats["by_status"]
+    reasoning, response = stats["reasoning_tokens"], stats["response_tokens"]
+    rollouts, status = stats["rollouts"], stats["by_status"]
+    skipped = status.get("skipped", 0)
     lines = ["# Retro-Search statistics", "",
              f"{stats['traces']} traces: {status.get('revised', 0)} revised, "
              f"{status.get('unchanged', 0)} unchanged, "
              f"{status.get('incorrect_original', 0)} with an incorrect original answer "
-             "(passed through, not searched).", "",
-             f"## Lengths ({tokens['traces']} traces with a correct original; tokens of the "
-             "revision model's tokenizer)", ""]
+             "(passed through, not searched)"
+             + (f", {skipped} skipped (prompt longer than the engine's context)" if skipped else "")
+             + ".", "",
+             f"## Lengths ({reasoning['traces']} traces with a correct original; tokens of the "
+             "revision model's tokenizer)", "",
+             "Reasoning tokens are the text between the reasoning markers (the paper's length); "
+             "response tokens add the closer and the solution, which an accepted rollout also "
+             "replaces.", ""]
     lines += _table(["", "before", "after", "change"], [
-        ["tokens, total", _fmt(tokens["before"]["sum"]), _fmt(tokens["after"]["sum"]),
-         _signed_pct(tokens["relative_change_pct"])],
-        ["tokens, mean", _fmt(tokens["before"]["mean"]), _fmt(tokens["after"]["mean"]), ""],
-        ["tokens, median", _fmt(tokens["before"]["median"]), _fmt(tokens["after"]["median"]), ""],
+        ["reasoning tokens, total", _fmt(reasoning["before"]["sum"]),
+         _fmt(reasoning["after"]["sum"]), _signed_pct(reasoning["relative_change_pct"])],
+        ["reasoning tokens, mean", _fmt(reasoning["before"]["mean"]),
+         _fmt(reasoning["after"]["mean"]), ""],
+        ["reasoning tokens, median", _fmt(reasoning["before"]["median"]),
+         _fmt(reasoning["after"]["median"]), ""],
+        ["response tokens, total", _fmt(response["before"]["sum"]),
+         _fmt(response["after"]["sum"]), _signed_pct(response["relative_change_pct"])],
         ["steps, mean", _fmt(stats["steps"]["before_mean"]), _fmt(stats["steps"]["after_mean"]),
          _signed_pct(stats["steps"]["relative_change_pct"])],
         ["thoughts, mean", _fmt(stats["thoughts"]["before_mean"]),
          _fmt(stats["thoughts"]["after_mean"]), _signed_pct(stats["thoughts"]["relative_change_pct"])],
     ])
-    lines += ["", "## Rollouts", ""]
-    lines += _table(["tried", "accepted", "acceptance rate", "truncated", "truncation rate",
+    lines += ["", "## Rollouts", "",
+              "Truncated: reached the token budget; unclosed: ended without closing the "
+              "reasoning. Neither is ever accepted.", ""]
+    lines += _table(["tried", "accepted", "acceptance rate", "truncated", "unclosed",
                      "generated tokens"],
                     [[_fmt(rollouts["tried"]), _fmt(rollouts["accepted"]),
-                      _pct(rollouts["acceptance_rate"]), _fmt(rollouts["truncated"]),
-                      _pct(rollouts["truncation_rate"]), _fmt(rollouts["generated_tokens"])]])
+                      _pct(rollouts["acceptance_rate"]),
+                      f"{_fmt(rollouts['truncated_length'])} ({_pct(rollouts['truncated_length_rate'])})",
+                      f"{_fmt(rollouts['unclosed'])} ({_pct(rollouts['unclosed_rate'])})",
+                      _fmt(rollouts["generated_tokens"])]])
     per_boundary = stats["per_boundary"]
     if per_boundary:
         shown = per_boundary[:max_boundaries]
@@ -219,10 +244,11 @@ def search_stats_markdown(stats: Mapping[str, Any], *, max_boundaries: int = 20)
                           "see stats.json.)"]
     if stats["per_source"]:
         lines += ["", "## By source", ""]
-        lines += _table(["source model", "source dataset", "traces", "revised", "tokens before",
-                         "tokens after", "change"],
+        lines += _table(["source model", "source dataset", "traces", "revised",
+                         "reasoning tokens before", "reasoning tokens after", "change"],
                         [[s["source_model"] or "-", s["source_dataset"] or "-", _fmt(s["traces"]),
-                          _fmt(s["revised"]), _fmt(s["tokens_before"]), _fmt(s["tokens_after"]),
+                          _fmt(s["revised"]), _fmt(s["reasoning_tokens_before"]),
+                          _fmt(s["reasoning_tokens_after"]),
                           _signed_pct(s["relative_change_pct"])] for s in stats["per_source"]],
                         text_columns=2)
     if stats.get("warnings"):
