@@ -133,3 +133,24 @@ def test_search_without_a_model_path_fails_before_loading_anything(tmp_path, cap
 def test_parser_keeps_overrides_in_order():
     args = build_parser().parse_args(["search", "--input", "i", "--output", "o", "a.b=1", "a.b=2"])
     assert args.overrides == ["a.b=1", "a.b=2"]
+
+
+def test_search_refuses_a_reasoning_closer_that_decoding_would_drop(tmp_path, capsys,
+                                                                    tiny_model_dir):
+    # A tokenizer in which </think> is a special token: the engines decode without special
+    # tokens, so every rollout would come back unclosed. The search stops before generating.
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tokenizer.add_special_tokens({"additional_special_tokens": ["</think>"]},
+                                 replace_extra_special_tokens=False)
+    tokenizer.save_pretrained(tmp_path / "special")
+    trace = {"id": "t", "question": "1+1?", "reference_answer": "2",
+             "reasoning": "1+1 is 2.\n\nWait, yes.", "solution": "\\boxed{2}"}
+    src = write_rows(tmp_path / "in.jsonl", [trace])
+    status = main(["search", "--input", src, "--output", str(tmp_path / "o.jsonl"),
+                   "--no-progress", f"model.path={tiny_model_dir}",
+                   f"model.tokenizer={tmp_path / 'special'}"])
+    err = capsys.readouterr().err
+    assert status == 2 and "'</think>' does not survive decoding" in err, err
+    assert not (tmp_path / "o.jsonl").exists()

@@ -74,4 +74,23 @@ def load_prompt_format(tokenizer_path: str, *, system_prompt: str | None = None,
     def count_tokens(text: str) -> int:
         return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
+    check_closer_decodes(tokenizer, think_close, tokenizer_path)
     return PromptFormat(render_question, count_tokens, think_open, think_close)
+
+
+def check_closer_decodes(tokenizer: Any, think_close: str, name: str = "the tokenizer") -> None:
+    """Raise ValueError unless `think_close` survives encoding and decoding with
+    `skip_special_tokens=True`, as both built-in engines decode generated text. A closer that is a
+    special token would vanish from every output, and every rollout and evaluation sample would
+    count as unclosed; better to stop before any generation."""
+    if not think_close:
+        return
+    ids = tokenizer(think_close, add_special_tokens=False)["input_ids"]
+    decoded = tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+    if think_close not in decoded:
+        raise ValueError(
+            f"the reasoning closer {think_close!r} does not survive decoding with {name!r}: it is "
+            f"a special token, and generated text is decoded without special tokens (it comes "
+            f"back as {decoded!r}), so every output would look unclosed. Use a tokenizer in which "
+            "the closer is a normal added token (special=False), as in DeepSeek-R1-Distill "
+            "tokenizers (model.tokenizer=...), or set think_close to text the model writes")
