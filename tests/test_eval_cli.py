@@ -2,6 +2,10 @@
 metrics), and `retro-search eval` end to end with the tiny model."""
 
 import json
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -192,6 +196,37 @@ def test_sharded_eval_merged_equals_the_unsharded_eval(tiny_model_dir, tmp_path)
     a = pd.read_parquet(tmp_path / "whole/generations.parquet").sort_values(key, ignore_index=True)
     b = pd.read_parquet(tmp_path / "merged.parquet").sort_values(key, ignore_index=True)
     pd.testing.assert_frame_equal(a, b)
+
+
+@needs_data
+@pytest.mark.slow
+def test_eval_of_a_hub_model_records_its_id_and_cached_revision_in_the_manifest(tiny_model_dir,
+                                                                               tmp_path):
+    # A hub model as the Hugging Face cache holds it: refs/main names the snapshot's commit.
+    sha = "0123456789abcdef0123456789abcdef01234567"
+    hf_home = tmp_path / "hf"
+    repo = hf_home / "hub" / "models--retro-search-test--tiny"
+    shutil.copytree(tiny_model_dir, repo / "snapshots" / sha)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(sha)
+    out = tmp_path / "results" / "eval" / "tiny-hub"
+    manifest = out / "manifest.json"
+    # A fresh process, so huggingface_hub and transformers read this cache from the environment.
+    env = {**os.environ, "HF_HOME": str(hf_home), "HF_HUB_CACHE": str(hf_home / "hub"),
+           "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    run = subprocess.run(
+        [sys.executable, "-m", "retro_search.cli", "--manifest", str(manifest), "eval",
+         "--model", "retro-search-test/tiny", "--benchmark", "amc23", "--output-dir", str(out),
+         "--config", str(tiny_cpu_stage(tmp_path, limit=1)), "--no-progress"],
+        env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+
+    recorded = json.loads(manifest.read_text())
+    assert recorded["hub_models"] == [{"id": "retro-search-test/tiny", "revision": sha}]
+    assert not any("retro-search-test" in entry["path"] or str(hf_home) in entry["path"]
+                   for entry in recorded["inputs"])
+    assert {Path(e["path"]).name for e in recorded["outputs"]} == {"generations.parquet",
+                                                                   "metrics.json"}
 
 
 def test_eval_merge_with_a_missing_shard_is_an_error_naming_the_shards(tmp_path, capsys):

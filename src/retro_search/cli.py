@@ -459,7 +459,9 @@ def _write_manifest(args: argparse.Namespace, started: str, argv: list[str]) -> 
     write_manifest(args.manifest, stage=args.command, config_file=getattr(args, "config", None),
                    inputs=_paths(args, getattr(args, "input_args", ())),
                    outputs=_paths(args, getattr(args, "output_args", ())),
-                   upstream=args.upstream, started=started, command=["retro-search", *argv])
+                   upstream=args.upstream, started=started, command=["retro-search", *argv],
+                   # a model argument may be a hub id, recorded as id + revision, not hashed
+                   model_inputs=_paths(args, getattr(args, "model_args", ())))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

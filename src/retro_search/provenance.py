@@ -2,16 +2,19 @@
 
 A manifest is a JSON file beside a stage's outputs. It records the sha256 of every input and
 output file, the ids of the upstream artifacts, the code (git commit, dirty flag and a hash of the
-uncommitted diff), package versions, the models and seeds named in the stage config, the host,
-GPU, SLURM job and start/end times. `retro_search.audit` checks a chain of them.
+uncommitted diff), package versions, the models and seeds named in the stage config, the hub
+models a stage read by id (id and resolved commit, see `hub_model`), the host, GPU, SLURM job and
+start/end times. `retro_search.audit` checks a chain of them.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -19,6 +22,8 @@ from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterable
+
+log = logging.getLogger(__name__)
 
 MANIFEST_SUFFIX = "manifest.json"
 PACKAGES = ("retro-search", "torch", "transformers", "tokenizers", "datasets", "trl", "accelerate",
@@ -119,20 +124,59 @@ def _models_and_seeds(config: dict[str, Any]) -> tuple[dict, dict]:
     return models, seeds
 
 
+# A hub repo id: `name` or `org/name`, each part letters, digits, `_`, `-`, `.`, not starting with
+# `.` or `-` (so `./x`, `../x`, `/abs/x`, `~/x` and `a/b/c` are paths, never ids).
+HUB_ID = re.compile(r"[A-Za-z0-9_][\w.-]*(/[A-Za-z0-9_][\w.-]*)?")
+
+
+def hub_model(name: str, revision: str | None = None,
+              cache_dir: str | Path | None = None) -> dict[str, str | None]:
+    """The model input `name` as a hub model: {"id": name, "revision": commit sha or None}.
+
+    Rule: an input that names a model and does not exist on disk is a hub id when it looks like
+    one (HUB_ID: `name` or `org/name`, no leading `.`/`/`, at most one `/`); anything else is a
+    missing local path (FileNotFoundError). The revision recorded is the commit the local Hugging
+    Face cache (`cache_dir`, default HF_HUB_CACHE, i.e. HF_HOME/hub) resolves `revision` (default
+    main) to: refs/<revision> -> snapshots/<sha>, the files the stage loaded. Only the cache is
+    read, so it works with HF_HUB_OFFLINE=1. An id the cache does not hold (an engine that
+    downloads elsewhere) is recorded with revision None and a warning: the manifest is written
+    after the stage's work, which must not be lost over a missing commit.
+    """
+    from huggingface_hub import try_to_load_from_cache
+
+    if not HUB_ID.fullmatch(name):
+        raise FileNotFoundError(f"model {name!r}: no such local path, and not a hub id "
+                                "(`name` or `org/name`)")
+    # Every transformers model has config.json at the top of its snapshot: its folder is the commit.
+    found = try_to_load_from_cache(name, "config.json", revision=revision, cache_dir=cache_dir)
+    if not isinstance(found, str):  # None, or the cache's "known not to exist" marker
+        log.warning("model %r is not a local path and not in the Hugging Face cache "
+                    "(HF_HUB_CACHE / HF_HOME): recorded as a hub id without a revision", name)
+        return {"id": name, "revision": None}
+    return {"id": name, "revision": Path(found).parent.name}
+
+
 def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def write_manifest(path: str | Path, *, stage: str, config_file: str | Path | None,
                    inputs: Iterable[str | Path], outputs: Iterable[str | Path],
-                   upstream: Iterable[str | Path], started: str, command: list[str]) -> dict:
-    """Write the manifest of a finished stage job to `path` (atomically) and return it."""
+                   upstream: Iterable[str | Path], started: str, command: list[str],
+                   model_inputs: Iterable[str | Path] = ()) -> dict:
+    """Write the manifest of a finished stage job to `path` (atomically) and return it.
+
+    `model_inputs` are inputs that name a model: a local folder is hashed with the other inputs;
+    a hub id is recorded under `hub_models` as id + resolved revision (see `hub_model`)."""
     import yaml  # pyyaml comes with omegaconf
 
     path = Path(path)
     config = yaml.safe_load(Path(config_file).read_text()) if config_file else {}
     models, seeds = _models_and_seeds(config or {})
-    input_paths = list(inputs) + ([config_file] if config_file else [])
+    model_inputs = [m for m in model_inputs if m]
+    local_models = [m for m in model_inputs if Path(m).exists()]
+    hub_models = [hub_model(str(m)) for m in model_inputs if not Path(m).exists()]
+    input_paths = list(inputs) + local_models + ([config_file] if config_file else [])
     manifest = {
         "stage": stage,
         "artifact_id": f"{path.parent.parent.name}/{path.parent.name}",
@@ -144,6 +188,7 @@ def write_manifest(path: str | Path, *, stage: str, config_file: str | Path | No
         "code": code_version(),
         "packages": package_versions(),
         "models": models,
+        "hub_models": hub_models,
         "seeds": seeds,
         "host": platform.node(),
         "python": platform.python_version(),

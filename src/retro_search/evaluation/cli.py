@@ -197,7 +197,8 @@ def register(sub) -> None:
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="config overrides: eval.KEY=VALUE or engine.KEY=VALUE")
-    p.set_defaults(func=cmd_eval, input_args=("model",), output_args=("output_dir",))
+    # --model is a folder (hashed) or a hub id (recorded by id and revision): see write_manifest
+    p.set_defaults(func=cmd_eval, input_args=(), model_args=("model",), output_args=("output_dir",))
 
     p = sub.add_parser("eval-merge", help="merge the shards of one benchmark's evaluation",
                        description="Concatenate the generations of every shard of one benchmark "
