@@ -52,3 +52,17 @@ def test_grading_benchmark_grades_math500_right_and_survives_the_hung_item():
     assert figures["synthetic_agree_with_labels"] == 1
     assert figures["pathological_timed_out_items"] == 1
     assert figures["pathological_rest_match_serial"] is True
+
+
+def test_grading_agreement_counts_agreement_and_names_the_disagreements(tmp_path):
+    pairs = [{"gold": "-5", "prediction": "-5", "expected": True},
+             {"gold": 28, "prediction": "$0.28$", "expected": False},
+             {"gold": "4", "prediction": "so \\boxed{4}", "expected": True},
+             {"gold": "4", "prediction": "so \\boxed{5}", "expected": True, "family": "wrong"}]
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps(p) + "\n" for p in pairs))
+    result = result_of("grading_agreement.py", str(path), "--processes", "1")
+    figures = result["figures"]
+    assert figures["pairs"] == 4 and figures["pairs_boxed"] == 2
+    assert figures["ours_agree_all"] == "3/4" and figures["ours_false_negatives"] == 1
+    assert [d["family"] for d in result["notes"]["ours_disagreements"]] == ["wrong"]

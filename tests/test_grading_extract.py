@@ -1,8 +1,10 @@
-"""extract_answer: boxes (last wins, nested braces, space form, fbox) and the fallback phrases."""
+"""extract_answer: boxes (last wins, nested braces, space form, fbox) and the fallback phrases;
+answer_tail: what math-verify's own extraction reads when extract_answer finds nothing."""
 
 import pytest
 
 from retro_search.grading import extract_answer
+from retro_search.grading.extract import TAIL_CHARS, answer_tail
 
 
 def test_last_box_wins():
@@ -85,3 +87,59 @@ def test_fallback_rejects_overlong_value():
                          ids=["empty", "no-phrase", "phrase-without-value"])
 def test_no_answer_gives_none(text):
     assert extract_answer(text) is None
+
+
+@pytest.mark.parametrize("text", ["Final Answer: The largest $n$ is 34.",
+                                  "Answer: Jane started growing Sphere 3 hours ago."],
+                         ids=["words-around-formula", "words-around-number"])
+def test_phrase_followed_by_a_sentence_is_no_value(text):
+    assert extract_answer(text) is None
+    assert answer_tail(text) == text
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("Answer: Evelyn", "Evelyn"),
+    ("Answer: $5 \\text{ cm}$", "5 \\text{ cm}"),
+    ("The answer is 2 and 3.", "2 and 3"),
+], ids=["word", "number-with-text-unit", "connective"])
+def test_values_that_are_not_sentences_are_kept(text, expected):
+    assert extract_answer(text) == expected
+
+
+def test_tail_is_the_whole_of_a_short_solution():
+    assert answer_tail("  So $x = -5$.\n") == "So $x = -5$."
+
+
+def test_tail_is_bounded_and_starts_at_a_line():
+    text = "x" * 5000 + "\nfirst line of the end\n" + "y" * (TAIL_CHARS - 200) + " so 42"
+    tail = answer_tail(text)
+    assert len(tail) <= TAIL_CHARS
+    assert tail.endswith("so 42")
+    assert tail.startswith("first line of the end\n")
+
+
+def test_tail_cut_inside_a_formula_drops_the_orphan_dollar():
+    text = "$" + "a" * (2 * TAIL_CHARS) + " = 3$ and " + "b" * 20 + " $y = 7$"
+    assert answer_tail(text) == "and " + "b" * 20 + " $y = 7$"
+
+
+@pytest.mark.parametrize("text", ["", "I give up.", r"\boxed{}", r"so \boxed{27",
+                                  r"\boxed{} so 5"],
+                         ids=["empty", "no-digit-no-latex", "empty-box", "unclosed-box",
+                              "empty-box-then-number"])
+def test_no_tail_when_math_verify_could_find_nothing_or_a_box_was_attempted(text):
+    assert answer_tail(text) is None
+
+
+@pytest.mark.parametrize("text", ["<think>so far x = 7 and then", "<|begin_of_thought|>x = 7"],
+                         ids=["r1", "openthoughts"])
+def test_no_tail_in_unfinished_reasoning(text):
+    assert answer_tail(text) is None
+
+
+@pytest.mark.parametrize("text", ["<think>x = 7</think>So it is 8.",
+                                  "x = 7</think>So it is 8.",
+                                  "<|begin_of_thought|>x = 7<|end_of_thought|>So it is 8."],
+                         ids=["r1", "r1-without-opener", "openthoughts"])
+def test_tail_is_read_after_the_reasoning(text):
+    assert answer_tail(text) == "So it is 8."

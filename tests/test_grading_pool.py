@@ -147,6 +147,23 @@ def test_worker_dying_mid_item_fails_only_that_item():
         assert own.grade(*NORMAL[0]).correct
 
 
+def test_answer_without_box_is_found_by_math_verify_in_a_worker(grader):
+    pairs = [("-5", "-5"), (r"x \geq 5", r"Therefore $x \geq 5$ is the solution."),
+             ("28\\%", "about 28 percent"), ("7", "it is 8")]
+    results = grader.grade_many(pairs)
+    assert results == [grade(g, r) for g, r in pairs]
+    assert [r.correct for r in results] == [True, True, True, False]
+    assert results[1].extracted == r"x \geq 5"
+
+
+def test_math_verify_fallback_runs_under_the_item_deadline(grader):
+    # The sympy work of the fallback happens in the worker, so the pool's hard limit covers it.
+    started = time.monotonic()
+    results = grader.grade_many([("9", "So the value is $9^{9^{9}}$."), NORMAL[0]])
+    assert time.monotonic() - started < TIMEOUT + 3
+    assert results == [Grade(False, None, "timeout"), Grade(True, "0.5", None)]
+
+
 def test_no_answer_items_start_no_workers():
     before = _worker_pids()
     with Grader(processes=2, timeout=TIMEOUT) as own:

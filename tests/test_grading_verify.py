@@ -114,7 +114,8 @@ MUST_DIFFER = [
     pytest.param(r"50\%", r"\boxed{5}", id="percent-magnitude"),
     pytest.param("30", r"\boxed{60^\circ}", id="degrees-value"),
     pytest.param("4.5e33", r"\boxed{4.6\times 10^{33}}", id="scientific-mantissa"),
-    pytest.param("72", "I think it is 72 but I am not sure", id="no-box-no-phrase"),
+    # No box, no phrase: math-verify reads the end, finds 71 (see test_grading_regression.py).
+    pytest.param("72", "I think it is 71 but I am not sure", id="no-box-no-phrase-other-number"),
     pytest.param("27", r"\boxed{27", id="unclosed-box"),
     pytest.param("1", r"\boxed{}", id="empty-box"),
     pytest.param("72", "", id="empty-response"),

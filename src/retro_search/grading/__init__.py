@@ -2,7 +2,8 @@
 
 - `extract_answer(text)`: the last `\\boxed{}` (or a fallback phrase) in a solution.
 - `normalize_reference(value)`: a benchmark/trace reference answer -> gold string.
-- `grade(gold, response)`: one item, in-process, with math-verify.
+- `grade(gold, response)`: one item, in-process, with math-verify (whose own extraction reads the
+  solution's end when `extract_answer` finds nothing; the order of attempts is in its docstring).
 - `Grader`: many items in worker processes with a hard per-item timeout.
 """
 

@@ -1,13 +1,15 @@
 """Find the final answer in a model's solution text.
 
 Pure string work (no sympy), so it is cheap enough to run in the parent process of a grading pool.
+When `extract_answer` finds nothing, `answer_tail` picks the part of the solution that math-verify's
+own extraction then reads (in `verify.grade_tail`, inside a pool worker).
 """
 
 from __future__ import annotations
 
 import re
 
-__all__ = ["extract_answer", "last_boxed", "strip_math_delimiters"]
+__all__ = ["TAIL_CHARS", "answer_tail", "extract_answer", "last_boxed", "strip_math_delimiters"]
 
 # `\boxed` and `\fbox` both mark answers (MATH solutions use both). The look-ahead keeps
 # `\boxedfoo` (another command) from matching.
@@ -34,6 +36,22 @@ _MATH_SPANS = (
 _NUMBER_THEN_WORDS = re.compile(r"^(-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?)\s+[A-Za-z][A-Za-z ]*$")
 
 _MAX_FALLBACK_CHARS = 300
+
+# A phrase followed by a sentence rather than a value ("Answer: The largest $n$ is 34"). Re-boxed,
+# that sentence reads as a product of letters; math-verify's own extraction finds the 34 in it.
+_MATH_SPAN_OR_COMMAND = re.compile(r"\$[^$]*\$|\\\(.*?\\\)|\\[A-Za-z]+(?:\s*\{[^{}]*\})?")
+_CONNECTIVES = {"and", "or"}
+
+# math-verify's own extraction reads at most this many characters from the end of a solution: the
+# final answer sits there, and the bound keeps a 30,000-character trace from costing 30 times the
+# regex and sympy work of a short one (and from crossing the pipe to a pool worker whole).
+TAIL_CHARS = 1000
+# Something math-verify could extract: a digit (its expression patterns), or a LaTeX opener
+# (`$`, `\(`, `\[`, and its bare `[...]` pattern).
+_EXTRACTABLE = re.compile(r"[\d$\[]|\\\(")
+# Reasoning markers (R1, OpenThoughts). Unfinished reasoning has no final part to read: its last
+# number is whatever the model was computing when it stopped.
+_THINK_MARKERS = (("<think>", "</think>"), ("<|begin_of_thought|>", "<|end_of_thought|>"))
 
 
 def _braced(text: str, start: int) -> tuple[str, int] | None:
@@ -120,8 +138,21 @@ def _fallback_value(rest: str) -> str | None:
     value = strip_math_delimiters(value)
     m = _NUMBER_THEN_WORDS.match(value)
     if m:
-        value = m.group(1)
+        return m.group(1)
+    if _is_prose(value):
+        return None
     return value or None
+
+
+def _is_prose(value: str) -> bool:
+    """Words around math: two or more words (besides "and"/"or") outside formulas and LaTeX
+    commands, and a digit or a formula. "Evelyn" and "5 \\text{ cm}" are values; "The largest $n$
+    is 34" is not."""
+    if not re.search(r"\d|\$|\\\(", value):
+        return False
+    bare = _MATH_SPAN_OR_COMMAND.sub(" ", value)
+    words = [w for w in re.findall(r"[A-Za-z]{2,}", bare) if w.lower() not in _CONNECTIVES]
+    return len(words) >= 2
 
 
 def extract_answer(text: str) -> str | None:
@@ -139,7 +170,10 @@ def extract_answer(text: str) -> str | None:
     X is the first `$...$` / `\\(...\\)` / `\\[...\\]` span right after the phrase if there is one,
     otherwise the rest of that line up to the end of the sentence (a `.` followed by a space),
     without markdown emphasis or trailing punctuation. A number followed only by words ("72
-    dollars") gives the number. Fallback values longer than 300 characters are rejected.
+    dollars") gives the number. A sentence of words around math ("The largest $n$ is 34": two or
+    more words besides "and"/"or", and a digit or formula) and values longer than 300 characters
+    are rejected, and the next phrase is tried.
+    None when nothing is found; `answer_tail` then gives what math-verify's own extraction reads.
     """
     if not text:
         return None
@@ -153,3 +187,35 @@ def extract_answer(text: str) -> str | None:
             if value is not None:
                 return value
     return None
+
+
+def answer_tail(text: str) -> str | None:
+    """The end of a solution in which `extract_answer` found nothing, for math-verify's extraction.
+
+    The solution part is read: the text after the last reasoning closer (`</think>`,
+    `<|end_of_thought|>`) when there is one. Of that, the last TAIL_CHARS (1,000) characters; when
+    that cuts the text, the tail starts after the first line break in its first half, if any, and
+    after its first `$` when it holds an odd number of unescaped `$` (an inline formula cut in two
+    would pair every later `$` wrongly).
+    None, without parsing anything: when the text has a `\\boxed`/`\\fbox` (all of them empty or
+    unclosed: a truncated answer is no answer), opens its reasoning (`<think>`,
+    `<|begin_of_thought|>`) and never closes it, or the tail holds no digit and no `$`, `\\(` or
+    `[` (nothing math-verify could extract).
+    """
+    if not text or _BOX_RE.search(text):
+        return None
+    for opener, closer in _THINK_MARKERS:
+        end = text.rfind(closer)
+        if end >= 0:
+            text = text[end + len(closer):]
+        elif opener in text:
+            return None
+    tail = text[-TAIL_CHARS:]
+    if len(text) > TAIL_CHARS:
+        newline = tail.find("\n", 0, TAIL_CHARS // 2)
+        if newline >= 0:
+            tail = tail[newline + 1:]
+        if len(re.findall(r"(?<!\\)\$", tail)) % 2:
+            tail = tail[re.search(r"(?<!\\)\$", tail).end():]
+    tail = tail.strip()
+    return tail if _EXTRACTABLE.search(tail) else None

@@ -21,8 +21,8 @@ from collections import deque
 from collections.abc import Iterable
 from multiprocessing.connection import Connection, wait
 
-from retro_search.grading.extract import extract_answer
-from retro_search.grading.verify import Grade, grade, grade_extracted
+from retro_search.grading.extract import answer_tail, extract_answer
+from retro_search.grading.verify import Grade, grade, grade_extracted, grade_tail
 
 __all__ = ["Grader"]
 
@@ -46,8 +46,9 @@ def _context() -> multiprocessing.context.BaseContext:
 
 
 def _worker_main(conn: Connection) -> None:
-    """Grade (index, gold, extracted) messages until None or EOF. Runs in the worker's main thread,
-    so math-verify's own SIGALRM timeouts work too."""
+    """Grade (index, gold, extracted, tail) messages until None or EOF: `extracted` when our
+    extraction found an answer, else math-verify's extraction on `tail`. Runs in the worker's main
+    thread, so math-verify's own SIGALRM timeouts work too."""
     # Ctrl-C reaches the whole process group; the parent decides what to do and stops the workers.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # Lets the parent tell "failed to start" (a broken __main__ re-import, a missing module) from
@@ -60,9 +61,12 @@ def _worker_main(conn: Connection) -> None:
             return
         if msg is None:
             return
-        index, gold, extracted = msg
+        index, gold, extracted, tail = msg
         try:
-            result = grade_extracted(gold, extracted)
+            if extracted is not None:
+                result = grade_extracted(gold, extracted)
+            else:  # sympy work, so here under the item's deadline, never in the parent
+                result = grade_tail(gold, tail)
         except Exception as exc:  # noqa: BLE001 - e.g. a malformed gold; report, keep serving
             result = Grade(False, extracted, f"{type(exc).__name__}: {exc}"[:200])
         conn.send((index, result))
@@ -105,11 +109,13 @@ class Grader:
     timeout: seconds one item may take in a worker before the worker is killed (SIGTERM, then
         SIGKILL) and replaced; the item then gets Grade(False, extracted, "timeout").
 
-    Answers are extracted in the parent (cheap string work), so empty responses never reach a
-    worker and a timed-out item still reports what was extracted. Workers start lazily, at most
-    one per pending item, and are reused across calls until `close()`; a closed Grader restarts
-    them on the next call. Safe to use from any thread; concurrent calls on one Grader are
-    serialised.
+    Answers are extracted in the parent (cheap string work), so responses without an answer never
+    reach a worker and a timed-out item still reports what was extracted. When that extraction
+    finds nothing, the worker runs math-verify's own extraction on the response's end
+    (`answer_tail`, at most 1,000 characters sent), under the same deadline; such an item that
+    times out reports extracted=None. Workers start lazily, at most one per pending item, and are
+    reused across calls until `close()`; a closed Grader restarts them on the next call. Safe to
+    use from any thread; concurrent calls on one Grader are serialised.
     """
 
     def __init__(self, processes: int | None = None, timeout: float = 10.0):
@@ -189,18 +195,22 @@ class Grader:
     def _run(self, items: list[tuple[str, str]], bar) -> list[Grade]:
         results: list[Grade | None] = [None] * len(items)
         extracted: list[str | None] = []
+        tails: list[str | None] = []
         pending: deque[int] = deque()
         for i, (_, response) in enumerate(items):
+            answer = tail = None
             try:
                 answer = extract_answer(response or "")
+                if answer is None:
+                    tail = answer_tail(response or "")
             except Exception as exc:  # noqa: BLE001 - never raise on model text
                 results[i] = Grade(False, None, f"{type(exc).__name__}: {exc}"[:200])
-                answer = None
             extracted.append(answer)
+            tails.append(tail)
             if results[i] is not None:
                 bar.update()
-            elif answer is None or not answer.strip():
-                results[i] = Grade(False, answer, "no_answer")
+            elif answer is None and tail is None:
+                results[i] = Grade(False, None, "no_answer")
                 bar.update()
             else:
                 pending.append(i)
@@ -214,7 +224,7 @@ class Grader:
                 if worker.index is None and pending:
                     i = pending.popleft()
                     try:
-                        worker.conn.send((i, items[i][0], extracted[i]))
+                        worker.conn.send((i, items[i][0], extracted[i], tails[i]))
                     except OSError:
                         if not worker.ready:
                             raise self._start_failure(worker) from None

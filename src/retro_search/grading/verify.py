@@ -15,12 +15,14 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from math_verify import parse, verify
+from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
 from math_verify.errors import TimeoutException
 
-from retro_search.grading.extract import extract_answer, last_boxed, strip_math_delimiters
+from retro_search.grading.extract import (answer_tail, extract_answer, last_boxed,
+                                          strip_math_delimiters)
 
-__all__ = ["Grade", "grade", "grade_extracted", "normalize_reference", "DEFAULT_TIMEOUT_S"]
+__all__ = ["Grade", "grade", "grade_extracted", "grade_tail", "normalize_reference",
+           "DEFAULT_TIMEOUT_S"]
 
 # math-verify's own per-call limit (seconds; it uses signal.alarm, so whole seconds only).
 DEFAULT_TIMEOUT_S = 5
@@ -31,7 +33,9 @@ class Grade:
     """Outcome of grading one response.
 
     correct: the extracted answer is equivalent to the gold answer.
-    extracted: what `extract_answer` found in the response; None when it found nothing.
+    extracted: what `extract_answer` found in the response, or else the text math-verify's own
+        extraction matched at the response's end (see `grade`); None when neither found anything
+        (or a worker timed out while math-verify was still looking).
     error: None, "no_answer", "timeout", or a short "ExceptionType: message" from parsing/verifying
         (the comparison then fell back to string matching; `correct` reflects that fallback).
     """
@@ -45,7 +49,8 @@ class Grade:
 # Reference normalisation
 
 _GSM8K_RE = re.compile(r"####\s*(.+?)\s*$", re.DOTALL)
-_THOUSANDS_RE = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
+# "0,111" is no thousands separator (a decimal comma, or a list): it must not become 111.
+_THOUSANDS_RE = re.compile(r"-?[1-9]\d{0,2}(?:,\d{3})+(?:\.\d+)?")
 # OlympiadBench multi-answers inside one string: "$69$,$84$", "$2^{-2 / 3}$, $8$".
 _DOLLAR_LIST_RE = re.compile(r"\$[^$]+\$(?:\s*,\s*\$[^$]+\$)+")
 
@@ -86,7 +91,8 @@ def normalize_reference(value: Any) -> str:
       boxed content. Then: one `$...$` (or `$$..$$`, `\\(..\\)`, `\\[..\\]`) around everything is
       removed (GaoKao), "$a$,$b$" -> "a, b", a trailing "." after a closing "$" is dropped;
       pure digit strings lose leading zeros ("025" -> "25", AIME); thousands separators are
-      removed from plain numbers only ("1,000" -> "1000", but "1,2" stays).
+      removed from plain numbers only ("1,000" -> "1000", but "1,2" and "0,111" stay).
+      Currency and units stay: `grade` drops them from both sides.
     Raises ValueError for None, empty strings/lists, NaN/inf, and values of other types.
     """
     if value is None:
@@ -126,6 +132,17 @@ _TEXT_CMD_RE = re.compile(r"\\(?:text|textbf|textit|mathrm|mathbf|mbox|operatorn
 _PLAIN_TEXT_RE = re.compile(r"[A-Za-z][A-Za-z' \-]*")
 _WORD_RE = re.compile(r"[A-Za-z]{3,}")
 _SCIENTIFIC_RE = re.compile(r"(-?\d+(?:\.\d*)?)[eE]([+-]?\d+)")
+# Currency around a number: "\$18.90", "$18.90" (one `$`, no formula), "\text{\$}5", "€5",
+# "18.90 dollars", "5 \text{ USD}". math-verify drops `\$` only inside a formula and does not
+# know "dollars" as a unit, so golds like these never matched the plain number a model boxes.
+_NUMBER = r"-?(?:\d[\d,]*(?:\.\d+)?|\.\d+)"
+_CURRENCY_SIGN = r"(?:\\\$|\$|\\text\s*\{\s*\\\$\s*\}|[€£¥₹]|US\\?\$|USD)"
+_CURRENCY_WORD = r"(?:dollars?|cents?|euros?|pounds?|yuan|rupees?|USD|EUR)"
+_CURRENCY_RES = (
+    re.compile(rf"(-?)\s*{_CURRENCY_SIGN}\s*({_NUMBER})"),
+    re.compile(rf"({_NUMBER})\s*(?:{_CURRENCY_SIGN}|\\(?:text|mathrm)\s*\{{\s*~?\s*"
+               rf"{_CURRENCY_WORD}\s*\}}|{_CURRENCY_WORD}\b)"),
+)
 
 
 def _canonical(s: str) -> str:
@@ -168,11 +185,29 @@ def _scientific_to_latex(s: str) -> str:
     return f"{m.group(1)}\\times10^{{{int(m.group(2))}}}" if m else s
 
 
+def _without_currency(s: str) -> str:
+    """A number with a currency sign or word -> the number ("\\$1,000" -> "1,000"); other text as
+    is. Only where the whole string is that one amount: "$x$ dollars" or "2 \\$ + 3 \\$" stay."""
+    t = s.strip()
+    if t.count("$") - t.count("\\$") > 1:
+        return s  # a formula in `$...$`, not a currency sign
+    m = _CURRENCY_RES[0].fullmatch(t)
+    if m:
+        number = m.group(1) + m.group(2)
+    else:
+        m = _CURRENCY_RES[1].fullmatch(t)
+        if not m:
+            return s
+        number = m.group(1)
+    return number.replace(",", "") if _THOUSANDS_RE.fullmatch(number) else number
+
+
 def _is_sympy(parsed: list) -> bool:
     return any(not isinstance(p, str) for p in parsed)
 
 
 def _parse_gold(gold: str, timeout: int | None) -> list:
+    gold = _without_currency(gold)
     if "$" in gold or _has_box(gold):
         return parse(gold, parsing_timeout=timeout, raise_on_error=True)
     if _is_plain_text(gold):
@@ -182,7 +217,7 @@ def _parse_gold(gold: str, timeout: int | None) -> list:
 
 
 def _parse_pred(pred: str, timeout: int | None) -> list:
-    pred = pred.strip().rstrip(".,;").strip()
+    pred = _without_currency(pred.strip().rstrip(".,;").strip())
     if _is_plain_text(pred):
         parsed = parse(f"$\\text{{{pred}}}$", parsing_timeout=timeout, raise_on_error=True)
         if parsed:
@@ -202,11 +237,12 @@ def _summary(exc: BaseException) -> str:
     return text if len(text) <= 200 else text[:197] + "..."
 
 
-def _math_equal(gold: str, pred: str, timeout: int | None) -> tuple[bool, str | None]:
-    """math-verify equivalence, gold first. Returns (equal, error summary or None)."""
+def _math_equal(gold: str, pred: str | list, timeout: int | None) -> tuple[bool, str | None]:
+    """math-verify equivalence, gold first; `pred` is an extracted answer, or what math-verify's
+    `parse` already made of one. Returns (equal, error summary or None)."""
     try:
         gold_parsed = _parse_gold(gold, timeout)
-        pred_parsed = _parse_pred(pred, timeout)
+        pred_parsed = pred if isinstance(pred, list) else _parse_pred(pred, timeout)
     except TimeoutException:
         return False, "timeout"
     except Exception as exc:  # noqa: BLE001 - grading must not raise on model text
@@ -237,7 +273,8 @@ def _timeout_for_this_thread(timeout: int | None) -> int | None:
 
 def grade_extracted(gold: str, extracted: str | None, *, timeout: int | None = DEFAULT_TIMEOUT_S
                     ) -> Grade:
-    """`grade` for an answer already extracted from the response (the pool's worker entry)."""
+    """`grade` once step 1 (`extract_answer`) found `extracted` in the response: steps 3 and 4
+    (a pool worker entry)."""
     if extracted is None or not extracted.strip():
         return Grade(False, extracted, "no_answer")
     if _canonical(gold) == _canonical(extracted):
@@ -248,15 +285,64 @@ def grade_extracted(gold: str, extracted: str | None, *, timeout: int | None = D
     return Grade(equal, extracted, error)
 
 
+# What math-verify's extraction looks for in a solution's end: LaTeX (`$..$`, `\[..\]`, ...) and
+# plain expressions ("-5", "1,000.99", "28 percent"), its defaults, as open-r1's evaluation reads
+# model answers.
+_TAIL_EXTRACTION = (LatexExtractionConfig(), ExprExtractionConfig())
+# `\$18.90` in running text: math-verify's plain-number pattern allows "$18.90" but not the
+# escaped sign, and inside a formula it drops the sign anyway.
+_ESCAPED_DOLLAR_BEFORE_NUMBER = re.compile(r"\\\$(?=\s?[\d.])")
+
+
+def grade_tail(gold: str, tail: str | None, *, timeout: int | None = DEFAULT_TIMEOUT_S) -> Grade:
+    """`grade` once step 1 found nothing: step 2, math-verify's extraction on
+    `tail = answer_tail(response)`, then steps 3 and 4 (a pool worker entry)."""
+    if tail is None or not tail.strip():
+        return Grade(False, None, "no_answer")
+    timeout = _timeout_for_this_thread(timeout)
+    try:
+        pred = parse(_ESCAPED_DOLLAR_BEFORE_NUMBER.sub("", tail), list(_TAIL_EXTRACTION),
+                     parsing_timeout=timeout, raise_on_error=True)
+    except TimeoutException:
+        return Grade(False, None, "timeout")
+    except Exception as exc:  # noqa: BLE001 - grading must not raise on model text
+        return Grade(False, None, _summary(exc))
+    if not _is_sympy(pred):
+        return Grade(False, None, "no_answer")
+    # parse() returns [value, the text it matched]; that text is what the model "answered".
+    matched = pred[-1] if len(pred) > 1 and isinstance(pred[-1], str) else str(pred[0])
+    extracted = matched.strip().rstrip(".,;:").strip() or str(pred[0])
+    if _canonical(gold) == _canonical(extracted):
+        return Grade(True, extracted)
+    equal, error = _math_equal(gold, pred, timeout)
+    if not equal and error != "timeout" and _text_key(gold) == _text_key(extracted):
+        equal = True
+    return Grade(equal, extracted, error)
+
+
 def grade(gold: str, response: str) -> Grade:
     """Grade one model response against a normalised gold answer, in this process.
 
-    The answer is taken with `extract_answer`; then, in order: an exact match after removing
-    whitespace, `\\left`/`\\right`, `\\!`-style spacing and a trailing "."; math-verify
-    (`verify(gold, pred)`, gold parsed from "$gold$", plain-word golds as "$\\text{gold}$", the
-    prediction re-boxed; set-builder `\\{x | cond\\}` compared as `cond`, "4.5e33" as
-    `4.5\\times10^{33}`);
-    a case-insensitive comparison of the text with `\\text{}` wrappers and "(C)" parentheses removed.
+    Attempts, in order:
+    1. Our extraction, `extract_answer`: the last complete `\\boxed{}`, else the answer after a
+       phrase such as "The final answer is" (pure string work).
+    2. Only when 1 found nothing, the response has no `\\boxed` at all and does not end inside
+       an opened `<think>`: math-verify's own extraction (`parse` with its LaTeX and
+       plain-expression patterns, as open-r1 evaluates) on the last 1,000 characters of the part
+       after the reasoning (`answer_tail`): "-5", "Therefore $x \\geq 5$ is the solution.",
+       "1,000.99€", "28 percent". It reads thousands separators, decimal commas ("2,74") and
+       percent its own way; `Grade.extracted` is then the text it matched.
+    3. With the answer found: an exact match after removing whitespace, `\\left`/`\\right`,
+       `\\!`-style spacing and a trailing "."; then math-verify's `verify(gold, pred)` (gold parsed
+       from "$gold$", plain-word golds as "$\\text{gold}$", an answer from 1 re-boxed; set-builder
+       `\\{x | cond\\}` compared as `cond`, "4.5e33" as `4.5\\times10^{33}`).
+    4. A case-insensitive comparison of the text with `\\text{}` wrappers and "(C)" parentheses
+       removed.
+    On both sides, before 3: a currency sign or word around a whole number is dropped ("\\$18.90",
+    "18.90 dollars", "€5" -> the number). Units (`\\text{ cm}`, "cm", `^\\circ`, "degrees") and
+    percent follow math-verify: units are dropped; "50\\%" equals 50 (and 50\\%) but not 0.5, and
+    0.28 never equals 28. A decimal comma is read only by step 2 in running text ("2,74 $" is
+    2.74); in a box or a gold a comma separates items (`\\boxed{2,74}` is not 2.74).
 
     math-verify's own timeouts (5 s per parse/verify call) apply only in the main thread; in other
     threads they are disabled (signal.alarm cannot work there) and nothing bounds the time: use
@@ -267,6 +353,9 @@ def grade(gold: str, response: str) -> Grade:
         raise ValueError(f"gold must be a non-empty normalised string, got {gold!r}")
     try:
         extracted = extract_answer(response or "")
+        tail = None if extracted is not None else answer_tail(response or "")
     except Exception as exc:  # noqa: BLE001
         return Grade(False, None, _summary(exc))
-    return grade_extracted(gold, extracted)
+    if extracted is not None:
+        return grade_extracted(gold, extracted)
+    return grade_tail(gold, tail)
