@@ -14,7 +14,7 @@ from retro_search.cli import main
 from retro_search.evaluation.benchmarks import load_problems
 from retro_search.evaluation.config import EvalSettings, load_eval_config
 from retro_search.evaluation.generate import (COLUMNS, build_requests, evaluate_benchmark,
-                                              prompt_renderer, split_solution)
+                                              grade_rows, prompt_renderer, split_solution)
 from retro_search.evaluation.metrics import summarize_benchmark
 from retro_search.grading import Grader
 from retro_search.prompts import PromptFormat
@@ -101,6 +101,18 @@ def test_scripted_responses_on_a_real_benchmark_grade_and_score_as_expected():
 def test_split_solution_takes_the_text_after_the_closer():
     assert split_solution("a\n</think>\n\nb \\boxed{1}") == ("\n\nb \\boxed{1}", True)
     assert split_solution("no closer \\boxed{2}") == ("no closer \\boxed{2}", False)
+
+
+def test_unfinished_reasoning_is_not_graded_on_its_last_number_but_a_box_in_it_counts():
+    rows = [{"gold": "4", "response": r} for r in (
+        "2 + 2 = 4",                                  # cut off mid-reasoning: no answer
+        "2 + 2 = 4\n</think>\n\nSo 2 + 2 = 4",        # a closed solution's plain answer counts
+        "so it is \\boxed{4}",                        # a box in unfinished reasoning counts
+    )]
+    with Grader(processes=0) as grader:
+        graded = grade_rows(rows, grader)
+    assert [r["correct"] for r in graded] == [False, True, True]
+    assert graded[0]["grade_error"] == "no_answer"
 
 
 def test_request_seeds_depend_only_on_seed_benchmark_problem_and_sample():

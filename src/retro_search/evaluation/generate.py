@@ -115,9 +115,16 @@ def generate_rows(benchmark: str, problems: Sequence[Problem], engine: Engine,
 
 
 def grade_rows(rows: list[dict[str, Any]], grader: _Grader, think_close: str = "</think>",
-               progress: bool = False) -> list[dict[str, Any]]:
-    """Fill extracted / correct / grade_error of each row in place (and return the rows)."""
-    pairs = [(row["gold"], split_solution(row["response"], think_close)[0]) for row in rows]
+               progress: bool = False, think_open: str = "<think>\n") -> list[dict[str, Any]]:
+    """Fill extracted / correct / grade_error of each row in place (and return the rows).
+
+    A response whose reasoning never closed is graded with its opener put back in front (the
+    prompt held it): a box written in it still counts, but the grader does not read the last
+    number of unfinished reasoning as an answer (`grading.answer_tail`)."""
+    pairs = []
+    for row in rows:
+        solution, closed = split_solution(row["response"], think_close)
+        pairs.append((row["gold"], solution if closed else think_open + solution))
     grades = grader.grade_many(pairs, progress=progress)
     for row, grade in zip(rows, grades):
         row.update(extracted=grade.extracted, correct=bool(grade.correct), grade_error=grade.error)
@@ -132,4 +139,5 @@ def evaluate_benchmark(benchmark: str, problems: Sequence[Problem], engine: Engi
     of generations.parquet (see COLUMNS)."""
     rows = generate_rows(benchmark, problems, engine, settings, render_prompt, model=model,
                          progress=progress)
-    return grade_rows(rows, grader, settings.think_close, progress=progress)
+    return grade_rows(rows, grader, settings.think_close, progress=progress,
+                      think_open=settings.think_open)
