@@ -1,4 +1,8 @@
-"""`retro-search search` on real traces with the tiny model, SIGKILLed midway and restarted."""
+"""`retro-search search` on real traces with the tiny model, SIGKILLed midway and restarted.
+
+Token-for-token equality of a resumed and an uninterrupted run is the transformers engine's
+guarantee (its sampling is batch-invariant). vLLM gives it only with VLLM_BATCH_INVARIANT=1 on
+GPU; elsewhere a resumed vLLM search may differ in the last bits (see engines/vllm_engine.py)."""
 
 import json
 import os
