@@ -213,7 +213,15 @@ def retro_search(
 ) -> Generator[list[GenerationRequest], list[GenerationResult], SearchOutcome]:
     """Search one trace. `prompt_head` is the revision model's prompt up to the start of the
     reasoning (see `prompts.PromptFormat.head`); `context_length` is the engine's context in tokens
-    (None: unlimited). Results must be sent back in request order."""
+    (None: unlimited). Results must be sent back in request order.
+
+    The ban on transition keywords holds for the whole first step x_r (ALGORITHM.md, "The
+    search"): a blank x_r is not a step, so its continuation is asked for with the ban still on;
+    an x_r that reaches `max_step_tokens` before its blank line makes the rollout truncated
+    (`truncated_length`), it is never continued unbanned. No request asks for fewer than one
+    token: a rollout with no budget left is `truncated_length` too. A trace whose first visited
+    boundary's prompt leaves no room in the context is "skipped" (`skip_reason` says why); a later
+    boundary that does not fit ends that trace's search, keeping what was accepted."""
     original = grade(trace.reference_answer, trace.solution)
     steps = split_steps(trace.reasoning)
     solution = trace.solution
