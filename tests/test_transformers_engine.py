@@ -181,7 +181,8 @@ def test_banned_words_from_the_free_output_never_appear(engine, prompts):
     free_requests = [GenerationRequest(f"b{i}", prompts[i % 4], max_tokens=40, seed=i,
                                        temperature=[0.0, 0.6][i % 2]) for i in range(4)]
     free = engine.generate(free_requests)
-    counts = Counter(w for r in free for w in re.findall(r"(?<![^\W_])[A-Za-z]{3,}", r.text))
+    # Whole words only: a banned word is banned as a word, not as the start of a longer one.
+    counts = Counter(w for r in free for w in re.findall(r"(?<![^\W_])[A-Za-z]{3,}(?!\w)", r.text))
     words = tuple(w for w, _ in counts.most_common(3))
     assert words and any(_starts_word(words).search(r.text) for r in free)
     banned = [dataclasses.replace(r, banned_words=words) for r in free_requests]
@@ -193,19 +194,25 @@ def test_banned_words_from_the_free_output_never_appear(engine, prompts):
 def test_ban_holds_when_the_model_is_pushed_to_say_wait(tiny_model_dir, prompts):
     engine = TransformersEngine(tiny_model_dir, device="cpu")
     texts = [engine.tokenizer.decode([i]) for i in range(len(engine.tokenizer))]
-    # Boost every token containing "wait" and the canonical pieces of "wait" ("w", "ait").
-    pushed = [i for i, t in enumerate(texts) if "wait" in t.lower() or t.strip() in ("w", "ait")]
+    # Boost every token containing "wait", less the canonical pieces of "wait" ("w", "ait"), and
+    # a little the spaces between words, so the model writes "wait" as a word again and again.
     bias = torch.zeros(len(texts))
-    bias[pushed] = 30.0
+    for i, text in enumerate(texts):
+        if "wait" in text.lower():
+            bias[i] = 30.0
+        elif text.strip() in ("w", "ait"):
+            bias[i] = 20.0
+        elif text in (" ", ", "):
+            bias[i] = 12.0
     engine.model.lm_head.register_forward_hook(lambda module, args, out: out + bias)
     requests = [GenerationRequest(f"w{i}", prompts[i % 4], max_tokens=32, seed=i,
                                   temperature=[0.0, 0.6, 1.0][i % 3]) for i in range(6)]
     free = engine.generate(requests)
-    # Pushed, the model writes "wait" at word starts (as a word or run into "waitwait").
-    assert all(re.search(r"(?i)(?<![^\W_])wait", r.text) for r in free)
+    said_wait = re.compile(r"(?i)(?<![^\W_])wait")  # at a word start, even run into "waitWait"
+    assert all(said_wait.search(r.text) for r in free)
     assert any(_starts_word(["Wait"]).search(r.text) for r in free)
     out = engine.generate([dataclasses.replace(r, banned_words=("Wait",)) for r in requests])
-    assert not any(_starts_word(["Wait"]).search(r.text) for r in out), [r.text for r in out]
+    assert not any(said_wait.search(r.text) for r in out), [r.text for r in out]
 
 
 def test_every_canonical_spelling_of_a_banned_word_is_blocked(engine):

@@ -14,8 +14,9 @@ What it contains:
 - a chat template like R1-distill's: `bos`, user turns as `<|User|>...`, assistant turns as
   `<|Assistant|>...<|end_of_text|>`, and the generation prompt `<|Assistant|><think>\\n`;
 - a randomly initialised `LlamaForCausalLM` (a Llama config: with a Qwen2 config `AutoTokenizer`
-  would swap in Qwen2's tokenizer class and change the ids). Its weights depend only on `seed` and
-  the size arguments. By default its text is gibberish made of corpus words, for plumbing tests;
+  would swap in Qwen2's tokenizer class and change the ids), head size 32 (2 query heads sharing
+  1 key-value head in 64 dimensions): vLLM's CPU attention refuses head size 16 and takes 32, so
+  the same model runs on both engines. Its weights depend only on `seed` and the size arguments. By default its text is gibberish made of corpus words, for plumbing tests;
   `train_steps=200` (about 30 s on a CPU) makes it write R1-shaped traces for demos.
 
 Assistant turns for fine-tuning carry the reasoning themselves:
@@ -183,8 +184,8 @@ def _train_tokenizer(vocab_size: int):
 
 
 def build_tiny_model(out_dir: str | Path, *, seed: int = 0, vocab_size: int = 2048,
-                     hidden_size: int = 64, num_layers: int = 2, num_heads: int = 4,
-                     num_kv_heads: int = 2, intermediate_size: int = 128,
+                     hidden_size: int = 64, num_layers: int = 2, num_heads: int = 2,
+                     num_kv_heads: int = 1, intermediate_size: int = 128,
                      max_position_embeddings: int = 32768, logit_scale: float = 20.0,
                      train_steps: int = 0) -> Path:
     """Write a tiny random Llama model and its tokenizer to `out_dir`; return the directory.
