@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from retro_search.engines import engine_info
 from retro_search.engines.base import GenerationRequest
 from retro_search.readers import load_traces
 from retro_search.scheduler import run_shard
@@ -69,6 +70,8 @@ def test_it_starts_on_the_cpu_with_settings_that_need_no_tuning(engine):
     assert "eager" in description and "chunked prefill off" in description
     assert "KV cache" in description and "(2.0 GiB)" in description
     assert engine.max_model_len == 32768  # the model's own context
+    info = engine_info(engine)  # what a manifest records
+    assert (info["name"], info["device"]) == ("vllm", "cpu") and "dtype" in info["settings"]
 
 
 def test_results_come_back_in_request_order_with_their_ids(engine, free):

@@ -108,7 +108,7 @@ def _fingerprint(cfg: dict, input_path: str) -> str:
 
 def cmd_search(args: argparse.Namespace) -> int:
     from retro_search.config import compose, engine_kwargs, search_config
-    from retro_search.engines import load_engine
+    from retro_search.engines import engine_info, load_engine
     from retro_search.grading import Grader, normalize_reference
     from retro_search.jsonl import write_jsonl_atomic
     from retro_search.prompts import load_prompt_format
@@ -134,6 +134,9 @@ def cmd_search(args: argparse.Namespace) -> int:
             raise ValueError(f"{args.input}: trace {trace.id!r}, field 'reference_answer': {err}") from None
     name, kwargs = engine_kwargs(cfg)
     engine = load_engine(name, **kwargs)
+    args.engine_info = engine_info(engine)  # the manifest says which engine ran
+    log.info("engine: %s on %s (%s)", args.engine_info["name"], args.engine_info["device"],
+             args.engine_info["settings"])
     try:
         with Grader(processes=cfg["grading"]["processes"],
                     timeout=cfg["grading"]["timeout"]) as grader:
@@ -466,7 +469,8 @@ def _write_manifest(args: argparse.Namespace, started: str, argv: list[str]) -> 
                    outputs=_paths(args, getattr(args, "output_args", ())),
                    upstream=args.upstream, started=started, command=["retro-search", *argv],
                    # a model argument may be a hub id, recorded as id + revision, not hashed
-                   model_inputs=_paths(args, getattr(args, "model_args", ())))
+                   model_inputs=_paths(args, getattr(args, "model_args", ())),
+                   engine=getattr(args, "engine_info", None))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -163,11 +163,13 @@ def now() -> str:
 def write_manifest(path: str | Path, *, stage: str, config_file: str | Path | None,
                    inputs: Iterable[str | Path], outputs: Iterable[str | Path],
                    upstream: Iterable[str | Path], started: str, command: list[str],
-                   model_inputs: Iterable[str | Path] = ()) -> dict:
+                   model_inputs: Iterable[str | Path] = (),
+                   engine: dict[str, Any] | None = None) -> dict:
     """Write the manifest of a finished stage job to `path` (atomically) and return it.
 
     `model_inputs` are inputs that name a model: a local folder is hashed with the other inputs;
-    a hub id is recorded under `hub_models` as id + resolved revision (see `hub_model`)."""
+    a hub id is recorded under `hub_models` as id + resolved revision (see `hub_model`).
+    `engine`: which generation engine ran the job (`engines.engine_info`), where one did."""
     import yaml  # pyyaml comes with omegaconf
 
     path = Path(path)
@@ -193,6 +195,7 @@ def write_manifest(path: str | Path, *, stage: str, config_file: str | Path | No
         "host": platform.node(),
         "python": platform.python_version(),
         "gpus": gpu_names(),
+        "engine": engine,
         "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
         "started": started,
         "ended": now(),

