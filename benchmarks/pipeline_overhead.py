@@ -102,18 +102,37 @@ def timed(fig: Figures, name: str, cmd: list[str], cwd: Path, repeat: int, expec
     return out
 
 
+def directory_outputs(rules: str) -> dict[str, set[int]]:
+    """rule name -> positions of its directory() outputs, from snakefmt-formatted rule source
+    (one output per line at 8 spaces; deeper lines continue an entry). Positions, not path
+    patterns: a pattern such as shard-{i} also matches its sibling file shard-0.manifest.json."""
+    found = {}
+    for match in re.finditer(r"^rule (\w+):\n(.*?)(?=^rule |\Z)", rules, re.M | re.S):
+        entries, in_output = [], False
+        for line in match.group(2).splitlines():
+            if re.match(r" {4}\w+:", line):
+                in_output = line.strip() == "output:"
+            elif in_output and re.match(r" {8}[^ #]", line):
+                entries.append(line)
+        found[match.group(1)] = {i for i, line in enumerate(entries) if "directory(" in line}
+    return found
+
+
 def materialise(workdir: Path, dry_run_output: str, touch_cmd: list[str]) -> int:
     """Every output the dry run lists made to exist, in DAG order and with its metadata, without
     running a job. Returns the number of paths created."""
     sources = [workdir / "Snakefile", *workdir.glob("workflow/**/*.smk")]
-    rules = "".join(path.read_text() for path in sources)
-    folders = [re.compile(re.sub(r"\\\{\w+\\\}", "[^/]+", re.escape(pattern)) + "$")
-               for pattern in re.findall(r"""directory\(\s*["']([^"']+)["']""", rules)]
-    outputs = {out for line in re.findall(r"^\s+output: (.+)$", dry_run_output, re.M)
-               for out in line.split(", ")}
-    for out in outputs:
+    folders = directory_outputs("".join(path.read_text() for path in sources))
+    outputs, rule = {}, None
+    for line in dry_run_output.splitlines():
+        if match := re.match(r"^(?:local)?rule (\w+):$", line):
+            rule = match.group(1)
+        elif match := re.match(r"^\s+output: (.+)$", line):
+            for i, out in enumerate(match.group(1).split(", ")):
+                outputs[out] = i in folders.get(rule, set())
+    for out, is_folder in outputs.items():
         path = workdir / out
-        if any(folder.match(out) for folder in folders):
+        if is_folder:
             path.mkdir(parents=True, exist_ok=True)
         else:
             path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,5 +1,6 @@
 """The evaluation stage: a real benchmark file through a scripted engine (exact grades and
-metrics), and `retro-search eval` end to end with the tiny model."""
+metrics), and `retro-search eval` end to end with the tiny model: one call over several
+benchmarks, sharding, merging, and resuming a killed call."""
 
 import json
 import os
@@ -13,9 +14,11 @@ import pytest
 from retro_search.cli import main
 from retro_search.evaluation.benchmarks import load_problems
 from retro_search.evaluation.config import EvalSettings, load_eval_config
-from retro_search.evaluation.generate import (COLUMNS, build_requests, evaluate_benchmark,
-                                              grade_rows, prompt_renderer, split_solution)
+from retro_search.evaluation.generate import (COLUMNS, BenchmarkShard, build_requests,
+                                              evaluate_benchmark, evaluate_benchmarks, grade_rows,
+                                              prompt_renderer, split_solution)
 from retro_search.evaluation.metrics import summarize_benchmark
+from retro_search.evaluation.outputs import EvalProgress
 from retro_search.grading import Grader
 from retro_search.prompts import PromptFormat
 from scripted_engine import ScriptedEngine
@@ -37,6 +40,15 @@ def tiny_cpu_stage(tmp_path: Path, limit: int, ks: str = "[1, 4, 8]") -> Path:
                      "  grading_processes: 0\n  n_samples_per_benchmark: {amc23: 2}\n"
                      "engine:\n  name: transformers\n  batch_size: 8\n  device: cpu\n")
     return stage
+
+
+def same_outputs(a: Path, b: Path) -> None:
+    """Two folders of one benchmark's outputs hold the same generations and metrics."""
+    import pandas as pd
+
+    assert json.loads((a / "metrics.json").read_text()) == json.loads((b / "metrics.json").read_text())
+    pd.testing.assert_frame_equal(pd.read_parquet(a / "generations.parquet"),
+                                  pd.read_parquet(b / "generations.parquet"))
 
 
 def fake_format() -> PromptFormat:
@@ -98,6 +110,28 @@ def test_scripted_responses_on_a_real_benchmark_grade_and_score_as_expected():
     assert m["no_answer_rate"] == pytest.approx(4 / 12)
 
 
+def test_several_benchmarks_share_engine_calls_and_each_is_handed_back_when_complete():
+    from retro_search.evaluation.benchmarks import Problem
+
+    def shard(name, count):
+        return BenchmarkShard(name, [Problem(str(i), f"{name} q{i}", "1") for i in range(count)],
+                              prompt_renderer(fake_format().head, "{question}"))
+
+    engine = ScriptedEngine(lambda request: ("</think>\n\n\\boxed{1}", "stop", None))
+    settings = EvalSettings(n_samples_per_benchmark={"aime24": 2}, chunk_size=4)
+    shards = [shard("aime24", 3), shard("math500", 3)]  # 6 + 3 requests: chunks of 4, 4, 1
+    calls_when_handed_back = []
+    with Grader(processes=0) as grader:
+        for done, rows in evaluate_benchmarks(shards, engine, settings, grader, progress=False):
+            calls_when_handed_back.append((done.benchmark, engine.calls, len(rows)))
+            assert {r["benchmark"] for r in rows} == {done.benchmark}
+            assert all(r["correct"] for r in rows)
+    # aime24 ends in the second call, which also carries math500's first requests
+    assert calls_when_handed_back == [("aime24", 2, 6), ("math500", 3, 3)]
+    assert [r.request_id for r in engine.requests[4:8]] == \
+        ["aime24/2/0", "aime24/2/1", "math500/0/0", "math500/1/0"]
+
+
 def test_split_solution_takes_the_text_after_the_closer():
     assert split_solution("a\n</think>\n\nb \\boxed{1}") == ("\n\nb \\boxed{1}", True)
     assert split_solution("no closer \\boxed{2}") == ("no closer \\boxed{2}", False)
@@ -147,8 +181,8 @@ def test_eval_help_explains_inputs_outputs_and_overrides(capsys):
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
     assert "usage: retro-search eval" in text
-    for needle in ("generations.parquet", "metrics.json", "--model", "--benchmark", "KEY=VALUE",
-                   "eval.limit"):
+    for needle in ("generations.parquet", "metrics.json", "--model", "--benchmarks",
+                   "--benchmark NAME", "KEY=VALUE", "eval.limit", "eval.shard"):
         assert needle in text
 
 
@@ -158,10 +192,12 @@ def test_eval_command_end_to_end_with_the_tiny_model(tiny_model_dir, tmp_path):
     import pandas as pd
 
     stage = tiny_cpu_stage(tmp_path, limit=3)
-    out = tmp_path / "eval"
     code = main(["eval", "--model", tiny_model_dir, "--benchmark", "amc23", "--output-dir",
-                 str(out), "--config", str(stage), "--no-progress", "eval.ks=[1,2,8]"])
+                 str(tmp_path / "eval"), "--config", str(stage), "--no-progress",
+                 "eval.ks=[1,2,8]"])
     assert code == 0
+    assert [p.name for p in (tmp_path / "eval").iterdir()] == ["amc23"]
+    out = tmp_path / "eval" / "amc23"
 
     frame = pd.read_parquet(out / "generations.parquet")
     assert list(frame.columns) == list(COLUMNS)
@@ -178,7 +214,150 @@ def test_eval_command_end_to_end_with_the_tiny_model(tiny_model_dir, tmp_path):
     assert metrics["benchmark"] == "amc23" and metrics["n"] == 2 and metrics["n_problems"] == 3
     assert metrics["tokenizer"] == tiny_model_dir and metrics["n_generations"] == 6
     assert "pass@2" in metrics and "pass@8" not in metrics
+    assert metrics["shard"] == 0 and metrics["num_shards"] == 1
     assert not list(out.glob(".*.tmp"))  # atomic writes leave no temp files
+    assert not (tmp_path / ".eval.progress").exists()  # the progress folder goes once all is done
+
+
+@needs_data
+@pytest.mark.slow
+def test_one_call_over_several_benchmarks_writes_what_separate_calls_write(tiny_model_dir,
+                                                                          tmp_path):
+    stage = tiny_cpu_stage(tmp_path, limit=3)
+    common = ["--model", tiny_model_dir, "--config", str(stage), "--no-progress"]
+    benchmarks = ["amc23", "math500", "gsm8k"]
+    # chunks of 4 requests: amc23's last ones and math500's first ones go to the engine together
+    assert main(["eval", *common, "eval.chunk_size=4", "--benchmarks", *benchmarks,
+                 "--output-dir", str(tmp_path / "together")]) == 0
+    for name in benchmarks:
+        assert main(["eval", *common, "--benchmark", name,
+                     "--output-dir", str(tmp_path / name)]) == 0
+
+    assert sorted(p.name for p in (tmp_path / "together").iterdir()) == sorted(benchmarks)
+    for name in benchmarks:  # same seeds per problem and sample, so the same generations
+        same_outputs(tmp_path / "together" / name, tmp_path / name / name)
+
+
+@needs_data
+@pytest.mark.slow
+def test_shard_i_covers_shard_i_of_each_benchmark_with_more_than_i_shards(tiny_model_dir,
+                                                                          tmp_path, capsys):
+    import pandas as pd
+
+    # eval.benchmarks from the config: amc23 in 1 shard, math500 in 2, gsm8k in 3
+    common = ["eval", "--model", tiny_model_dir, "--config", str(tiny_cpu_stage(tmp_path, 4)),
+              "--no-progress", "eval.benchmarks=[amc23,math500,gsm8k]",
+              "eval.num_shards_per_benchmark.math500=2", "eval.num_shards_per_benchmark.gsm8k=3"]
+    out = tmp_path / "shard-1"
+    assert main(["--manifest", str(tmp_path / "shard-1.manifest.json"), *common,
+                 "eval.shard=1", "--output-dir", str(out)]) == 0
+    assert "amc23: 1 shard(s), none is shard 1: skipped" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["gsm8k", "math500"]
+    for name, shards in (("math500", 2), ("gsm8k", 3)):
+        metrics = json.loads((out / name / "metrics.json").read_text())
+        assert (metrics["shard"], metrics["num_shards"]) == (1, shards)
+        frame = pd.read_parquet(out / name / "generations.parquet")
+        first_four = load_problems(name, DATA, limit=4)
+        assert frame["problem_id"].tolist() == [p.id for p in first_four[1::shards]]
+    manifest = json.loads((tmp_path / "shard-1.manifest.json").read_text())
+    assert {str(Path(o["path"]).relative_to(out)) for o in manifest["outputs"]} == {
+        "gsm8k/generations.parquet", "gsm8k/metrics.json",
+        "math500/generations.parquet", "math500/metrics.json"}
+
+    assert main([*common, "eval.shard=3", "--output-dir", str(tmp_path / "shard-3")]) == 2
+    assert "none of ['amc23', 'math500', 'gsm8k'] has that shard" in capsys.readouterr().err
+
+
+@needs_data
+@pytest.mark.slow
+def test_a_killed_call_resumes_at_its_first_unsaved_benchmark(tiny_model_dir, tmp_path,
+                                                              monkeypatch):
+    import retro_search.engines as engines
+
+    load_engine = engines.load_engine
+    generated: list[str] = []
+
+    class Killed(Exception):
+        pass
+
+    def engine_that(before_generate):
+        def load(name, **kwargs):
+            engine = load_engine(name, **kwargs)
+            generate = engine.generate
+
+            def watched(requests):
+                before_generate(requests)
+                return generate(requests)
+
+            engine.generate = watched
+            return engine
+
+        return load
+
+    def die_at_math500(requests):
+        if any(r.request_id.startswith("math500/") for r in requests):
+            raise Killed
+
+    def record(requests):
+        generated.extend(r.request_id for r in requests)
+
+    out = tmp_path / "out"
+    call = ["eval", "--model", tiny_model_dir, "--config", str(tiny_cpu_stage(tmp_path, 2)),
+            "--no-progress", "eval.chunk_size=1", "--benchmarks", "amc23", "math500",
+            "--output-dir", str(out)]
+    monkeypatch.setattr(engines, "load_engine", engine_that(die_at_math500))
+    with pytest.raises(Killed):
+        main(call)
+    assert not out.exists()  # nothing is promoted before every benchmark is done
+    saved = [p.name.split("-")[0] for p in (tmp_path / ".out.progress").iterdir()]
+    assert saved == ["amc23"]
+
+    monkeypatch.setattr(engines, "load_engine", engine_that(record))
+    assert main(call) == 0
+    assert generated and all(r.startswith("math500/") for r in generated)  # amc23 was skipped
+    assert not (tmp_path / ".out.progress").exists()
+
+    monkeypatch.setattr(engines, "load_engine", load_engine)
+    assert main([*call[:-1], str(tmp_path / "uninterrupted")]) == 0
+    for name in ("amc23", "math500"):
+        same_outputs(out / name, tmp_path / "uninterrupted" / name)
+
+
+def test_progress_entries_are_keyed_by_the_settings_the_prompt_and_the_problems(tmp_path):
+    from retro_search.evaluation.benchmarks import Problem
+
+    problems = [Problem("0", "q0", "1")]
+    shard = BenchmarkShard("aime24", problems, lambda q: f"<U>{q}<A>")
+    progress = EvalProgress(tmp_path / "out", {"model": "m", "eval": {"seed": 0}})
+    others = [
+        EvalProgress(tmp_path / "out", {"model": "m", "eval": {"seed": 1}}).entry(shard),
+        progress.entry(BenchmarkShard("aime24", problems, lambda q: f"<S><U>{q}<A>")),
+        progress.entry(BenchmarkShard("aime24", [Problem("0", "q0", "2")], shard.render_prompt)),
+        progress.entry(BenchmarkShard("aime25", problems, shard.render_prompt)),
+    ]
+    assert progress.entry(shard).parent == tmp_path / ".out.progress"
+    assert progress.entry(shard).name.startswith("aime24-")
+    assert len({progress.entry(shard), *others}) == 5
+
+
+def test_promote_moves_every_saved_benchmark_into_the_output_dir(tmp_path):
+    from retro_search.evaluation.benchmarks import Problem
+
+    row = {c: None for c in COLUMNS} | {"benchmark": "aime24", "problem_id": "0", "sample": 0,
+                                        "seed": 1, "num_tokens": 3, "correct": True}
+    shards = [BenchmarkShard(name, [Problem("0", "q", "1")], str) for name in ("aime24", "gsm8k")]
+    progress = EvalProgress(tmp_path / "out", {"model": "m"})
+    progress.save(shards[0], [row], {"benchmark": "aime24"})
+    assert progress.finished(shards[0]) and not progress.finished(shards[1])
+    with pytest.raises(FileNotFoundError, match="gsm8k"):
+        progress.promote(shards)
+    progress.save(shards[1], [row | {"benchmark": "gsm8k"}], {"benchmark": "gsm8k"})
+    written = progress.promote(shards)
+    assert sorted(str(p.relative_to(tmp_path / "out")) for p in written) == [
+        "aime24/generations.parquet", "aime24/metrics.json",
+        "gsm8k/generations.parquet", "gsm8k/metrics.json"]
+    assert json.loads((tmp_path / "out/gsm8k/metrics.json").read_text()) == {"benchmark": "gsm8k"}
+    assert not progress.dir.exists()
 
 
 @needs_data
@@ -194,18 +373,20 @@ def test_sharded_eval_merged_equals_the_unsharded_eval(tiny_model_dir, tmp_path)
         assert main(["eval", *common, "--output-dir", str(tmp_path / f"shard-{i}"),
                      "eval.num_shards=2", f"eval.shard={i}"]) == 0
     assert main(["eval-merge", "--config", str(stage),
-                 "--inputs", *(str(tmp_path / f"shard-{i}/generations.parquet") for i in range(2)),
-                 "--metrics", *(str(tmp_path / f"shard-{i}/metrics.json") for i in range(2)),
+                 "--inputs", *(str(tmp_path / f"shard-{i}/amc23/generations.parquet")
+                               for i in range(2)),
+                 "--metrics", *(str(tmp_path / f"shard-{i}/amc23/metrics.json") for i in range(2)),
                  "--generations", str(tmp_path / "merged.parquet"),
                  "--output", str(tmp_path / "merged.json")]) == 0
 
-    whole = json.loads((tmp_path / "whole/metrics.json").read_text())
+    whole = json.loads((tmp_path / "whole/amc23/metrics.json").read_text())
     merged = json.loads((tmp_path / "merged.json").read_text())
     assert merged.pop("num_shards") == 2 and "shard" not in merged
     whole.pop("num_shards"), whole.pop("shard")
     assert merged == whole  # same seeds per problem and sample, so the same generations
     key = ["problem_id", "sample"]
-    a = pd.read_parquet(tmp_path / "whole/generations.parquet").sort_values(key, ignore_index=True)
+    a = pd.read_parquet(tmp_path / "whole/amc23/generations.parquet").sort_values(
+        key, ignore_index=True)
     b = pd.read_parquet(tmp_path / "merged.parquet").sort_values(key, ignore_index=True)
     pd.testing.assert_frame_equal(a, b)
 

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from retro_search.pipeline import build_plan
+from retro_search.pipeline import build_plan, eval_shard_counts
 
 CONFIG = Path(__file__).resolve().parents[1] / "config"
 
@@ -17,9 +17,9 @@ def test_a_search_change_readdresses_search_and_downstream_only():
     base, = build_plan(CONFIG, ["demo"]).experiments
     changed, = build_plan(CONFIG, ["demo"], ["search.gamma=0.8"]).experiments
     same = ["tiny_model", "prepare", "shard", "sft_data:original", "sft:original",
-            "eval:original:math500", "eval:base:aime24"]
+            "eval:original", "eval:base"]
     moved = ["search", "merge", "sft_data:retro_search", "sft:retro_search",
-             "eval:retro_search:math500", "summary"]
+             "eval:retro_search", "summary"]
     assert ids(base, same) == ids(changed, same)
     assert all(base.stages[r].id != changed.stages[r].id for r in moved)
 
@@ -41,18 +41,51 @@ def test_paper_presets_compose_with_hub_models_and_their_gpu_settings():
     assert seven.stages["search"].config["model"]["path"] == "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B"
     assert seven.stages["search"].config["engine"]["name"] == "vllm"
     assert w2s.stages["sft:retro_search"].config["student"]["path"] == "Qwen/Qwen2.5-32B-Instruct"
-    assert "eval:base:math500" not in w2s.stages  # the preset compares the two SFT arms only
+    assert "eval:base" not in w2s.stages  # the preset compares the two SFT arms only
     assert w2s.stages["shard"].config["num_shards"] == 128
     assert not plan.stages_of("tiny_model")
 
 
-def test_each_eval_stage_carries_only_its_own_shard_count():
+def test_one_eval_stage_per_arm_covers_every_benchmark():
+    demo, = build_plan(CONFIG, ["demo"]).experiments
+    evals = {role: s for role, s in demo.stages.items() if s.kind == "eval"}
+    assert sorted(evals) == ["eval:base", "eval:original", "eval:retro_search"]
+    for role, evaluation in evals.items():
+        assert evaluation.config["arm"] == role.split(":")[1]
+        assert len(evaluation.config["eval"]["benchmarks"]) == 8
+    assert demo.stages["summary"].upstream[1:] == list(evals.values())
+    assert {s["role"] for s in demo.index()["stages"]} >= set(evals)
+
+
+def test_eval_shard_counts_take_the_per_benchmark_count_else_num_shards():
+    section = {"benchmarks": ["math500", "gsm8k", "aime24"], "num_shards": 2,
+               "num_shards_per_benchmark": {"gsm8k": 4, "olympiadbench": 3}}
+    assert eval_shard_counts(section) == {"math500": 2, "gsm8k": 4, "aime24": 2}
+    demo, = build_plan(CONFIG, ["demo"]).experiments
+    counts = eval_shard_counts(demo.stages["eval:base"].config["eval"])
+    assert counts["math500"] == 2 and max(counts.values()) == 2  # 2 eval jobs per arm
+    assert set(counts.values()) == {1, 2}
+
+
+def test_a_shard_count_change_readdresses_every_arms_eval_and_nothing_upstream():
+    # One eval stage covers all benchmarks, so resharding one re-addresses the whole stage.
+    # (The benchmark list also decontaminates the training data: changing it re-addresses prepare
+    # and everything after it.)
     base, = build_plan(CONFIG, ["demo"]).experiments
-    more, = build_plan(CONFIG, ["demo"], ["eval.num_shards_per_benchmark.math500=3"]).experiments
-    assert base.stages["eval:base:math500"].config["eval"]["num_shards"] == 2
-    assert more.stages["eval:base:math500"].config["eval"]["num_shards"] == 3
-    assert base.stages["eval:base:gsm8k"].config["eval"]["num_shards"] == 1
-    assert base.stages["eval:base:gsm8k"].id == more.stages["eval:base:gsm8k"].id
+    changed, = build_plan(CONFIG, ["demo"], ["eval.num_shards_per_benchmark.math500=3"]).experiments
+    for role in ("prepare", "search", "sft:original", "sft:retro_search"):
+        assert base.stages[role].id == changed.stages[role].id, role
+    for role in ("eval:base", "eval:original", "eval:retro_search", "summary"):
+        assert base.stages[role].id != changed.stages[role].id, role
+
+
+@pytest.mark.parametrize("override, key", [
+    ("eval.num_shards_per_benchmark.math500=0", "eval.num_shards_per_benchmark.math500"),
+    ("+eval.num_shards=0", "eval.num_shards"),
+])
+def test_a_shard_count_below_one_is_refused_when_the_plan_is_built(override, key):
+    with pytest.raises(ValueError, match=key.replace(".", r"\.")):
+        build_plan(CONFIG, ["demo"], [override])
 
 
 def test_an_unknown_arm_is_an_error_naming_the_key():

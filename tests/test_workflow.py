@@ -76,8 +76,9 @@ def test_a_search_override_reruns_search_and_downstream_only(demo):
     n_benchmarks = 8
     assert counts["retro_search"] == 2 and counts["merge"] == 1
     assert counts["sft_data"] == 1 and counts["sft"] == 1  # the retro arm only
-    # retro arm x benchmarks (MATH-500 in 2 shards in the demo); base and original arms kept
-    assert counts["eval_merge"] == n_benchmarks and counts["eval"] == n_benchmarks + 1
+    # the retro arm only: one eval job per shard index (MATH-500 has 2 shards in the demo, the
+    # others 1), each over every benchmark, then one merge per benchmark
+    assert counts["eval"] == 2 and counts["eval_merge"] == n_benchmarks
     assert counts["summarize"] == 1
 
 

@@ -1,5 +1,6 @@
 """The workflow's conventions, checked without running it: `snakemake --lint` and `snakefmt --check`
-are clean, and the SLURM profile gives every job its SLURM resources (GPU for search, eval and SFT)."""
+are clean, the demo plans one eval job per model and shard, and the SLURM profile gives every job
+its SLURM resources (GPU for search, eval and SFT)."""
 
 import re
 import subprocess
@@ -7,8 +8,8 @@ import subprocess
 import pytest
 import yaml
 
-from workflow_helpers import (BIN, REPO, SNAKEMAKE, slurm_profile_without_conda, workflow_env,
-                              write_profile)
+from workflow_helpers import (BIN, REPO, SNAKEMAKE, job_counts, slurm_profile_without_conda,
+                              workflow_env, write_profile)
 
 pytestmark = pytest.mark.skipif(not SNAKEMAKE.exists(), reason="snakemake not installed")
 
@@ -35,6 +36,19 @@ def test_slurm_profile_deploys_conda_envs():
     assert profile["software-deployment-method"] == "conda"
     for env in ("core", "train", "vllm"):
         assert (REPO / "envs" / f"{env}.yaml").exists()
+
+
+def test_demo_plans_one_eval_job_per_arm_and_shard_and_one_merge_per_arm_and_benchmark(
+        make_checkout):
+    done = run([str(SNAKEMAKE), "-n", "--cores", "2"], cwd=make_checkout())
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    counts = job_counts(done.stdout)
+    # 3 arms; MATH-500 in 2 shards, the 7 other benchmarks in 1: each arm's engine starts twice
+    assert counts["eval"] == 3 * 2
+    assert counts["eval_merge"] == 3 * 8
+    shard_1 = [line for line in done.stdout.splitlines()
+               if line.startswith("Shell command:") and " eval --" in line and "eval.shard=1" in line]
+    assert len(shard_1) == 3  # one per arm
 
 
 def job_resources(dry_run: str) -> dict[str, list[dict[str, str]]]:

@@ -14,9 +14,15 @@ Stages (kind: what it needs):
     merge        search
     sft_data     prepare (arm "original") or merge (arm "retro_search") + student, sft
     sft          sft_data + student, sft
-    eval         sft (or the student itself for arm "base") + eval, engine   (one per benchmark;
-                 eval.num_shards_per_benchmark jobs, merged by eval-merge)
+    eval         sft (or the student itself for arm "base") + eval, engine   (one per arm,
+                 covering every benchmark: one job per shard index, each loading the engine
+                 once for shard i of every benchmark with more than i shards; then one
+                 eval-merge per benchmark, see `eval_shard_counts`)
     summary      merge + every eval
+
+An eval stage's hash covers the whole `eval` section, so changing the benchmark list or any
+benchmark's shard count re-addresses (reruns) every arm's evaluation, all benchmarks included:
+the price of one engine start per job instead of one per benchmark.
 """
 
 from __future__ import annotations
@@ -66,7 +72,7 @@ class Stage:
 class Experiment:
     name: str
     config: dict[str, Any]
-    stages: dict[str, Stage]          # role -> stage, e.g. "search", "sft:original", "eval:base:aime24"
+    stages: dict[str, Stage]          # role -> stage, e.g. "search", "sft:original", "eval:base"
 
     def index(self) -> dict[str, Any]:
         return {"experiment": self.name,
@@ -104,11 +110,30 @@ def expand_sweep(overrides: list[str]) -> list[list[str]]:
     return runs
 
 
+def eval_shard_counts(section: dict[str, Any]) -> dict[str, int]:
+    """Shards of each benchmark of an `eval` config section, in `eval.benchmarks` order:
+    `num_shards_per_benchmark[name]`, else `num_shards` (`EvalSettings.shards_for` in a job).
+    An eval stage has max(counts) jobs; job i covers shard i of each benchmark with more than i
+    shards. Raises ValueError naming the key of a count below 1 or a benchmark listed twice."""
+    names = list(section["benchmarks"])
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise ValueError(f"eval.benchmarks: {twice} listed more than once")
+    per_benchmark = section.get("num_shards_per_benchmark") or {}
+    counts = {name: per_benchmark.get(name, section.get("num_shards", 1)) for name in names}
+    for name, count in counts.items():
+        if not isinstance(count, int) or count < 1:
+            key = (f"num_shards_per_benchmark.{name}" if name in per_benchmark else "num_shards")
+            raise ValueError(f"eval.{key} must be an integer of at least 1, got {count!r}")
+    return counts
+
+
 def plan_experiment(name: str, cfg: dict, results: str = "results") -> Experiment:
     """Every stage of one experiment, keyed by role."""
     from retro_search.config import search_config
 
     search_config(cfg)  # a bad search value (e.g. search.gamma=1) is refused here, not in a job
+    eval_shard_counts(cfg["eval"])  # so is a bad eval shard count
     stages: dict[str, Stage] = {}
 
     def stage(role: str, kind: str, label: str, config: dict, upstream: list[Stage]) -> Stage:
@@ -157,18 +182,12 @@ def plan_experiment(name: str, cfg: dict, results: str = "results") -> Experimen
             sft = stage(f"sft:{arm}", "sft", f"{arm}-{student_label}",
                         {"student": student, "sft": cfg["sft"]}, [data, *student_up])
             model_dir, upstream = sft.path("model"), [sft]
-        for benchmark in cfg["eval"]["benchmarks"]:
-            # Each stage carries only its own shard count, so resharding one benchmark leaves
-            # the others' stages as they are.
-            shards = cfg["eval"].get("num_shards_per_benchmark", {}).get(
-                benchmark, cfg["eval"].get("num_shards", 1))
-            eval_section = {**cfg["eval"], "benchmarks": [benchmark], "num_shards": shards,
-                            "num_shards_per_benchmark": {}}
-            evals.append(stage(
-                f"eval:{arm}:{benchmark}", "eval", f"{arm}-{student_label}-{benchmark}",
-                {"eval": eval_section, "engine": cfg["engine"],
-                 "student": student, "model_dir": model_dir, "arm": arm, "benchmark": benchmark},
-                upstream))
+        # One stage per arm over every benchmark: its jobs load the engine once for all of them.
+        evals.append(stage(
+            f"eval:{arm}", "eval", f"{arm}-{student_label}",
+            {"eval": cfg["eval"], "engine": cfg["engine"],
+             "student": student, "model_dir": model_dir, "arm": arm},
+            upstream))
     stage("summary", "summary", name, {"arms": arms}, [merge, *evals])
     return Experiment(name, cfg, stages)
 

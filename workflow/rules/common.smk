@@ -6,7 +6,7 @@ import sys
 
 # Plan with this checkout's package, like the jobs (shell.prefix below), not an installed copy.
 sys.path.insert(0, f"{workflow.basedir}/src")
-from retro_search.pipeline import build_plan
+from retro_search.pipeline import build_plan, eval_shard_counts
 
 EXPERIMENTS = [e for e in str(config.get("experiment", "demo")).split(",") if e]
 OVERRIDES = shlex.split(str(config.get("overrides", "")))
@@ -29,6 +29,7 @@ localrules:
 wildcard_constraints:
     sid=r"[^/]+",
     i=r"\d+",
+    bench=r"[a-z0-9_]+",  # a benchmark name; never a shard folder ("shard-0")
     kind="|".join(
         (
             "tiny_model",
@@ -145,12 +146,20 @@ def sft_train(wildcards):
 # --- inputs and params of the rules in eval.smk
 
 
-def eval_shards(name):
-    def inputs(wildcards):
-        shards = stage("eval", wildcards).config["eval"]["num_shards"]
-        return [f"results/eval/{wildcards.sid}/shard-{i}/{name}" for i in range(shards)]
+def eval_shard_dirs(wildcards):
+    """The folders of the eval jobs that hold a shard of this benchmark: shards 0..n-1."""
+    evaluation = stage("eval", wildcards)
+    shards = eval_shard_counts(evaluation.config["eval"])[wildcards.bench]
+    return [evaluation.path(f"shard-{i}") for i in range(shards)]
 
-    return inputs
+
+def eval_shard_files(name):
+    """The benchmark's file `name` in each of its shard folders (eval_shard_dirs)."""
+
+    def files(wildcards):
+        return [f"{d}/{wildcards.bench}/{name}" for d in eval_shard_dirs(wildcards)]
+
+    return files
 
 
 def eval_model_input(wildcards):
@@ -162,24 +171,34 @@ def eval_model_input(wildcards):
 # --- inputs and params of the rules in report.smk
 
 
+def summary_evals(wildcards):
+    """(eval stage, benchmark) of every metrics file the summary reads, arm by arm."""
+    summary = stage("summary", wildcards)
+    return [
+        (u, bench)
+        for u in summary.upstream
+        if u.kind == "eval"
+        for bench in u.config["eval"]["benchmarks"]
+    ]
+
+
 def summary_inputs(name):
     def inputs(wildcards):
-        summary = stage("summary", wildcards)
-        merge = summary.upstream_of("merge")
-        evals = [u for u in summary.upstream if u.kind == "eval"]
+        merge = stage("summary", wildcards).upstream_of("merge")
         return {
             "revised": merge.path("revised.jsonl"),
             "rollouts": merge.path("rollouts.jsonl"),
             "stats": merge.path("stats.json"),
-            "metrics": [u.path("metrics.json") for u in evals],
+            "metrics": [
+                u.path(f"{b}/metrics.json") for u, b in summary_evals(wildcards)
+            ],
         }[name]
 
     return inputs
 
 
 def summary_arms(wildcards):
-    summary = stage("summary", wildcards)
-    return " ".join(u.config["arm"] for u in summary.upstream if u.kind == "eval")
+    return " ".join(u.config["arm"] for u, _ in summary_evals(wildcards))
 
 
 def experiment_by_name(name):

@@ -1,4 +1,6 @@
-# One evaluation job per model x benchmark x shard, then one merge per model x benchmark.
+# One evaluation job per model x shard index: it loads the engine once and covers that shard of
+# every benchmark with enough shards (all benchmarks in shard 0). Then one merge per model x
+# benchmark, which the summary reads.
 
 
 rule eval:
@@ -6,9 +8,9 @@ rule eval:
         config="results/eval/{sid}/config.yaml",
         model=eval_model_input,
     output:
-        generations="results/eval/{sid}/shard-{i}/generations.parquet",
-        metrics="results/eval/{sid}/shard-{i}/metrics.json",
-        manifest="results/eval/{sid}/shard-{i}/manifest.json",
+        # one subfolder per benchmark: generations.parquet, metrics.json
+        shard=directory("results/eval/{sid}/shard-{i}"),
+        manifest="results/eval/{sid}/shard-{i}.manifest.json",
     log:
         "results/eval/{sid}/logs/eval-{i}.log",
     benchmark:
@@ -18,40 +20,41 @@ rule eval:
     resources:
         cpus_per_task=2,
         mem_mb=16000,
-        runtime=720,
+        # every benchmark's shard in one job; a killed job resumes at its first unsaved benchmark
+        runtime=1440,
         gpu=engine_gpus("eval"),
     params:
         model=lambda wildcards: stage("eval", wildcards).config["model_dir"],
-        benchmark=lambda wildcards: stage("eval", wildcards).config["benchmark"],
         upstream=upstream_flags("eval"),
     shell:
         "python -m retro_search.cli --manifest {output.manifest} {params.upstream} eval --model {params.model}"
-        " --benchmark {params.benchmark} --output-dir results/eval/{wildcards.sid}/shard-{wildcards.i}"
-        " --config {input.config} eval.shard={wildcards.i} > {log} 2>&1"
+        " --output-dir {output.shard} --config {input.config} eval.shard={wildcards.i} > {log} 2>&1"
 
 
 rule eval_merge:
     input:
         config="results/eval/{sid}/config.yaml",
-        generations=eval_shards("generations.parquet"),
-        metrics=eval_shards("metrics.json"),
+        shards=eval_shard_dirs,
     output:
-        generations="results/eval/{sid}/generations.parquet",
-        metrics="results/eval/{sid}/metrics.json",
-        manifest="results/eval/{sid}/manifest.json",
+        generations="results/eval/{sid}/{bench}/generations.parquet",
+        metrics="results/eval/{sid}/{bench}/metrics.json",
+        manifest="results/eval/{sid}/{bench}.manifest.json",
     log:
-        "results/eval/{sid}/logs/eval_merge.log",
+        "results/eval/{sid}/logs/eval_merge-{bench}.log",
     benchmark:
-        "results/eval/{sid}/logs/eval_merge.benchmark.tsv"
+        "results/eval/{sid}/logs/eval_merge-{bench}.benchmark.tsv"
     conda:
         "../../envs/core.yaml"
     resources:
         mem_mb=8000,
         runtime=30,
     params:
+        # the benchmark's files inside the shard folders (a rule cannot name them as inputs)
+        generations=eval_shard_files("generations.parquet"),
+        metrics=eval_shard_files("metrics.json"),
         upstream=upstream_flags("eval"),
     shell:
         "python -m retro_search.cli --manifest {output.manifest} {params.upstream} eval-merge"
-        " --inputs {input.generations} --metrics {input.metrics}"
+        " --inputs {params.generations} --metrics {params.metrics}"
         " --generations {output.generations} --output {output.metrics}"
         " --config {input.config} > {log} 2>&1"

@@ -28,7 +28,8 @@ AIME_AMC = ("aime24", "aime25", "amc23")
 class EvalSettings:
     """The `eval` config section (ALGORITHM.md, "Evaluation").
 
-    benchmarks: the benchmarks the pipeline evaluates (the CLI runs one per call, `--benchmark`).
+    benchmarks: the benchmarks evaluated; one `retro-search eval` call evaluates them all with one
+        engine, unless `--benchmarks` names others.
     data_dir: folder with local benchmark copies (`<name>.jsonl`); None = load from the hub.
         Relative paths are relative to the current directory.
     limit: at most this many problems per benchmark (the first ones); None = all.
@@ -44,9 +45,12 @@ class EvalSettings:
     ks: k values for pass@k and maj@k; values above a benchmark's n are dropped.
     grading_processes, grading_timeout: math-verify worker processes (0 = in this process) and
         seconds per answer before it counts as wrong.
-    num_shards, shard: evaluate only problems shard, shard + num_shards, ... (large benchmarks).
-    num_shards_per_benchmark: the pipeline's num_shards per benchmark (one job per shard, then
-        `eval-merge`); unlisted benchmarks take num_shards.
+    num_shards: shards of each benchmark not listed in `num_shards_per_benchmark`.
+    num_shards_per_benchmark: shards of the benchmarks listed (large ones).
+    shard: which shard a call evaluates: shard i of a benchmark with s shards is its problems
+        i, i + s, i + 2s, ...; a call covers shard i of every benchmark with more than i shards
+        (so the pipeline runs as many eval jobs per model as the largest shard count, then
+        `eval-merge` per benchmark).
     chunk_size: requests per engine call (one progress-bar step).
     """
 
@@ -103,9 +107,10 @@ class EvalSettings:
             raise ValueError("eval.user_template must contain '{question}'")
         if self.grading_processes < 0 or not self.grading_timeout > 0:
             raise ValueError("eval.grading_processes must be >= 0 and eval.grading_timeout > 0")
-        if self.num_shards < 1 or not 0 <= self.shard < self.num_shards:
-            raise ValueError(f"eval.shard must be in [0, num_shards), got shard={self.shard}, "
-                             f"num_shards={self.num_shards}")
+        if self.num_shards < 1:
+            raise ValueError(f"eval.num_shards must be at least 1, got {self.num_shards}")
+        if self.shard < 0:
+            raise ValueError(f"eval.shard must be at least 0, got {self.shard}")
         unknown = sorted(set(self.num_shards_per_benchmark) - set(BENCHMARKS))
         if unknown:
             raise ValueError(f"eval.num_shards_per_benchmark: unknown benchmark(s) {unknown}")
@@ -119,6 +124,15 @@ class EvalSettings:
     def samples_for(self, benchmark: str) -> int:
         """n for this benchmark."""
         return self.n_samples_per_benchmark.get(benchmark, self.n_samples)
+
+    def shards_for(self, benchmark: str) -> int:
+        """The number of shards of this benchmark (the plan's `pipeline.eval_shard_counts`
+        applies the same rule to the composed config)."""
+        return self.num_shards_per_benchmark.get(benchmark, self.num_shards)
+
+    def covers(self, benchmark: str) -> bool:
+        """Whether this call's shard index is one of the benchmark's shards."""
+        return self.shard < self.shards_for(benchmark)
 
     def ks_for(self, n: int) -> list[int]:
         """The k values usable with n samples (sorted, k <= n)."""

@@ -1,9 +1,11 @@
-"""Generate and grade the samples of one benchmark.
+"""Generate and grade the samples of one or several benchmarks over one engine.
 
 One request per problem x sample. Each request's seed derives from (eval seed, benchmark, problem
 id, sample index) with SHA-256 (`retro_search.search.derive_seed`), so a sample's text does not
-depend on which other problems, shards or limits a run has. Requests go to the engine in chunks
-of `chunk_size` (one tqdm step each); results come back in request order.
+depend on which other problems, shards, limits or benchmarks a run has. The requests of every
+benchmark of a call go to the engine as one stream, in chunks of `chunk_size` (one tqdm step
+each), so the engine stays full across benchmarks; a benchmark is graded and handed back as soon
+as its last result is in, so a caller can write it before the next one finishes.
 
 The graded solution is the text after the first reasoning closer (`</think>`) when the response
 has one, else the whole response. A response that hit `max_tokens` (finish_reason "length") is
@@ -12,15 +14,17 @@ truncated whether or not it closed its reasoning; it is graded like any other.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Protocol, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Protocol, Sequence
 
 from retro_search.engines.base import Engine, GenerationRequest, GenerationResult
 from retro_search.evaluation.benchmarks import Problem
 from retro_search.evaluation.config import EvalSettings
 from retro_search.search import derive_seed
 
-__all__ = ["COLUMNS", "build_requests", "evaluate_benchmark", "generate_rows", "grade_rows",
-           "prompt_renderer", "run_requests", "sample_seed", "shard_problems", "split_solution"]
+__all__ = ["COLUMNS", "BenchmarkShard", "build_requests", "evaluate_benchmark",
+           "evaluate_benchmarks", "grade_rows", "prompt_renderer", "run_requests", "sample_seed",
+           "shard_problems", "split_solution", "stream_results"]
 
 # Columns of generations.parquet, in order.
 COLUMNS = ("benchmark", "problem_id", "sample", "seed", "question", "gold", "response",
@@ -30,6 +34,16 @@ COLUMNS = ("benchmark", "problem_id", "sample", "seed", "question", "gold", "res
 
 class _Grader(Protocol):
     def grade_many(self, pairs, progress: bool = False) -> list: ...
+
+
+@dataclass(frozen=True)
+class BenchmarkShard:
+    """The problems of one benchmark that one evaluation call covers (all of them, or one shard),
+    and how a question becomes a prompt for it."""
+
+    benchmark: str
+    problems: Sequence[Problem]
+    render_prompt: Callable[[str], str]
 
 
 def sample_seed(seed: int, benchmark: str, problem_id: str, sample: int) -> int:
@@ -66,12 +80,13 @@ def build_requests(benchmark: str, problems: Sequence[Problem], n: int, settings
     return out
 
 
-def run_requests(engine: Engine, requests: Sequence[GenerationRequest], chunk_size: int = 1024,
-                 progress: bool = True, desc: str = "generating") -> list[GenerationResult]:
-    """All results in request order, from `engine.generate` calls of at most `chunk_size`."""
+def stream_results(engine: Engine, requests: Sequence[GenerationRequest], chunk_size: int = 1024,
+                   progress: bool = True, desc: str = "generating"
+                   ) -> Iterator[list[GenerationResult]]:
+    """The results of each `engine.generate` call of at most `chunk_size` requests, in request
+    order; raises RuntimeError when the engine returns other requests than it was given."""
     from tqdm.auto import tqdm
 
-    results: list[GenerationResult] = []
     with tqdm(total=len(requests), disable=not progress, desc=desc, unit="gen") as bar:
         for start in range(0, len(requests), chunk_size):
             chunk = list(requests[start:start + chunk_size])
@@ -82,9 +97,15 @@ def run_requests(engine: Engine, requests: Sequence[GenerationRequest], chunk_si
                 if result.request_id != request.request_id:
                     raise RuntimeError(f"engine returned {result.request_id!r} where "
                                        f"{request.request_id!r} was expected")
-            results.extend(out)
             bar.update(len(chunk))
-    return results
+            yield out
+
+
+def run_requests(engine: Engine, requests: Sequence[GenerationRequest], chunk_size: int = 1024,
+                 progress: bool = True, desc: str = "generating") -> list[GenerationResult]:
+    """All results in request order, from `engine.generate` calls of at most `chunk_size`."""
+    return [r for chunk in stream_results(engine, requests, chunk_size, progress, desc)
+            for r in chunk]
 
 
 def split_solution(text: str, think_close: str = "</think>") -> tuple[str, bool]:
@@ -95,23 +116,15 @@ def split_solution(text: str, think_close: str = "</think>") -> tuple[str, bool]
     return text, False
 
 
-def generate_rows(benchmark: str, problems: Sequence[Problem], engine: Engine,
-                  settings: EvalSettings, render_prompt: Callable[[str], str], *,
-                  model: str = "", progress: bool = True) -> list[dict[str, Any]]:
-    """One ungraded row per generation (extracted/correct/grade_error still None)."""
-    n = settings.samples_for(benchmark)
-    planned = build_requests(benchmark, problems, n, settings, render_prompt)
-    results = run_requests(engine, [r for _, _, r in planned], settings.chunk_size, progress,
-                           desc=f"{benchmark}")
-    rows = []
-    for (problem, sample, request), result in zip(planned, results):
-        _, closed = split_solution(result.text, settings.think_close)
-        rows.append({"benchmark": benchmark, "problem_id": problem.id, "sample": sample,
-                     "seed": request.seed, "question": problem.question, "gold": problem.gold,
-                     "response": result.text, "reasoning_closed": closed, "extracted": None,
-                     "correct": None, "grade_error": None, "num_tokens": int(result.num_tokens),
-                     "finish_reason": result.finish_reason, "model": model})
-    return rows
+def _row(benchmark: str, problem: Problem, sample: int, request: GenerationRequest,
+         result: GenerationResult, think_close: str, model: str) -> dict[str, Any]:
+    """One ungraded row of generations.parquet (extracted/correct/grade_error still None)."""
+    _, closed = split_solution(result.text, think_close)
+    return {"benchmark": benchmark, "problem_id": problem.id, "sample": sample,
+            "seed": request.seed, "question": problem.question, "gold": problem.gold,
+            "response": result.text, "reasoning_closed": closed, "extracted": None,
+            "correct": None, "grade_error": None, "num_tokens": int(result.num_tokens),
+            "finish_reason": result.finish_reason, "model": model}
 
 
 def grade_rows(rows: list[dict[str, Any]], grader: _Grader, think_close: str = "</think>",
@@ -131,13 +144,47 @@ def grade_rows(rows: list[dict[str, Any]], grader: _Grader, think_close: str = "
     return rows
 
 
+def evaluate_benchmarks(shards: Sequence[BenchmarkShard], engine: Engine, settings: EvalSettings,
+                        grader: _Grader, *, model: str = "", progress: bool = True
+                        ) -> Iterator[tuple[BenchmarkShard, list[dict[str, Any]]]]:
+    """Generate `settings.samples_for(benchmark)` samples per problem of every shard and grade
+    them. Yields (shard, its graded rows of generations.parquet, see COLUMNS) in the order of
+    `shards`, each as soon as its last generation is back: all requests go to the engine as one
+    stream, benchmark after benchmark, in chunks of `settings.chunk_size`. Raises ValueError for
+    a shard without problems."""
+    planned: list[tuple[BenchmarkShard, Problem, int, GenerationRequest]] = []
+    ends = []  # index in `planned` after each shard's last request
+    for shard in shards:
+        if not shard.problems:
+            raise ValueError(f"{shard.benchmark}: no problems to evaluate")
+        n = settings.samples_for(shard.benchmark)
+        planned += [(shard, problem, sample, request) for problem, sample, request in
+                    build_requests(shard.benchmark, shard.problems, n, settings,
+                                   shard.render_prompt)]
+        ends.append(len(planned))
+    desc = shards[0].benchmark if len(shards) == 1 else f"{len(shards)} benchmarks"
+    results: list[GenerationResult] = []
+    done = 0  # shards handed back
+    for chunk in stream_results(engine, [request for *_, request in planned],
+                                settings.chunk_size, progress, desc):
+        results.extend(chunk)
+        while done < len(shards) and ends[done] <= len(results):
+            start = ends[done - 1] if done else 0
+            rows = [_row(shard.benchmark, problem, sample, request, result,
+                         settings.think_close, model)
+                    for (shard, problem, sample, request), result
+                    in zip(planned[start:ends[done]], results[start:ends[done]])]
+            yield shards[done], grade_rows(rows, grader, settings.think_close,
+                                           progress=progress, think_open=settings.think_open)
+            done += 1
+
+
 def evaluate_benchmark(benchmark: str, problems: Sequence[Problem], engine: Engine,
                        settings: EvalSettings, render_prompt: Callable[[str], str],
                        grader: _Grader, *, model: str = "", progress: bool = True
                        ) -> list[dict[str, Any]]:
     """Generate `settings.samples_for(benchmark)` samples per problem and grade them: the rows
     of generations.parquet (see COLUMNS)."""
-    rows = generate_rows(benchmark, problems, engine, settings, render_prompt, model=model,
-                         progress=progress)
-    return grade_rows(rows, grader, settings.think_close, progress=progress,
-                      think_open=settings.think_open)
+    (_, rows), = evaluate_benchmarks([BenchmarkShard(benchmark, problems, render_prompt)], engine,
+                                     settings, grader, model=model, progress=progress)
+    return rows
