@@ -73,13 +73,15 @@ class CountingEngine:
 
 
 def naive_search(traces, engine, *, prompt_head, config, grade, count_tokens, think_close):
-    """One trace at a time, one request at a time."""
+    """One trace at a time, one request at a time; budgets fit the engine's `max_model_len`
+    when it has one, as in `run_shard`."""
     from retro_search.search import TraceSearch
 
+    context_length = getattr(engine, "max_model_len", None)
     outcomes = []
     for trace in traces:
         search = TraceSearch(trace, prompt_head(trace.question), config, grade, count_tokens,
-                             think_close)
+                             think_close, context_length)
         while search.pending:
             search.feed([engine.generate([request])[0] for request in search.pending])
         outcomes.append(search.outcome)

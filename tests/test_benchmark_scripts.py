@@ -34,13 +34,70 @@ def test_search_throughput_arms_agree(tiny_model_dir):
     assert figures["scheduler_forward_passes"] < figures["naive_forward_passes"]
 
 
+# Two real R1 traces, two boundaries each: the requests of a trace share prefixes.
+SMALL_SEARCH = ("--limit", "2", "--max-tokens", "24", "--max-step-tokens", "8",
+                "--max-boundaries", "2")
+
+
 def test_transformers_path_of_the_gpu_script_runs_on_cpu(tiny_model_dir):
     result = result_of("vllm_throughput.py", "--engine", "transformers", "--device", "cpu",
                        "--model", tiny_model_dir, "--traces", str(REPO / "data/demo/traces.jsonl"),
                        "--format", "r1_response", "--limit", "2", "--max-tokens", "24",
-                       "--max-step-tokens", "8", "--max-boundaries", "1", "--threads", "1")
+                       "--max-step-tokens", "8", "--max-boundaries", "1", "--threads", "1",
+                       "--arms", "scheduler,flat,naive")
     figures = result["figures"]
     assert figures["scheduler_generated_tokens"] > 0 and figures["ratio_scheduler_over_flat"] > 0
+    assert figures["naive_requests"] == figures["scheduler_requests"] == figures["flat_requests"]
+    assert figures["identical"] is True and figures["ratio_scheduler_over_naive"] > 0
+
+
+def test_vllm_on_cpu_runs_every_arm_and_counts_prefix_cache_hits(tiny_model_dir):
+    result = result_of("vllm_throughput.py", "--engine", "vllm", "--model", tiny_model_dir,
+                       "--arms", "scheduler,flat,naive", *SMALL_SEARCH)
+    figures = result["figures"]
+    assert figures["scheduler_requests"] == figures["naive_requests"] == figures["flat_requests"]
+    assert figures["ratio_scheduler_over_naive"] > 0 and figures["ratio_scheduler_over_flat"] > 0
+    # The cache is emptied between arms, so the naive arm finds only its own prefixes again.
+    assert figures["scheduler_prefix_cache_hit_rate"] > figures["flat_prefix_cache_hit_rate"]
+    assert 0 < figures["naive_prefix_cache_hit_rate"] < 1
+    assert result["notes"]["device"]["vllm"]
+
+
+def test_model_generate_baseline_runs_the_search_and_builds_its_model_offline(tmp_path):
+    args = ("vllm_throughput.py", "--engine", "generate", "--device", "cpu", "--threads", "1",
+            "--model-size", "tiny", "--model-train-steps", "2", "--model-cache", str(tmp_path))
+    first = result_of(*args, "--arms", "scheduler,naive", *SMALL_SEARCH)
+    figures = first["figures"]
+    # One request at a time with its own seed: waves and the naive loop give the same searches.
+    assert figures["identical"] is True and figures["scheduler_generated_tokens"] > 0
+    assert first["notes"]["model"]["train_steps"] == 2 and figures["model_parameters"] > 0
+    # A second run finds the model the first one built.
+    again = result_of(*args, "--arms", "scheduler", *SMALL_SEARCH, "--limit", "1")
+    assert again["settings"]["model"] == first["settings"]["model"]
+    assert [p.name for p in tmp_path.iterdir()] == [Path(first["settings"]["model"]).name]
+
+
+def test_model_generate_baseline_keeps_the_engine_contract(trained_tiny_model_dir, monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    from generate_engine import GenerateEngine
+
+    from retro_search.engines.base import GenerationRequest
+
+    engine = GenerateEngine(trained_tiny_model_dir, device="cpu", num_threads=1)
+    head = engine.tokenizer.apply_chat_template(
+        [{"role": "user", "content": "What is $2 + 3 \\times 4$?"}], tokenize=False,
+        add_generation_prompt=True)
+    requests = [GenerationRequest(f"r{i}", head, 48, seed=i, stop=("\n\n",),
+                                  banned_words=("Wait", "Hmm")) for i in range(4)]
+    results = engine.generate(requests)
+    assert engine.generate(requests[::-1])[::-1] == results  # independent of the batch
+    assert [r.request_id for r in results] == [r.request_id for r in requests]
+    for r in results:
+        assert "\n\n" not in r.text and "wait" not in r.text.lower()
+        assert 0 < r.num_tokens <= 48
+        assert (r.finish_reason, r.stop_string) in {("stop", "\n\n"), ("stop", None),
+                                                    ("length", None)}
+    assert any(r.stop_string == "\n\n" for r in results)
 
 
 @pytest.mark.skipif(not DATA.is_dir(), reason="shared benchmark data not present")

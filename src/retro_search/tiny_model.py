@@ -187,7 +187,7 @@ def build_tiny_model(out_dir: str | Path, *, seed: int = 0, vocab_size: int = 20
                      hidden_size: int = 64, num_layers: int = 2, num_heads: int = 2,
                      num_kv_heads: int = 1, intermediate_size: int = 128,
                      max_position_embeddings: int = 32768, logit_scale: float = 20.0,
-                     train_steps: int = 0) -> Path:
+                     train_steps: int = 0, train_batch_size: int = 16) -> Path:
     """Write a tiny random Llama model and its tokenizer to `out_dir`; return the directory.
 
     Offline and a few seconds on a laptop CPU. The same arguments give the same tokenizer and the
@@ -196,8 +196,8 @@ def build_tiny_model(out_dir: str | Path, *, seed: int = 0, vocab_size: int = 20
     `logit_scale` multiplies the output layer's random weights so that next-token distributions
     are peaked like a trained model's (a few likely tokens) instead of nearly uniform.
 
-    `train_steps` > 0 then fits the model to the corpus in chat format (AdamW, 16 x 256 tokens a
-    step, about 0.1-0.2 s a step on one CPU thread): 200 steps are enough for it to write
+    `train_steps` > 0 then fits the model to the corpus in chat format (AdamW,
+    `train_batch_size` x 256 tokens a step, about 0.1-0.2 s a step at 16 on one CPU thread): 200 steps are enough for it to write
     R1-shaped answers (blank-line steps, transition words, `</think>`, a boxed answer, EOS), which
     makes end-to-end demos finish rollouts; the answers stay mostly wrong. Training runs on one
     thread so the weights are the same on every run on a machine (other CPUs may round
@@ -224,7 +224,7 @@ def build_tiny_model(out_dir: str | Path, *, seed: int = 0, vocab_size: int = 20
         with torch.no_grad():
             model.lm_head.weight.mul_(logit_scale)
     if train_steps > 0:
-        _fit_to_corpus(model, tokenizer, train_steps, seed)
+        _fit_to_corpus(model, tokenizer, train_steps, seed, batch_size=train_batch_size)
     model.generation_config = GenerationConfig(
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id)

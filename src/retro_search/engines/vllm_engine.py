@@ -190,6 +190,12 @@ class VLLMEngine:
                  f"prefix caching {'on' if cache.enable_prefix_caching else 'off'}"]
         return ", ".join(parts)
 
+    def reset_prefix_cache(self) -> None:
+        """Empty vLLM's prefix cache (for measurements that must not reuse earlier prompts).
+        Call it between generate calls, with no request running."""
+        if not self._run(self._engine.reset_prefix_cache()):
+            raise RuntimeError("vLLM refused to reset its prefix cache (requests still running?)")
+
     def prefix_cache_counts(self) -> tuple[int, int] | None:
         """(prompt tokens served from the prefix cache, prompt tokens looked up) since start, or
         None when vLLM does not count them: only an engine built with disable_log_stats=False
