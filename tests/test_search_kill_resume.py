@@ -67,8 +67,10 @@ def test_killed_search_resumes_without_redoing_traces_and_equals_an_uninterrupte
 
     out = tmp_path / "killed" / "revised.jsonl"
     cmd = search_command(shard, out, tiny_model_dir, engine)
+    # Its own process group, killed whole as SLURM kills a preempted job: vLLM's engine processes
+    # outlive a parent killed alone (and would hold their memory until the machine reboots).
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"}, start_new_session=True)
     # Kill once at least one searched trace is in the progress file (the two passed-through ones
     # are written before any generation), and before the run ends.
     deadline = time.time() + 300
@@ -80,7 +82,7 @@ def test_killed_search_resumes_without_redoing_traces_and_equals_an_uninterrupte
             break
         time.sleep(0.01)  # vLLM searches the 5 traces within half a second
     assert proc.poll() is None, "the run ended before it could be killed"
-    proc.send_signal(signal.SIGKILL)
+    os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not out.exists(), "a killed run must not leave a declared output"
 
