@@ -69,10 +69,13 @@ def test_slurm_dry_run_lists_every_job_with_its_slurm_resources(make_checkout, t
     done = run([str(SNAKEMAKE), "--profile", str(tmp_path), "-n"], cwd=make_checkout())
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     jobs = job_resources(done.stdout)
-    for rule in ("retro_search", "eval", "sft"):
+    for resources in jobs["sft"]:
+        assert resources["slurm_partition"] == "gpu" and int(resources["gpu"]) >= 1, resources
+    # The demo's engine runs on the CPU: its search and eval jobs ask for no GPU.
+    for rule in ("retro_search", "eval"):
         assert jobs[rule], rule
         for resources in jobs[rule]:
-            assert resources["slurm_partition"] == "gpu" and int(resources["gpu"]) >= 1, (rule, resources)
+            assert resources["slurm_partition"] == "cpu" and int(resources["gpu"]) == 0, (rule, resources)
     for rule in ("prepare", "shard", "merge", "sft_data", "summarize"):
         for resources in jobs[rule]:
             assert resources["slurm_partition"] == "cpu" and "gpu" not in resources, (rule, resources)
@@ -89,4 +92,5 @@ def test_slurm_jobs_of_a_tensor_parallel_preset_ask_for_its_gpus(tmp_path):
     jobs = job_resources(done.stdout)
     assert len(jobs["retro_search"]) == 128  # pipeline.num_shards of the preset
     assert {r["gpu"] for r in jobs["retro_search"]} == {"4"}  # engine.tensor_parallel_size
+    assert {r["slurm_partition"] for r in jobs["retro_search"] + jobs["eval"]} == {"gpu"}
     assert {r["gpu"] for r in jobs["eval"]} == {"4"} and {r["gpu"] for r in jobs["sft"]} == {"8"}

@@ -90,6 +90,16 @@ def engine_gpus(kind):
     return gpus
 
 
+def engine_partition(kind):
+    """The SLURM partition of a generation job: `gpu` when its engine needs GPUs, else `cpu`
+    (a CPU engine, as in the demo)."""
+
+    def partition(wildcards):
+        return "gpu" if engine_gpus(kind)(wildcards) > 0 else "cpu"
+
+    return partition
+
+
 def num_shards(stage_):
     return stage_.config["num_shards"]
 

@@ -23,6 +23,7 @@ rule eval:
         # every benchmark's shard in one job; a killed job resumes at its first unsaved benchmark
         runtime=1440,
         gpu=engine_gpus("eval"),
+        slurm_partition=engine_partition("eval"),
     params:
         model=lambda wildcards: stage("eval", wildcards).config["model_dir"],
         upstream=upstream_flags("eval"),

@@ -21,6 +21,7 @@ rule retro_search:
         mem_mb=16000,
         runtime=1440,
         gpu=engine_gpus("search"),
+        slurm_partition=engine_partition("search"),
     params:
         upstream=upstream_flags("search"),
     shell:
