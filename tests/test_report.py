@@ -190,8 +190,18 @@ def test_search_stats_markdown_shows_the_headline_numbers():
 def test_results_table_has_one_row_per_arm_then_the_relative_row():
     table = results_table(METRICS)
     assert list(table.index) == ["base", "original", "retro_search", RELATIVE_ROW]
-    assert list(table.columns) == ["aime24/acc", "aime24/len", "math500/acc", "math500/len",
-                                   "average/acc", "average/len"]
+    assert list(table.columns) == ["aime24/acc", "aime24/se", "aime24/len", "math500/acc",
+                                   "math500/se", "math500/len", "average/acc", "average/se",
+                                   "average/len"]
+
+
+def test_standard_errors_are_in_points_averaged_as_independent_and_combined_in_the_difference():
+    table = results_table(METRICS)
+    assert table.loc["base", "aime24/se"] == pytest.approx(5.0)
+    assert table.loc["base", "average/se"] == pytest.approx((5.0 ** 2 + 2.0 ** 2) ** 0.5 / 2)
+    assert table.loc[RELATIVE_ROW, "aime24/se"] == pytest.approx((6.0 ** 2 + 6.0 ** 2) ** 0.5)
+    no_se = results_table([{**m, "accuracy_se": None} for m in METRICS])
+    assert math.isnan(no_se.loc["base", "aime24/se"]) and math.isnan(no_se.loc["base", "average/se"])
 
 
 def test_results_table_gives_accuracy_in_percent_and_length_in_tokens():
@@ -258,15 +268,21 @@ def test_markdown_table_parses_back_to_the_same_numbers():
     table = results_table(METRICS)
     parsed = parse_markdown_table(to_markdown(table))
     assert list(parsed) == ["base", "original", "retro_search", RELATIVE_ROW]
-    assert parsed["retro_search"]["aime24 acc"] == "25.0"
+    assert parsed["retro_search"]["aime24 acc"] == "25.0 ± 6.0"
     assert parsed["retro_search"]["aime24 len"] == "7000"
-    assert parsed["retro_search"]["average acc"] == "49.5"
-    assert parsed[RELATIVE_ROW]["average acc"] == "+4.5"
+    assert parsed["retro_search"]["average acc"] == "49.5 ± 3.2"
+    assert parsed[RELATIVE_ROW]["average acc"] == "+4.5 ± 4.5"
     assert parsed[RELATIVE_ROW]["average len"] == "-26.7%"
     for arm in ("base", "original", "retro_search"):
         for column in table.columns:
-            header = column.replace("/", " ")
-            assert float(parsed[arm][header]) == pytest.approx(table.loc[arm, column], abs=0.5)
+            if column.endswith("/se"):
+                continue
+            cell = parsed[arm][column.replace("/", " ")]
+            value, _, se = cell.partition(" ± ")
+            assert float(value) == pytest.approx(table.loc[arm, column], abs=0.5)
+            if se:
+                assert float(se) == pytest.approx(table.loc[arm, column.replace("/acc", "/se")],
+                                                  abs=0.05)
 
 
 def test_csv_keeps_full_precision(tmp_path):
@@ -395,10 +411,14 @@ def test_summarize_writes_tables_figures_and_summary(tmp_path):
     for name in ("accuracy_vs_length.png", "trace_lengths.png", "boundary_acceptance.png"):
         assert_png(out / name)
     table = parse_markdown_table((out / "results.md").read_text())
-    assert table[RELATIVE_ROW]["aime24 acc"] == "+5.0"
+    assert table[RELATIVE_ROW]["aime24 acc"] == "+5.0 ± 8.5"
     assert table[RELATIVE_ROW]["math500 len"] == "-20.0%"
     csv_lines = (out / "results.csv").read_text().splitlines()
-    assert csv_lines[0] == "arm,aime24/acc,aime24/len,math500/acc,math500/len,average/acc,average/len"
+    assert csv_lines[0] == ("arm,aime24/acc,aime24/se,aime24/len,math500/acc,math500/se,"
+                            "math500/len,average/acc,average/se,average/len")
+    assert (out / "results.md").read_text().startswith(
+        "Retro-Search revised 2 of 3 traces (66.7%); mean reasoning length 200.0 -> 136.7 tokens "
+        "of the revision model (-31.7%).")
     assert [line.split(",")[0] for line in csv_lines[1:]] == ["base", "original", "retro_search",
                                                               RELATIVE_ROW]
     assert "| reasoning tokens, total | 600 | 410 | -31.7% |" in (out / "search_stats.md").read_text()
@@ -407,6 +427,7 @@ def test_summarize_writes_tables_figures_and_summary(tmp_path):
     assert summary["benchmarks"] == ["aime24", "math500"]
     assert summary["table"][2]["average/acc"] == pytest.approx(49.5)
     assert summary["search"]["by_status"]["revised"] == 2
+    assert summary["search_headline"]["revised_share"] == pytest.approx(2 / 3)
 
 
 def test_summarize_computes_search_stats_from_the_logs_when_no_stats_file(tmp_path):

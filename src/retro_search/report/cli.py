@@ -37,10 +37,13 @@ Example:
 SUMMARIZE_DESCRIPTION = """\
 Build an experiment's report from the eval stage's metrics files and the merged search outputs.
 Writes into OUTPUT_DIR:
-  results.csv              rows = arms, columns BENCH/acc (accuracy, %) and BENCH/len (mean
-                           response tokens) per benchmark, average/acc and average/len; last row
-                           "retro vs original": accuracy difference in points, length change in %
-  results.md               the same table in Markdown
+  results.csv              rows = arms, columns BENCH/acc (accuracy, %), BENCH/se (its standard
+                           error) and BENCH/len (mean response tokens) per benchmark, and their
+                           average; last row "retro vs original": accuracy difference in points
+                           (with its standard error), length change in %
+  results.md               the same table in Markdown (accuracy as "acc ± se"), under a line
+                           with the share of traces revised and the mean reasoning length before
+                           and after Retro-Search
   search_stats.md          the search statistics (from --search-stats, or computed from
                            --revised and --rollouts when it is not given)
   accuracy_vs_length.png   accuracy vs mean length per arm and benchmark, arrows original -> retro
@@ -136,7 +139,8 @@ def _read_metrics(paths: list[str], arms: list[str]) -> list[dict]:
 def cmd_summarize(args: argparse.Namespace) -> int:
     from retro_search.jsonl import read_jsonl
     from retro_search.report import plots
-    from retro_search.report.search_stats import merge_stats, search_stats_markdown
+    from retro_search.report.search_stats import (headline_markdown, merge_stats,
+                                                  search_headline, search_stats_markdown)
     from retro_search.report.tables import (results_table, write_csv, write_markdown,
                                             write_text_atomic)
 
@@ -152,8 +156,10 @@ def cmd_summarize(args: argparse.Namespace) -> int:
 
     out = Path(args.output_dir)
     table = results_table(metrics, original_arm=args.original_arm, retro_arm=args.retro_arm)
+    headline = search_headline(stats) if stats is not None else None
+    caption = "\n\n".join(filter(None, [args.title, headline and headline_markdown(headline)]))
     written = {"results_csv": write_csv(table, out / "results.csv"),
-               "results_md": write_markdown(table, out / "results.md", caption=args.title),
+               "results_md": write_markdown(table, out / "results.md", caption=caption or None),
                "accuracy_vs_length": plots.plot_accuracy_vs_length(
                    metrics, out / "accuracy_vs_length.png", original_arm=args.original_arm,
                    retro_arm=args.retro_arm)}
@@ -176,6 +182,7 @@ def cmd_summarize(args: argparse.Namespace) -> int:
         "metrics": metrics,
         "table": [{"arm": arm, **row} for arm, row in table.to_dict(orient="index").items()],
         "search": stats,
+        "search_headline": headline,
         "files": {name: str(path) for name, path in written.items()},
     }
     _write_json(out / "summary.json", _clean(summary))

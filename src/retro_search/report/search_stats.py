@@ -25,7 +25,7 @@ import statistics
 from collections import defaultdict
 from typing import Any, Iterable, Mapping, Sequence
 
-__all__ = ["STATUSES", "merge_stats", "search_stats_markdown"]
+__all__ = ["STATUSES", "merge_stats", "search_headline", "search_stats_markdown"]
 
 STATUSES = ("revised", "unchanged", "incorrect_original", "skipped")
 
@@ -162,6 +162,27 @@ def merge_stats(revised_rows: Iterable[Mapping[str, Any]],
                         "per-boundary statistics are empty")
     stats["warnings"] = warnings
     return stats
+
+
+def search_headline(stats: Mapping[str, Any]) -> dict[str, Any]:
+    """What the paper reports of a search: the share of searched traces (correct originals) that
+    were revised, and their mean reasoning length in tokens before and after, with its change."""
+    reasoning = stats["reasoning_tokens"]
+    searched = reasoning["traces"]
+    revised = stats["by_status"].get("revised", 0)
+    return {"searched": searched, "revised": revised, "revised_share": _rate(revised, searched),
+            "reasoning_tokens_before": reasoning["before"]["mean"],
+            "reasoning_tokens_after": reasoning["after"]["mean"],
+            "reasoning_change_pct": reasoning["relative_change_pct"]}
+
+
+def headline_markdown(headline: Mapping[str, Any]) -> str:
+    """One sentence for the top of the results table."""
+    return (f"Retro-Search revised {headline['revised']} of {headline['searched']} traces "
+            f"({_pct(headline['revised_share'])}); mean reasoning length "
+            f"{_fmt(headline['reasoning_tokens_before'])} -> "
+            f"{_fmt(headline['reasoning_tokens_after'])} tokens of the revision model "
+            f"({_signed_pct(headline['reasoning_change_pct'])}).")
 
 
 # ----------------------------------------------------------------------------- Markdown

@@ -6,15 +6,18 @@ Input: one metric dict per (arm, benchmark), each with at least
 (`metrics_from_eval` builds one from an eval stage's metrics.json).
 
 Output of `results_table`: a DataFrame indexed by arm (rows in the given order), with columns
-"{benchmark}/acc" (accuracy in %) and "{benchmark}/len" (mean tokens) for each benchmark, then
-"average/acc" and "average/len" (plain means over the benchmarks; NaN when the arm lacks one of
-them, so that every average covers the same benchmarks). When both the original-trace arm and the
-Retro-Search arm are present, a last row "retro vs original" holds, per column, the accuracy
-difference in points (retro - original) and the length change in % ((retro - original) / original).
+"{benchmark}/acc" (accuracy in %), "{benchmark}/se" (its standard error in points, NaN when the
+metrics have none) and "{benchmark}/len" (mean tokens) for each benchmark, then "average/acc",
+"average/se" and "average/len" (plain means over the benchmarks, the standard error of that mean
+of independent estimates, sqrt(sum se^2) / k; NaN when the arm lacks one of them, so that every
+average covers the same benchmarks). When both the original-trace arm and the Retro-Search arm
+are present, a last row "retro vs original" holds, per column, the accuracy difference in points
+(retro - original) with its standard error (sqrt(se_retro^2 + se_original^2)) and the length
+change in % ((retro - original) / original).
 
 Writers: `write_csv` (numbers as they are) and `to_markdown` / `write_markdown` (a table written
 here, not through `tabulate`: accuracy with one decimal, lengths rounded to tokens, the last row
-signed, lengths there with a % sign).
+signed, lengths there with a % sign; an accuracy cell reads "acc ± se" where se is known).
 """
 
 from __future__ import annotations
@@ -91,15 +94,19 @@ def results_table(metrics: Iterable[Mapping[str, Any]], *, arms: Sequence[str] |
     arm_order = _ordered((r["arm"] for r in rows), arms)
     bench_order = _ordered((r["benchmark"] for r in rows), benchmarks)
 
-    columns = [f"{b}/{stat}" for b in [*bench_order, AVERAGE] for stat in ("acc", "len")]
+    columns = [f"{b}/{stat}" for b in [*bench_order, AVERAGE] for stat in ("acc", "se", "len")]
     table = pd.DataFrame(index=pd.Index(arm_order, name="arm"), columns=columns, dtype=float)
     for (arm, bench), row in cells.items():
         table.loc[arm, f"{bench}/acc"] = 100.0 * float(row["accuracy"])
+        se = row.get("accuracy_se")
+        table.loc[arm, f"{bench}/se"] = math.nan if se is None else 100.0 * float(se)
         table.loc[arm, f"{bench}/len"] = float(row["mean_tokens"])
     for stat in ("acc", "len"):
         per_bench = table[[f"{b}/{stat}" for b in bench_order]]
         # skipna=False: an arm missing a benchmark gets no average rather than a different one.
         table[f"{AVERAGE}/{stat}"] = per_bench.mean(axis=1, skipna=False)
+    ses = table[[f"{b}/se" for b in bench_order]]
+    table[f"{AVERAGE}/se"] = (ses ** 2).sum(axis=1, skipna=False) ** 0.5 / len(bench_order)
 
     if original_arm in table.index and retro_arm in table.index:
         original, retro = table.loc[original_arm], table.loc[retro_arm]
@@ -107,6 +114,8 @@ def results_table(metrics: Iterable[Mapping[str, Any]], *, arms: Sequence[str] |
         for column in columns:
             if column.endswith("/acc"):
                 change[column] = retro[column] - original[column]
+            elif column.endswith("/se"):
+                change[column] = math.hypot(retro[column], original[column])
             else:
                 change[column] = (100.0 * (retro[column] - original[column]) / original[column]
                                   if original[column] else math.nan)
@@ -140,34 +149,43 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
 
 
 def write_csv(table: pd.DataFrame, path: str | Path) -> Path:
-    """CSV with the arm as first column; accuracy in %, lengths in tokens; in the relative row,
-    accuracy in points and lengths in %. Full precision."""
+    """CSV with the arm as first column; accuracy and its standard error in %, lengths in tokens;
+    in the relative row, accuracy in points and lengths in %. Full precision."""
     return write_text_atomic(path, table.to_csv(index=True, index_label="arm"))
 
 
-def _cell(value: float, column: str, relative: bool) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _cell(value: float, column: str, relative: bool, se: float | None = None) -> str:
+    if _missing(value):
         return "n/a"
     if column.endswith("/acc"):
-        return f"{value:+.1f}" if relative else f"{value:.1f}"
+        text = f"{value:+.1f}" if relative else f"{value:.1f}"
+        return text if _missing(se) else f"{text} ± {se:.1f}"
     return f"{value:+.1f}%" if relative else f"{value:.0f}"
 
 
 def to_markdown(table: pd.DataFrame, *, caption: str | None = None) -> str:
     """A GitHub Markdown table of `results_table` output. Headers read "BENCH acc" / "BENCH len";
-    a note under the table gives the units."""
-    header = ["arm"] + [c.replace("/", " ") for c in table.columns]
+    an accuracy cell carries its standard error ("49.5 ± 3.1"); a note under the table gives the
+    units."""
+    shown = [c for c in table.columns if not c.endswith("/se")]
+    header = ["arm"] + [c.replace("/", " ") for c in shown]
     lines = []
     if caption:
         lines += [caption, ""]
     lines += ["| " + " | ".join(header) + " |",
-              "|---|" + "|".join("---:" for _ in table.columns) + "|"]
+              "|---|" + "|".join("---:" for _ in shown) + "|"]
     for arm, row in table.iterrows():
         relative = arm == RELATIVE_ROW
-        cells = [_cell(row[c], c, relative) for c in table.columns]
+        cells = [_cell(row[c], c, relative, row.get(c.replace("/acc", "/se")))
+                 for c in shown]
         lines.append("| " + " | ".join([str(arm), *cells]) + " |")
-    lines += ["", "acc: accuracy (pass@1 averaged over samples) in %; len: mean response length "
-                  "in tokens of the evaluated model's tokenizer; average: mean over the benchmarks."]
+    lines += ["", "acc: accuracy (pass@1 averaged over samples) in % ± its standard error; len: "
+                  "mean response length in tokens of the evaluated model's tokenizer; average: "
+                  "mean over the benchmarks."]
     if RELATIVE_ROW in table.index:
         lines.append(f"{RELATIVE_ROW}: accuracy difference in points, length change in %.")
     return "\n".join(lines) + "\n"
