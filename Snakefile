@@ -1,6 +1,7 @@
-# Retro-Search pipeline: raw traces -> prepare -> shard -> retro_search -> merge -> sft_data -> sft
-# -> eval -> summary. Experiments are composed with Hydra from config/ (see config/config.yaml);
-# every stage writes to results/<stage>/<name>-<hash>/ with its config and manifest.
+# Retro-Search pipeline: raw traces (or questions -> sample) -> prepare -> shard -> retro_search
+# -> merge -> sft_data -> sft -> eval -> summary. Experiments are composed with Hydra from
+# config/ (see config/config.yaml); every stage writes to results/<stage>/<name>-<hash>/ with its
+# config and manifest.
 #
 #   snakemake --cores all                                       # the demo experiment
 #   snakemake --cores all --config experiment=weak_to_strong_r1_distill_32b

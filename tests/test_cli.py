@@ -21,7 +21,8 @@ def write_rows(path, items):
     return str(path)
 
 
-@pytest.mark.parametrize("command", ["normalize", "segment", "grade", "search", "tiny-model"])
+@pytest.mark.parametrize("command", ["normalize", "segment", "grade", "search", "tiny-model",
+                                     "sample", "prepare"])
 def test_every_subcommand_explains_itself(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([command, "--help"])
@@ -35,7 +36,7 @@ def test_top_level_help_lists_the_subcommands(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])
     text = capsys.readouterr().out
-    for command in ("normalize", "segment", "grade", "search", "tiny-model"):
+    for command in ("normalize", "segment", "grade", "search", "tiny-model", "sample"):
         assert command in text
 
 

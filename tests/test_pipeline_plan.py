@@ -96,3 +96,72 @@ def test_an_unknown_arm_is_an_error_naming_the_key():
 def test_gamma_of_one_is_refused_when_the_plan_is_built_not_in_a_job():
     with pytest.raises(ValueError, match=r"search\.gamma must be strictly between 0 and 1"):
         build_plan(CONFIG, ["demo"], ["search.gamma=1"])
+
+
+R1_DISTILL_7B = "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B"
+# The demo with its traces sampled by the tiny model from its own questions, instead of read.
+SAMPLED_DEMO = ["data.source=null",
+                "data.sample={questions: data/demo/traces.jsonl, "
+                "format: {preset: r1_response, id: id}, n: 2, max_tokens: 64}"]
+
+
+def test_the_self_improvement_preset_samples_searches_and_trains_the_same_7b_model():
+    seven, = build_plan(CONFIG, ["self_improve_r1_distill_7b"]).experiments
+    s = seven.stages
+    # sample -> prepare -> shard -> search -> merge -> sft_data -> sft -> eval
+    assert s["sample"].upstream == [] and s["prepare"].upstream == [s["sample"]]
+    assert s["shard"].upstream == [s["prepare"]] and s["search"].upstream == [s["shard"]]
+    assert s["merge"].upstream == [s["search"]]
+    assert s["sft_data:retro_search"].upstream == [s["merge"]]
+    assert s["sft_data:original"].upstream == [s["prepare"]]  # its own unrevised correct traces
+    assert s["sft:retro_search"].upstream == [s["sft_data:retro_search"]]
+    assert s["eval:retro_search"].upstream == [s["sft:retro_search"]]
+    # one model in the three roles: it samples, it revises, it is fine-tuned (and evaluated)
+    assert s["sample"].config["model"]["path"] == R1_DISTILL_7B
+    assert s["search"].config["model"]["path"] == R1_DISTILL_7B
+    assert s["sft:retro_search"].config["student"]["path"] == R1_DISTILL_7B
+    assert s["eval:base"].config["model_dir"] == R1_DISTILL_7B
+    questions = s["sample"].config["sample"]
+    assert (questions["questions"], questions["split"]) == ("DigitalLearningGmbH/MATH-lighteval",
+                                                            "train")
+    assert s["sample"].config["engine"]["name"] == "vllm"
+    assert s["prepare"].config["data"]["max_correct_per_question"] == 1
+    assert s["prepare"].config["decontamination"]["benchmarks"]  # still decontaminated
+
+
+def test_the_demo_with_data_sample_samples_its_traces_with_the_tiny_model():
+    demo, = build_plan(CONFIG, ["demo"], SAMPLED_DEMO).experiments
+    sample, tiny = demo.stages["sample"], demo.stages["tiny_model"]
+    assert sample.upstream == [tiny] and demo.stages["prepare"].upstream == [sample]
+    assert sample.config["model"]["path"] == tiny.path("model")  # the reviser samples
+    assert sample.config["sample"]["n"] == 2 and sample.config["sample"]["num_shards"] == 1
+    assert sample.config["sample"]["model"] is None  # resolved into the stage's `model`
+    assert "sample" not in build_plan(CONFIG, ["demo"]).experiments[0].stages
+
+
+def test_a_sample_setting_readdresses_sampling_and_what_follows_it_only():
+    base, = build_plan(CONFIG, ["demo"], SAMPLED_DEMO).experiments
+    changed, = build_plan(CONFIG, ["demo"], [*SAMPLED_DEMO, "data.sample.n=3"]).experiments
+    assert ids(base, ["tiny_model", "eval:base"]) == ids(changed, ["tiny_model", "eval:base"])
+    for role in ("sample", "prepare", "shard", "search", "sft:original", "eval:retro_search"):
+        assert base.stages[role].id != changed.stages[role].id, role
+
+
+def test_a_sampler_of_its_own_is_planned_apart_from_the_reviser():
+    demo, = build_plan(CONFIG, ["demo"], [
+        *SAMPLED_DEMO, "+data.sample.model={label: other, path: org/other-model}"]).experiments
+    assert demo.stages["sample"].config["model"]["path"] == "org/other-model"
+    assert demo.stages["sample"].upstream == []
+    assert demo.stages["sample"].name == "demo-other"
+    assert demo.stages["search"].config["model"]["path"].startswith("results/tiny_model/")
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["data.sample={questions: q.jsonl}"], r"exactly one of data\.source .* and data\.sample"),
+    ([*SAMPLED_DEMO, "data.sample.n=0"], r"data\.sample\.n must be an integer of at least 1"),
+    ([*SAMPLED_DEMO, "+data.sample.samples=2"], r"data\.sample: unknown setting"),
+    (["data.max_correct_per_question=0"], r"data\.max_correct_per_question must be at least 1"),
+])
+def test_a_bad_data_section_is_refused_when_the_plan_is_built(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        build_plan(CONFIG, ["demo"], overrides)

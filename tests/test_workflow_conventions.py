@@ -94,3 +94,25 @@ def test_slurm_jobs_of_a_tensor_parallel_preset_ask_for_its_gpus(tmp_path):
     assert {r["gpu"] for r in jobs["retro_search"]} == {"4"}  # engine.tensor_parallel_size
     assert {r["slurm_partition"] for r in jobs["retro_search"] + jobs["eval"]} == {"gpu"}
     assert {r["gpu"] for r in jobs["eval"]} == {"4"} and {r["gpu"] for r in jobs["sft"]} == {"8"}
+
+
+def test_the_self_improvement_preset_samples_prepares_searches_trains_and_evaluates(tmp_path):
+    write_profile(tmp_path / "profile", slurm_profile_without_conda())
+    # Hub questions and models only: nothing is read from the working directory.
+    done = run([str(SNAKEMAKE), "--profile", str(tmp_path / "profile"), "-n", "--snakefile",
+                str(REPO / "Snakefile"), "-d", str(tmp_path / "work"),
+                "--config", "experiment=self_improve_r1_distill_7b"])
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    counts = job_counts(done.stdout)
+    assert counts["sample"] == 16  # data.sample.num_shards
+    assert counts["prepare"] == 1 and counts["shard"] == counts["retro_search"] == 64
+    assert counts["merge"] == 1 and counts["sft_data"] == counts["sft"] == 2
+    assert counts["eval"] == 3 * 4  # 3 arms; GSM8K in 4 shards
+    jobs = job_resources(done.stdout)
+    assert {(r["gpu"], r["slurm_partition"]) for r in jobs["sample"]} == {("1", "gpu")}
+    prepare, = [line for line in done.stdout.splitlines()
+                if line.startswith("Shell command:") and " prepare --" in line]
+    assert prepare.count("/shard-") == 16 and "--upstream results/sample/" in prepare
+    sample = next(line for line in done.stdout.splitlines()
+                  if line.startswith("Shell command:") and " sample --" in line)
+    assert "--shard" in sample and "--config results/sample/" in sample

@@ -16,8 +16,8 @@ from typing import Sequence
 
 log = logging.getLogger("retro_search")
 
-PRESETS_HELP = ("r1 (chat messages), r1_response (one string), openthoughts, openthoughts_metadata, "
-                "thought_anchors, skythought")
+PRESETS_HELP = ("r1 (chat messages), r1_response (one string), samples (`retro-search sample` "
+                "output), openthoughts, openthoughts_metadata, thought_anchors, skythought")
 FORMATS_HELP = ("input format: 'records' (normalised jsonl written by `retro-search normalize`) "
                 f"or a raw-format preset: {PRESETS_HELP}")
 
@@ -185,51 +185,16 @@ def cmd_search(args: argparse.Namespace) -> int:
 # --- prepare, shard ---------------------------------------------------------------------------
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    from collections import Counter
-
     import yaml
 
-    from retro_search.grading import Grader, normalize_reference
-    from retro_search.jsonl import write_jsonl_atomic
-    from retro_search.prepare import Decontaminator, filter_traces
-    from retro_search.readers import load_traces, write_records
+    from retro_search.prepare import run_prepare
 
     cfg = yaml.safe_load(Path(args.config).read_text())
-    data, grading, decontam = cfg["data"], cfg["grading"], cfg.get("decontamination", {})
-    out = Path(args.output_dir)
-    args.source = data["source"] if Path(data["source"]).exists() else None  # hashed if local
-    report = load_traces(data["source"], format=data["format"], split=data.get("split", "train"),
-                         name=data.get("name"), limit=data.get("limit"),
-                         source_dataset=data.get("label"),
-                         on_bad_record=data.get("on_bad_record", "quarantine"),
-                         quarantine_path=out / "quarantine.jsonl")
-    records = report.records
-    pairs = []
-    for record in records:
-        try:
-            pairs.append((normalize_reference(record.reference_answer), record.solution))
-        except ValueError as err:
-            raise ValueError(f"trace {record.id!r}, field 'reference_answer': {err}") from None
-    with Grader(processes=grading["processes"], timeout=grading["timeout"]) as grader:
-        grades = grader.grade_many(pairs, progress=not args.no_progress)
-    decontaminator = None
-    if decontam.get("enabled", True) and decontam.get("benchmarks"):
-        from retro_search.evaluation.benchmarks import load_problems
-
-        questions = [p.question for name in decontam["benchmarks"]
-                     for p in load_problems(name, data_dir=decontam.get("data_dir"))]
-        decontaminator = Decontaminator.from_questions(questions, decontam.get("ngram", 8))
-    kept, removed, reasons = filter_traces(
-        records, grades, drop_incorrect=data.get("drop_incorrect", True),
-        max_reasoning_chars=data.get("max_reasoning_chars"), decontaminator=decontaminator)
-    write_jsonl_atomic(out / "removed.jsonl", removed)
-    stats = {"read": report.total, "quarantined": report.quarantined, "loaded": len(records),
-             "original_correct": sum(g.correct for g in grades), "removed": dict(reasons),
-             "kept": len(kept),
-             "kept_by_source": dict(Counter(f"{r.source_model}|{r.source_dataset}" for r in kept))}
-    (out / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
-    write_records(kept, out / "traces.jsonl")
-    print(f"prepare: {report.summary()}; kept {len(kept)} ({dict(reasons)} removed)", file=sys.stderr)
+    source = cfg["data"].get("source")
+    args.source = source if source and Path(source).exists() else None  # hashed if local
+    stats = run_prepare(cfg, Path(args.output_dir), samples=args.samples or [],
+                        progress=not args.no_progress)
+    print(f"prepare: {stats['summary']}", file=sys.stderr)
     return 0
 
 
@@ -304,6 +269,7 @@ def cmd_tiny_model(args: argparse.Namespace) -> int:
 
 # Stage subcommands live beside their stage: each module has `register(subparsers)`.
 STAGE_COMMAND_MODULES = (
+    "retro_search.sampling_cli",
     "retro_search.sft.cli",
     "retro_search.evaluation.cli",
     "retro_search.report.cli",
@@ -400,15 +366,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_tiny_model, input_args=(), output_args=("output",))
 
     p = sub.add_parser("prepare", help="normalise, grade, filter and decontaminate raw traces",
-                       description="The prepare stage: reads data.source in data.format, grades "
+                       description="The prepare stage: reads data.source in data.format (or, "
+                       "with data.sample, the sample stage's shards given as --samples), grades "
                        "each trace's own answer, drops wrong ones (data.drop_incorrect), too long "
-                       "ones (data.max_reasoning_chars) and questions that overlap the evaluation "
-                       "benchmarks. Writes traces.jsonl, stats.json, removed.jsonl and "
-                       "quarantine.jsonl into --output-dir.")
+                       "ones (data.max_reasoning_chars), questions that overlap the evaluation "
+                       "benchmarks, sampled responses that never closed their reasoning, and the "
+                       "traces of a question beyond data.max_correct_per_question (the lowest "
+                       "sample indices are kept). Writes traces.jsonl, stats.json, removed.jsonl "
+                       "(every removed trace with its reason) and quarantine.jsonl into "
+                       "--output-dir.")
     p.add_argument("--config", required=True, help="the stage config (YAML with data, grading, decontamination)")
     p.add_argument("--output-dir", required=True, help="stage directory")
+    p.add_argument("--samples", nargs="*", default=[], metavar="SHARD",
+                   help="the sample stage's shards (`retro-search sample` outputs), when the "
+                   "config has data.sample")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    p.set_defaults(func=cmd_prepare, input_args=("source",), output_args=("output_dir",))
+    p.set_defaults(func=cmd_prepare, input_args=("source", "samples"), output_args=("output_dir",))
 
     p = sub.add_parser("shard", help="take shard INDEX of NUM_SHARDS from a trace file",
                        description="Round-robin sharding: shard i holds traces i, i+N, i+2N, ...")

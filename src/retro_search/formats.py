@@ -150,6 +150,12 @@ PRESETS: dict[str, FieldMap] = {
     "r1": FieldMap(question=None, messages="messages", answer="answer"),
     # R1 output as one string next to the problem; rename `response` to the layout's field.
     "r1_response": FieldMap(question="problem", response="response", answer="answer"),
+    # `retro-search sample` output: the r1_response layout, with the sample's id, the model that
+    # wrote it, and how (sampling.sample_row).
+    "samples": FieldMap(question="problem", response="response", answer="answer", id="id",
+                        source_model="model",
+                        metadata=("question_id", "sample", "position", "seed", "finish_reason",
+                                  "num_tokens", "question_metadata")),
     # OpenThoughts-114k / Bespoke-Stratos "default" config: system + conversations (from/value).
     # That config has no reference answer: point `answer` at wherever it was joined in
     # (the "metadata" config calls it ground_truth_solution: a full solution text, whose boxed

@@ -7,8 +7,12 @@ So two experiments that agree on everything upstream of a stage share it, and ch
 setting changes the search stage and everything downstream of it, and nothing else.
 
 Stages (kind: what it needs):
-    tiny_model   the project's tiny model, when `model.path` or `student.path` is "tiny"
-    prepare      data, grading, decontamination against the evaluation benchmarks
+    tiny_model   the project's tiny model, when `model.path`, `student.path` or the sampler's
+                 path is "tiny"
+    sample       data.sample + the sampler model (data.sample.model, else `model`) + engine,
+                 when the data config samples its traces instead of reading them (one job per
+                 data.sample.num_shards)
+    prepare      data, grading, decontamination against the evaluation benchmarks (+ sample)
     shard        prepare + pipeline.num_shards
     search       shard + model, engine, search, grading           (one job per shard)
     merge        search
@@ -27,6 +31,7 @@ the price of one engine start per job instead of one per benchmark.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import re
@@ -131,18 +136,22 @@ def eval_shard_counts(section: dict[str, Any]) -> dict[str, int]:
 def plan_experiment(name: str, cfg: dict, results: str = "results") -> Experiment:
     """Every stage of one experiment, keyed by role."""
     from retro_search.config import search_config
+    from retro_search.prepare import check_data_section
+    from retro_search.sampling import check_sampler, sample_settings
 
     search_config(cfg)  # a bad search value (e.g. search.gamma=1) is refused here, not in a job
     eval_shard_counts(cfg["eval"])  # so is a bad eval shard count
+    check_data_section(cfg["data"])  # and a data section with no source, or two
     stages: dict[str, Stage] = {}
 
     def stage(role: str, kind: str, label: str, config: dict, upstream: list[Stage]) -> Stage:
         stages[role] = Stage(kind, slug(label), config, upstream, results)
         return stages[role]
 
-    def model_ref(section: str) -> tuple[dict, list[Stage]]:
-        """A model section with `path: tiny` resolved to the tiny-model stage's folder."""
-        model = dict(cfg[section])
+    def model_ref(section: str | dict) -> tuple[dict, list[Stage]]:
+        """A model section (named, or given) with `path: tiny` resolved to the tiny-model
+        stage's folder."""
+        model = dict(cfg[section] if isinstance(section, str) else section)
         if model["path"] != TINY:
             return model, []
         tiny = stages.get("tiny_model") or stage("tiny_model", "tiny_model", TINY,
@@ -151,11 +160,23 @@ def plan_experiment(name: str, cfg: dict, results: str = "results") -> Experimen
         return model, [tiny]
 
     data_label = cfg["data"].get("label", "data")
+    prepare_up = []
+    if cfg["data"].get("sample") is not None:
+        # The traces are the sampler's own answers: data.sample.model, else the revision model.
+        settings = sample_settings(cfg["data"]["sample"], "data.sample")
+        if settings.model is None:
+            check_sampler(cfg["model"], "model")
+        sampler, sampler_up = model_ref(settings.model or "model")
+        section = {**dataclasses.asdict(settings), "model": None}  # the sampler is `model` below
+        prepare_up.append(stage(
+            "sample", "sample",
+            f"{data_label}-{(settings.model or cfg['model']).get('label', 'model')}",
+            {"sample": section, "model": sampler, "engine": cfg["engine"]}, sampler_up))
     prepare = stage("prepare", "prepare", data_label,
                     {"data": cfg["data"], "grading": cfg["grading"],
                      "decontamination": {"benchmarks": cfg["eval"]["benchmarks"],
                                          "data_dir": cfg["eval"].get("data_dir"),
-                                         **cfg["data"].get("decontamination", {})}}, [])
+                                         **cfg["data"].get("decontamination", {})}}, prepare_up)
     shard = stage("shard", "shard", data_label,
                   {"num_shards": cfg["pipeline"]["num_shards"]}, [prepare])
     model, model_up = model_ref("model")

@@ -1,12 +1,17 @@
 """The `prepare` stage: raw traces -> the normalised, graded, filtered training pool.
 
-1. read and normalise (readers.load_traces; bad records quarantined with their reason);
+1. read and normalise: traces from a file or dataset (`data.source`, readers.load_traces; bad
+   records quarantined with their reason), or the sample stage's shards (`data.sample`,
+   sampling.read_samples; responses that never closed their reasoning are removed as
+   "unclosed", unreadable ones as "malformed");
 2. grade each trace's own final answer against the reference (math-verify, worker processes);
 3. filter: wrong original answers (`data.drop_incorrect`), over-long reasoning
    (`data.max_reasoning_chars`, in characters so the pool does not depend on a tokenizer);
 4. decontaminate: drop questions that share a word n-gram with any evaluation-benchmark question
    (n = `data.decontamination.ngram`, default 8, after lower-casing and removing punctuation and
-   LaTeX markup), or equal one outright when shorter than n words.
+   LaTeX markup), or equal one outright when shorter than n words;
+5. keep at most `data.max_correct_per_question` of the traces left per question (null: all):
+   the first ones, i.e. the lowest sample indices of sampled data, file order otherwise.
 
 Nothing is dropped silently: every removed trace is listed with its reason in `removed.jsonl`
 and counted in `stats.json`.
@@ -14,10 +19,12 @@ and counted in `stats.json`.
 
 from __future__ import annotations
 
+import json
 import re
 from collections import Counter
 from dataclasses import dataclass
-from typing import Iterable
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
 
 from retro_search.records import TraceRecord
 
@@ -83,3 +90,111 @@ def filter_traces(records: list[TraceRecord], grades: list, *, drop_incorrect: b
             reasons[key] += 1
             removed.append({"id": record.id, "reason": reason})
     return kept, removed, reasons
+
+
+def question_key(record: TraceRecord) -> str:
+    """What makes two traces answers to the same question: the sampled question's id, else the
+    question text."""
+    return str(record.metadata.get("question_id", record.question))
+
+
+def keep_per_question(records: list[TraceRecord], max_per_question: int | None
+                      ) -> tuple[list[TraceRecord], list[dict]]:
+    """The first `max_per_question` records of each question (`question_key`), in the order
+    given; returns (kept, removed rows with reasons). None keeps every record."""
+    if max_per_question is None:
+        return records, []
+    kept, removed, count = [], [], Counter()
+    for record in records:
+        key = question_key(record)
+        count[key] += 1
+        if count[key] <= max_per_question:
+            kept.append(record)
+        else:
+            removed.append({"id": record.id, "reason": (
+                f"question already has {max_per_question} kept trace(s) "
+                f"(data.max_correct_per_question={max_per_question})")})
+    return kept, removed
+
+
+def check_data_section(data: Mapping[str, Any]) -> None:
+    """Refuse a data section that names no source or two, or a bad per-question cap; errors
+    name the key. (`data.sample` itself is checked by `sampling.sample_settings`.)"""
+    source, sample = data.get("source"), data.get("sample")
+    if (source is None) == (sample is None):
+        raise ValueError("data: set exactly one of data.source (traces from a file or dataset) "
+                         "and data.sample (traces sampled from a model), e.g. data.source=null "
+                         f"when sampling; got source={source!r}, sample="
+                         f"{'set' if sample is not None else None}")
+    cap = data.get("max_correct_per_question")
+    if cap is not None and (not isinstance(cap, int) or isinstance(cap, bool) or cap < 1):
+        raise ValueError(f"data.max_correct_per_question must be at least 1 or null (keep "
+                         f"all), got {cap!r}")
+
+
+def run_prepare(cfg: Mapping[str, Any], out: Path, samples: Sequence[str | Path] = (),
+                progress: bool = True) -> dict[str, Any]:
+    """The stage: reads `cfg` (sections data, grading, decontamination) and `samples` (the
+    sample stage's shards, when data.sample is set), writes traces.jsonl, stats.json,
+    removed.jsonl and quarantine.jsonl into `out`; returns the stats."""
+    from retro_search.grading import Grader, normalize_reference
+    from retro_search.jsonl import write_jsonl_atomic
+    from retro_search.readers import load_traces, write_records
+
+    data, grading, decontam = cfg["data"], cfg["grading"], cfg.get("decontamination", {})
+    check_data_section(data)
+    removed: list[dict] = []
+    reasons: Counter = Counter()
+    if data.get("sample") is not None:
+        from retro_search.sampling import read_samples
+
+        if not samples:
+            raise ValueError("data.sample is set: give the sample stage's shards (--samples)")
+        records, removed, reasons, read = read_samples(samples, data.get("label") or "samples")
+        write_jsonl_atomic(out / "quarantine.jsonl", [])  # bad questions: the sample shards' own
+        read_stats = {"read": read, "quarantined": 0, "loaded": len(records)}
+        summary = f"{len(samples)} sample shard(s): {read} samples"
+    else:
+        if samples:
+            raise ValueError("--samples given, but the config reads data.source, not data.sample")
+        report = load_traces(data["source"], format=data["format"],
+                             split=data.get("split", "train"), name=data.get("name"),
+                             limit=data.get("limit"), source_dataset=data.get("label"),
+                             on_bad_record=data.get("on_bad_record", "quarantine"),
+                             quarantine_path=out / "quarantine.jsonl")
+        records = report.records
+        read_stats = {"read": report.total, "quarantined": report.quarantined,
+                      "loaded": len(records)}
+        summary = report.summary()
+    pairs = []
+    for record in records:
+        try:
+            pairs.append((normalize_reference(record.reference_answer), record.solution))
+        except ValueError as err:
+            raise ValueError(f"trace {record.id!r}, field 'reference_answer': {err}") from None
+    with Grader(processes=grading["processes"], timeout=grading["timeout"]) as grader:
+        grades = grader.grade_many(pairs, progress=progress)
+    decontaminator = None
+    if decontam.get("enabled", True) and decontam.get("benchmarks"):
+        from retro_search.evaluation.benchmarks import load_problems
+
+        questions = [p.question for name in decontam["benchmarks"]
+                     for p in load_problems(name, data_dir=decontam.get("data_dir"))]
+        decontaminator = Decontaminator.from_questions(questions, decontam.get("ngram", 8))
+    kept, filtered, filter_reasons = filter_traces(
+        records, grades, drop_incorrect=data.get("drop_incorrect", True),
+        max_reasoning_chars=data.get("max_reasoning_chars"), decontaminator=decontaminator)
+    kept, extra = keep_per_question(kept, data.get("max_correct_per_question"))
+    removed += filtered + extra
+    reasons += filter_reasons
+    if extra:
+        reasons["over_max_per_question"] += len(extra)
+    write_jsonl_atomic(out / "removed.jsonl", removed)
+    stats = {**read_stats, "original_correct": sum(g.correct for g in grades),
+             "removed": dict(reasons), "kept": len(kept),
+             "questions_kept": len({question_key(r) for r in kept}),
+             "kept_by_source": dict(Counter(f"{r.source_model}|{r.source_dataset}" for r in kept))}
+    (out / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
+    write_records(kept, out / "traces.jsonl")
+    stats["summary"] = f"{summary}; kept {len(kept)} ({dict(reasons)} removed)"
+    return stats

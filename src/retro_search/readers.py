@@ -20,7 +20,7 @@ import tempfile
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Literal, Mapping
+from typing import Any, Callable, Iterable, Iterator, Literal, Mapping
 
 from retro_search.formats import (ALL_MARKERS, PRESETS, RAW_ANSWER_KEY, FieldMap, resolve_format,
                                   split_response)
@@ -311,11 +311,36 @@ def load_traces(source: str | Path, *, format: str | FieldMap | Mapping = "r1",
     {"position", "id", "field", "reason", "source", "record"} and counted; the good records
     before and after it are kept, in order.
     """
+    fmap = resolve_format(format)
+    return load_normalised(
+        source, lambda raw, position, dataset: normalise_record(
+            raw, fmap, position=position, source_dataset=dataset),
+        id_field=fmap.id if isinstance(fmap.id, str) else "id", split=split,
+        data_files=data_files, source_dataset=source_dataset, on_bad_record=on_bad_record,
+        quarantine_path=quarantine_path, limit=limit, name=name, cache_dir=cache_dir)
+
+
+def load_normalised(source: str | Path, normalise: Callable[[Any, int, str], Any], *,
+                    id_field: str = "id", split: str = "train", data_files=None,
+                    source_dataset: str | None = None,
+                    on_bad_record: Literal["error", "quarantine"] = "error",
+                    quarantine_path: str | Path | None = None, limit: int | None = None,
+                    name: str | None = None, cache_dir: str | Path | None = None,
+                    select: Callable[[int], bool] | None = None) -> LoadReport:
+    """Read every raw record of a source and normalise it with `normalise(raw, position,
+    source_dataset)`, which returns an object with an `id` or raises `RecordError`.
+
+    The reading, source naming, duplicate-id check (`id_field` names the field in the error),
+    limit and quarantine rules are those of `load_traces`, which is this with `normalise_record`;
+    `questions.load_questions` is this with its own normaliser. `select(position)`, when given,
+    keeps only the records at the positions it accepts (a shard of the source: positions still
+    count every raw record read, `limit` included, and the records not selected are neither
+    normalised nor counted in `total`).
+    """
     if on_bad_record not in ("error", "quarantine"):
         raise ValueError(f"on_bad_record must be 'error' or 'quarantine', not {on_bad_record!r}")
     if on_bad_record == "quarantine" and quarantine_path is None:
         raise ValueError("on_bad_record='quarantine' needs a quarantine_path for the bad records")
-    fmap = resolve_format(format)
     source = str(source)
     files = _local_files(source, data_files)
     if files is not None and split != "train":
@@ -338,23 +363,24 @@ def load_traces(source: str | Path, *, format: str | FieldMap | Mapping = "r1",
         fd, tmp_quarantine = tempfile.mkstemp(dir=quarantine_path.parent, suffix=".tmp",
                                               prefix=f".{quarantine_path.name}.")
         quarantine = os.fdopen(fd, "w", encoding="utf-8")
-    records: list[TraceRecord] = []
+    records: list[Any] = []
     seen: dict[str, int] = {}
     total = quarantined = 0
     rows = _rows(files, source, name=name, split=split, data_files=data_files,
                  cache_dir=str(cache_dir) if cache_dir else None, streaming=limit is not None)
     try:
         for position, (label, row_index, raw) in enumerate(islice(rows, limit)):
+            if select is not None and not select(position):
+                continue
             total += 1
             # Several files: say which one and where in it, since positions span all files.
             where = label if files is None or len(files) == 1 else f"{label} row {row_index}"
             try:
-                record = normalise_record(raw, fmap, position=position,
-                                          source_dataset=source_dataset)
+                record = normalise(raw, position, source_dataset)
                 if record.id in seen:
                     raise RecordError(f"duplicate id: record #{seen[record.id]} has the same id",
                                       position=position, record_id=record.id,
-                                      field=fmap.id if isinstance(fmap.id, str) else "id")
+                                      field=id_field)
             except RecordError as e:
                 error = RecordError(e.reason, position=e.position, record_id=e.record_id,
                                     field=e.field, source=where)

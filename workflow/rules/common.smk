@@ -33,6 +33,7 @@ wildcard_constraints:
     kind="|".join(
         (
             "tiny_model",
+            "sample",
             "prepare",
             "shard",
             "search",
@@ -115,10 +116,26 @@ def all_targets():
 # --- inputs and params of the rules in data.smk
 
 
+def sample_questions(wildcards):
+    """The questions file when it is local (a hub dataset id is not a file input)."""
+    questions = stage("sample", wildcards).config["sample"]["questions"]
+    return [questions] if os.path.exists(questions) else []
+
+
 def prepare_source(wildcards):
-    """The raw data file when it is local (a hub dataset id is not a file input)."""
+    """The raw data file when it is local (a hub dataset id, or sampled traces, is not)."""
     source = stage("prepare", wildcards).config["data"]["source"]
-    return [source] if os.path.exists(source) else []
+    return [source] if source and os.path.exists(source) else []
+
+
+def prepare_samples(wildcards):
+    """Every shard of the sample stage, when the traces are sampled (else none)."""
+    return [
+        u.path(f"shard-{i}.jsonl")
+        for u in stage("prepare", wildcards).upstream
+        if u.kind == "sample"
+        for i in range(u.config["sample"]["num_shards"])
+    ]
 
 
 def shard_input(wildcards):

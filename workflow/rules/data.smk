@@ -1,4 +1,5 @@
-# The tiny local model, and raw traces -> prepared pool -> shards.
+# The tiny local model, questions -> sampled traces (when data.sample is set), raw or sampled
+# traces -> prepared pool -> shards.
 
 
 rule tiny_model:
@@ -22,10 +23,39 @@ rule tiny_model:
         " > {log} 2>&1"
 
 
+rule sample:
+    input:
+        config="results/sample/{sid}/config.yaml",
+        questions=sample_questions,
+        model=model_inputs("sample"),
+    output:
+        samples="results/sample/{sid}/shard-{i}.jsonl",
+        quarantine="results/sample/{sid}/shard-{i}.quarantine.jsonl",
+        manifest="results/sample/{sid}/shard-{i}.manifest.json",
+    log:
+        "results/sample/{sid}/logs/shard-{i}.log",
+    benchmark:
+        "results/sample/{sid}/logs/shard-{i}.benchmark.tsv"
+    conda:
+        "../../envs/vllm.yaml"
+    resources:
+        cpus_per_task=2,
+        mem_mb=16000,
+        runtime=1440,
+        gpu=engine_gpus("sample"),
+        slurm_partition=engine_partition("sample"),
+    params:
+        upstream=upstream_flags("sample"),
+    shell:
+        "python -m retro_search.cli --manifest {output.manifest} {params.upstream} sample --output {output.samples}"
+        " --quarantine {output.quarantine} --config {input.config} --shard {wildcards.i} > {log} 2>&1"
+
+
 rule prepare:
     input:
         config="results/prepare/{sid}/config.yaml",
         source=prepare_source,
+        samples=prepare_samples,
     output:
         traces="results/prepare/{sid}/traces.jsonl",
         stats="results/prepare/{sid}/stats.json",
@@ -41,9 +71,11 @@ rule prepare:
         cpus_per_task=2,
         mem_mb=8000,
         runtime=120,
+    params:
+        upstream=upstream_flags("prepare"),
     shell:
-        "python -m retro_search.cli --manifest {output.manifest} prepare --config {input.config}"
-        " --output-dir results/prepare/{wildcards.sid} --no-progress > {log} 2>&1"
+        "python -m retro_search.cli --manifest {output.manifest} {params.upstream} prepare --config {input.config}"
+        " --output-dir results/prepare/{wildcards.sid} --samples {input.samples} --no-progress > {log} 2>&1"
 
 
 rule shard:

@@ -1,0 +1,207 @@
+"""`retro-search sample`: a model's own responses to questions with reference answers (one shard).
+
+Settings: the `sample`, `model` and `engine` sections of --config (a sample stage's resolved
+config), then KEY=VALUE overrides. Heavy imports stay inside the command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Sequence
+
+log = logging.getLogger("retro_search")
+
+DESCRIPTION = """\
+Sample a model on questions with reference answers: n responses per question (sample.n), in the
+model's own format (its chat template, its reasoning opener, then what it writes: reasoning, the
+closer, a solution). Writes OUTPUT, one JSON line per response in the `samples` trace preset
+(id "<question id>/<sample>", question_id, sample, position, problem, answer, response, model,
+seed, finish_reason, num_tokens, question_metadata), the input of `retro-search prepare`, which
+grades the responses and keeps the correct ones. Responses that reach sample.max_tokens are kept
+and counted (prepare drops those that never closed their reasoning). Bad question records (no
+question, an answer the grader cannot read, a repeated id) go to the quarantine file with their
+reason (sample.on_bad_record=quarantine) or stop the command (error).
+
+With sample.num_shards=N and --shard i, the command answers the questions at positions i, i+N,
+... of the source. Every response is appended to a hidden progress file beside OUTPUT
+(.OUTPUT.progress-<fingerprint>.jsonl, keyed by the settings and the questions); a killed run
+started again skips what it holds, and OUTPUT is written atomically at the end. Each response's
+seed derives from sample.seed, the question id and the sample index, so with the transformers
+engine a resumed run writes the same file as an uninterrupted one."""
+
+EPILOG = """\
+Settings (defaults: retro_search.sampling.SampleSettings; model: retro_search/conf/search.yaml):
+  sample.questions (hub id or local file; or --questions), sample.format (question preset
+  problem_answer | math_solution | gsm8k, a trace preset such as r1_response, or
+  {question: PATH, answer: PATH, id: PATH}), sample.split, sample.name, sample.limit, sample.n,
+  sample.temperature, sample.top_p, sample.max_tokens, sample.seed, sample.num_shards,
+  sample.on_bad_record; model.path, model.tokenizer, model.user_template, model.think_open,
+  model.think_close; engine.name (transformers | vllm | auto | package.module:Class) and its
+  arguments. Example:
+  retro-search sample --questions DigitalLearningGmbH/MATH-lighteval --output samples.jsonl \\
+      sample.format=math_solution sample.name=default sample.n=4 sample.limit=100 \\
+      model.path=deepseek-ai/DeepSeek-R1-Distill-Qwen-7B engine.name=vllm"""
+
+SECTIONS = ("sample", "model", "engine")
+
+
+def load_sample_config(config_file: str | Path | None, overrides: Sequence[str] = (),
+                       questions: str | None = None):
+    """(SampleSettings, sampler model section, engine section): --config's sample/model/engine
+    sections over the defaults, then overrides, then --questions. The sampler is
+    `sample.model` when set, else the `model` section. Raises ValueError naming a bad key."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
+
+    from retro_search.config import default_config
+    from retro_search.sampling import check_sampler, sample_settings
+
+    bad = [o for o in overrides if "=" not in o]
+    if bad:
+        raise ValueError(f"override {bad[0]!r} is not KEY=VALUE (e.g. sample.n=4)")
+    others = [o for o in overrides if o.split(".", 1)[0] not in SECTIONS]
+    if others:
+        raise ValueError(f"override(s) {others} belong to none of the sections {list(SECTIONS)} "
+                         "(write sample.KEY=VALUE, model.KEY=VALUE or engine.KEY=VALUE)")
+    try:
+        cfg = OmegaConf.create({"sample": {}, "model": default_config().model,
+                                "engine": {"name": "transformers"}})
+        if config_file is not None:
+            loaded = OmegaConf.load(config_file)
+            cfg = OmegaConf.merge(cfg, {k: loaded[k] for k in SECTIONS
+                                        if k in loaded and loaded[k] is not None})
+        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
+        if questions is not None:
+            cfg.sample.questions = questions
+        sampler_given = cfg.sample.get("model") is not None
+        resolved = OmegaConf.to_container(cfg, resolve=True,
+                                          throw_on_missing=not sampler_given)
+    except MissingMandatoryValue as err:
+        raise ValueError(f"config value {err.full_key} is required (set it with "
+                         f"{err.full_key}=...)") from None
+    except OmegaConfBaseException as err:
+        raise ValueError(f"invalid sample config: {err}") from None
+    settings = sample_settings(resolved["sample"], "sample")
+    defaults = OmegaConf.to_container(default_config().model)
+    defaults.pop("path")
+    if settings.model is not None:
+        model, where = {**defaults, **settings.model}, "sample.model"
+    else:
+        model, where = resolved["model"], "model"
+    check_sampler(model, where)
+    return settings, model, resolved["engine"]
+
+
+def _fingerprint(settings, model: dict, engine: dict, shard: int, questions) -> str:
+    """What the samples depend on: the settings, the sampler, the engine and the questions."""
+    digest = hashlib.sha256(json.dumps(
+        {"sample": dataclasses.asdict(settings), "model": model, "engine": engine,
+         "shard": shard}, sort_keys=True, default=str).encode())
+    for q in questions:
+        digest.update(json.dumps([q.id, q.question, q.reference_answer]).encode())
+    return digest.hexdigest()[:12]
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from retro_search.config import engine_kwargs
+    from retro_search.engines import engine_info, load_engine
+    from retro_search.grading import normalize_reference
+    from retro_search.jsonl import write_jsonl_atomic
+    from retro_search.prompts import load_prompt_format
+    from retro_search.questions import load_questions
+    from retro_search.sampling import is_unclosed, plan_requests, run_samples
+
+    settings, model, engine_section = load_sample_config(args.config, args.overrides,
+                                                         args.questions)
+    if not 0 <= args.shard < settings.num_shards:
+        raise ValueError(f"--shard must be in 0..{settings.num_shards - 1} "
+                         f"(sample.num_shards={settings.num_shards}), got {args.shard}")
+    if args.chunk_size < 1:
+        raise ValueError(f"--chunk-size must be at least 1, got {args.chunk_size}")
+    output = Path(args.output)
+    quarantine = Path(args.quarantine or output.with_suffix(".quarantine.jsonl"))
+    # The manifest hashes a local question file and records the sampler (see _write_manifest).
+    args.quarantine, args.model_path = str(quarantine), model["path"]
+    args.questions_file = settings.questions if Path(settings.questions).exists() else None
+
+    report = load_questions(
+        settings.questions, format=settings.format, split=settings.split, name=settings.name,
+        limit=settings.limit, on_bad_record=settings.on_bad_record,
+        quarantine_path=quarantine if settings.on_bad_record == "quarantine" else None,
+        check_answer=normalize_reference, num_shards=settings.num_shards, shard=args.shard)
+    if settings.on_bad_record == "error":
+        write_jsonl_atomic(quarantine, [])  # declared output: empty, a bad record stops the load
+    questions = report.records
+    print(report.summary(), file=sys.stderr)
+    fingerprint = _fingerprint(settings, model, engine_section, args.shard, questions)
+    progress = output.with_name(f".{output.name}.progress-{fingerprint}.jsonl")
+    tokenizer = model.get("tokenizer")
+    prompt = load_prompt_format(tokenizer or model["path"],
+                                system_prompt=model.get("system_prompt"),
+                                user_template=model.get("user_template") or "{question}",
+                                think_open=model["think_open"], think_close=model["think_close"],
+                                **({"revision": model["revision"]}
+                                   if model.get("revision") and not tokenizer else {}))
+    rows, skipped, stats = [], [], None
+    if questions:
+        name, kwargs = engine_kwargs({"engine": engine_section, "model": model})
+        engine = load_engine(name, **kwargs)
+        args.engine_info = engine_info(engine)  # the manifest says which engine ran
+        log.info("engine: %s on %s (%s)", args.engine_info["name"], args.engine_info["device"],
+                 args.engine_info["settings"])
+        try:
+            planned, skipped = plan_requests(
+                questions, settings, prompt.head, count_tokens=prompt.count_tokens,
+                context_length=getattr(engine, "max_model_len", None))
+            rows, stats = run_samples(planned, engine, sampler=model["path"],
+                                      think_open=model["think_open"], progress_path=progress,
+                                      chunk_size=args.chunk_size,
+                                      show_progress=not args.no_progress)
+        finally:
+            shutdown = getattr(engine, "shutdown", None)  # vLLM's engine processes
+            if callable(shutdown):
+                shutdown()
+    write_jsonl_atomic(output, rows)
+    progress.unlink(missing_ok=True)  # the output now holds everything it had
+
+    for question, reason in skipped:
+        print(f"retro-search sample: question {question.id!r} skipped: {reason}", file=sys.stderr)
+    print(json.dumps({
+        "questions": len(questions), "quarantined": report.quarantined, "skipped": len(skipped),
+        "samples": len(rows), "resumed": stats.resumed if stats else 0,
+        "truncated_length": sum(r["finish_reason"] == "length" for r in rows),
+        "unclosed": sum(is_unclosed(r["response"]) for r in rows),
+        "generated_tokens": sum(r["num_tokens"] for r in rows),
+        "generated_tokens_per_s": round(stats.tokens_per_second, 1) if stats else 0.0,
+        "output": str(output), "quarantine": str(quarantine)}), file=sys.stderr)
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("sample", help="sample a model's own traces for questions with answers",
+                       description=DESCRIPTION, epilog=EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--output", required=True, help="the samples (.jsonl)")
+    p.add_argument("--questions", default=None,
+                   help="questions: hub dataset id or local .jsonl/.json/.parquet file, folder "
+                        "or glob (default: sample.questions)")
+    p.add_argument("--config", default=None,
+                   help="YAML with sample/model/engine sections (a sample stage's resolved config)")
+    p.add_argument("--shard", type=int, default=0,
+                   help="which of sample.num_shards shards of the questions to answer (default: 0)")
+    p.add_argument("--quarantine", default=None,
+                   help="bad question records (default: OUTPUT with .quarantine.jsonl)")
+    p.add_argument("--chunk-size", type=int, default=256,
+                   help="requests per engine call for batch engines, one progress save each "
+                        "(default: 256; streaming engines such as vLLM take requests one by one)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="sample.KEY=VALUE, model.KEY=VALUE or engine.KEY=VALUE overrides")
+    p.set_defaults(func=cmd_sample, input_args=("questions_file",), model_args=("model_path",),
+                   output_args=("output", "quarantine"))
