@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from retro_search.evaluation.benchmarks import (BENCHMARKS, INSTRUCTION_SUFFIX, get_benchmark,
-                                                load_problems)
+from retro_search.evaluation.benchmarks import (BENCHMARKS, INSTRUCTION_SUFFIX, MATH_BENCHMARKS,
+                                                get_benchmark, load_problems)
 from retro_search.grading import grade
 from retro_search.grading.extract import last_boxed
 
@@ -22,10 +22,16 @@ def raw(name):
     return [json.loads(line) for line in (DATA / f"{name}.jsonl").read_text().splitlines()]
 
 
-def test_registry_has_the_eight_benchmarks():
-    assert set(BENCHMARKS) == set(COUNTS)
-    for name, bench in BENCHMARKS.items():
+def test_registry_has_the_eight_benchmarks_and_the_miniature_task():
+    assert set(MATH_BENCHMARKS) == set(COUNTS) and set(BENCHMARKS) == {*COUNTS, "arith"}
+    for name in MATH_BENCHMARKS:
+        bench = BENCHMARKS[name]
         assert bench.name == name and bench.local_file == f"{name}.jsonl" and bench.hub_id
+
+
+def test_a_benchmark_without_a_hub_copy_asks_for_its_folder():
+    with pytest.raises(ValueError, match=r"arith: has no hub copy; give its folder \(eval.data_dirs.arith"):
+        load_problems("arith")
 
 
 @needs_data

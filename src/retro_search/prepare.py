@@ -178,8 +178,9 @@ def run_prepare(cfg: Mapping[str, Any], out: Path, samples: Sequence[str | Path]
     if decontam.get("enabled", True) and decontam.get("benchmarks"):
         from retro_search.evaluation.benchmarks import load_problems
 
+        dirs = decontam.get("data_dirs") or {}
         questions = [p.question for name in decontam["benchmarks"]
-                     for p in load_problems(name, data_dir=decontam.get("data_dir"))]
+                     for p in load_problems(name, data_dir=dirs.get(name, decontam.get("data_dir")))]
         decontaminator = Decontaminator.from_questions(questions, decontam.get("ngram", 8))
     kept, filtered, filter_reasons = filter_traces(
         records, grades, drop_incorrect=data.get("drop_incorrect", True),

@@ -33,7 +33,7 @@ from typing import Any, Iterable, Sequence
 from retro_search.grading.extract import last_boxed
 from retro_search.grading.verify import normalize_reference
 
-__all__ = ["BENCHMARKS", "Benchmark", "Problem", "get_benchmark", "load_problems",
+__all__ = ["BENCHMARKS", "MATH_BENCHMARKS", "Benchmark", "Problem", "get_benchmark", "load_problems",
            "problems_from_records", "INSTRUCTION_SUFFIX"]
 
 # The instruction the QwQ AIME 2025 file appends to every problem (also our default user template).
@@ -116,7 +116,15 @@ BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (
               split="train", local_file="gaokao2023en.jsonl", question_field="question",
               answer_field="answer", id_field=None,
               answer_in_question=r"(?i)\s*answers?:\s*(?P<answer>[^\n]+?)\s*$"),
+    # The demo's miniature task (retro_search.miniature): held-out sums of three one-digit
+    # numbers, written by the pipeline's task stage (`heldout.jsonl`); on no hub.
+    Benchmark("arith", hub_id="", hub_config=None, split="heldout", local_file="heldout.jsonl",
+              question_field="question", answer_field="answer", id_field="id"),
 )}
+
+
+# The eight math benchmarks of ALGORITHM.md's "Evaluation" (the default of eval.benchmarks).
+MATH_BENCHMARKS: tuple[str, ...] = tuple(name for name in BENCHMARKS if name != "arith")
 
 
 def get_benchmark(benchmark: str | Benchmark) -> Benchmark:
@@ -146,6 +154,9 @@ def _read_local(path: Path) -> list[dict[str, Any]]:
 
 
 def _read_hub(benchmark: Benchmark) -> list[dict[str, Any]]:
+    if not benchmark.hub_id:
+        raise ValueError(f"{benchmark.name}: has no hub copy; give its folder "
+                         f"(eval.data_dirs.{benchmark.name}, or eval.data_dir)")
     from datasets import load_dataset  # lazy: heavy, and only needed without a data_dir
 
     try:

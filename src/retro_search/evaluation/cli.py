@@ -67,10 +67,11 @@ def _benchmark_metrics(shard: BenchmarkShard, rows: list[dict[str, Any]], settin
         "benchmark": bench.name, "model": model, "tokenizer": tokenizer,
         "token_counts": f"generated tokens, in tokenizer {tokenizer!r}",
         "n": n, **summarize_benchmark(rows, settings.ks_for(n)),
-        "source": (str(Path(settings.data_dir) / bench.local_file) if settings.data_dir
+        "source": (str(Path(settings.data_dir_for(bench.name)) / bench.local_file)
+                   if settings.data_dir_for(bench.name)
                    else f"hub:{bench.hub_id}" + (f"/{bench.hub_config}" if bench.hub_config else "")
                    + f"[{bench.split}]"),
-        "limit": settings.limit, "num_shards": settings.shards_for(bench.name),
+        "limit": settings.limit_for(bench.name), "num_shards": settings.shards_for(bench.name),
         "shard": settings.shard, "engine": engine, "decoding": settings.decoding(),
         "user_template": bench.prompt_template or settings.user_template,
     }
@@ -120,10 +121,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
                                 think_close=settings.think_close)
     shards = []
     for bench in covered:  # every benchmark is read before the engine loads: bad data fails fast
-        problems = shard_problems(load_problems(bench, settings.data_dir, settings.limit),
+        problems = shard_problems(load_problems(bench, settings.data_dir_for(bench.name),
+                                                settings.limit_for(bench.name)),
                                   settings.shards_for(bench.name), settings.shard)
         if not problems:
-            raise ValueError(f"{bench.name}: no problems to evaluate (limit={settings.limit}, "
+            raise ValueError(f"{bench.name}: no problems to evaluate "
+                             f"(limit={settings.limit_for(bench.name)}, "
                              f"shard {settings.shard} of {settings.shards_for(bench.name)})")
         shards.append(BenchmarkShard(bench.name, problems, prompt_renderer(
             prompt.head, bench.prompt_template or settings.user_template)))

@@ -14,9 +14,9 @@ import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
-from retro_search.evaluation.benchmarks import BENCHMARKS, INSTRUCTION_SUFFIX
+from retro_search.evaluation.benchmarks import BENCHMARKS, INSTRUCTION_SUFFIX, MATH_BENCHMARKS
 
 __all__ = ["EvalSettings", "load_eval_config", "DEFAULT_USER_TEMPLATE", "AIME_AMC"]
 
@@ -32,7 +32,10 @@ class EvalSettings:
         engine, unless `--benchmarks` names others.
     data_dir: folder with local benchmark copies (`<name>.jsonl`); None = load from the hub.
         Relative paths are relative to the current directory.
+    data_dirs: the folder of each benchmark named here, over `data_dir` (the demo's `arith`
+        problems are made by the pipeline, which fills this in).
     limit: at most this many problems per benchmark (the first ones); None = all.
+    limit_per_benchmark: the limit of each benchmark named here, over `limit` (None = all).
     n_samples: samples per problem, unless `n_samples_per_benchmark` names the benchmark.
     temperature, top_p, max_tokens, seed: decoding. Each generation's seed derives from `seed`,
         the benchmark, the problem id and the sample index.
@@ -54,9 +57,11 @@ class EvalSettings:
     chunk_size: requests per engine call (one progress-bar step).
     """
 
-    benchmarks: list[str] = field(default_factory=lambda: list(BENCHMARKS))
+    benchmarks: list[str] = field(default_factory=lambda: list(MATH_BENCHMARKS))
     data_dir: str | None = None
+    data_dirs: dict[str, str] = field(default_factory=dict)
     limit: int | None = None
+    limit_per_benchmark: dict[str, Optional[int]] = field(default_factory=dict)
     n_samples: int = 1
     n_samples_per_benchmark: dict[str, int] = field(
         default_factory=lambda: {name: 8 for name in AIME_AMC})
@@ -93,8 +98,15 @@ class EvalSettings:
                           for k, v in self.n_samples_per_benchmark.items())]:
             if n < 1:
                 raise ValueError(f"eval.{name} must be at least 1, got {n}")
-        if self.limit is not None and self.limit < 1:
-            raise ValueError(f"eval.limit must be at least 1 or null, got {self.limit}")
+        for name, limit in [("limit", self.limit),
+                            *((f"limit_per_benchmark.{k}", v)
+                              for k, v in self.limit_per_benchmark.items())]:
+            if limit is not None and limit < 1:
+                raise ValueError(f"eval.{name} must be at least 1 or null, got {limit}")
+        for key in ("data_dirs", "limit_per_benchmark"):
+            unknown = sorted(set(getattr(self, key)) - set(BENCHMARKS))
+            if unknown:
+                raise ValueError(f"eval.{key}: unknown benchmark(s) {unknown}")
         if self.temperature < 0:
             raise ValueError(f"eval.temperature must be >= 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
@@ -120,6 +132,13 @@ class EvalSettings:
                                  f"got {shards}")
         if self.chunk_size < 1:
             raise ValueError(f"eval.chunk_size must be at least 1, got {self.chunk_size}")
+
+    def data_dir_for(self, benchmark: str) -> str | None:
+        """The folder this benchmark is read from (None: the hub)."""
+        return self.data_dirs.get(benchmark, self.data_dir)
+
+    def limit_for(self, benchmark: str) -> int | None:
+        return self.limit_per_benchmark.get(benchmark, self.limit)
 
     def samples_for(self, benchmark: str) -> int:
         """n for this benchmark."""
