@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import random
 from pathlib import Path
+from typing import Any
 
 BOS, EOS, PAD = "<|begin_of_text|>", "<|end_of_text|>", "<|pad|>"
 USER, ASSISTANT = "<|User|>", "<|Assistant|>"
@@ -187,7 +188,8 @@ def build_tiny_model(out_dir: str | Path, *, seed: int = 0, vocab_size: int = 20
                      hidden_size: int = 64, num_layers: int = 2, num_heads: int = 2,
                      num_kv_heads: int = 1, intermediate_size: int = 128,
                      max_position_embeddings: int = 32768, logit_scale: float = 20.0,
-                     train_steps: int = 0, train_batch_size: int = 16) -> Path:
+                     train_steps: int = 0, train_batch_size: int = 16,
+                     tokenizer: Any = None) -> Path:
     """Write a tiny random Llama model and its tokenizer to `out_dir`; return the directory.
 
     Offline and a few seconds on a laptop CPU. The same arguments give the same tokenizer and the
@@ -202,6 +204,10 @@ def build_tiny_model(out_dir: str | Path, *, seed: int = 0, vocab_size: int = 20
     makes end-to-end demos finish rollouts; the answers stay mostly wrong. Training runs on one
     thread so the weights are the same on every run on a machine (other CPUs may round
     differently).
+
+    `tokenizer`: None for the BPE tokenizer above (`vocab_size` tokens at most), or a tokenizer
+    made elsewhere with the same special tokens, markers and chat template
+    (`miniature.miniature_tokenizer`); `vocab_size` is then ignored.
     """
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
@@ -210,7 +216,8 @@ def build_tiny_model(out_dir: str | Path, *, seed: int = 0, vocab_size: int = 20
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tokenizer = _train_tokenizer(vocab_size)
+    if tokenizer is None:
+        tokenizer = _train_tokenizer(vocab_size)
     config = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=intermediate_size,
         num_hidden_layers=num_layers, num_attention_heads=num_heads,
