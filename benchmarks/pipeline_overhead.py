@@ -1,13 +1,13 @@
 """Pipeline overhead: Snakemake's dry run and no-op rerun for 1,000 search shards x 8 benchmarks.
 
-    .venv/bin/python benchmarks/pipeline_overhead.py                 # defaults: demo, 1000 shards
+    .venv/bin/python benchmarks/pipeline_overhead.py                 # defaults: traces_demo, 1000 shards
     .venv/bin/python benchmarks/pipeline_overhead.py --repeat 1 --profile
 
 In a clean copy of the working tree (`git ls-files --cached --others --exclude-standard`, with
 `shared` -> the shared data beside it, as tests/test_workflow.py makes it), times, each `--repeat`
 times (the median is reported):
 
-- dry_run_s: `snakemake -n --cores 2 --config experiment=demo overrides="pipeline.num_shards=1000
+- dry_run_s: `snakemake -n --cores 2 --config experiment=traces_demo overrides="pipeline.num_shards=1000
   eval.benchmarks=[math500,aime24,...]"` (the 8 benchmarks) on the empty results/ tree (every
   job to do); `jobs` is the total of its 'Job stats' table (3 arms x 8 benchmarks = 24 eval_merge
   jobs, 1000 shard and 1000 retro_search jobs, ...);
@@ -184,7 +184,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="Prints one line per figure and a final RESULT {json} line.")
-    p.add_argument("--experiment", default="demo", help="experiment (default: %(default)s)")
+    p.add_argument("--experiment", default="traces_demo", help="experiment (default: %(default)s)")
     p.add_argument("--shards", type=int, default=1000,
                    help="pipeline.num_shards (default: %(default)s)")
     p.add_argument("--benchmarks", default=BENCHMARKS, help="eval.benchmarks, comma-separated")

@@ -147,7 +147,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="Prints one line per figure and a final RESULT {json} line.")
-    # The demo experiment's search settings.
+    # The traces_demo experiment's search settings (the demo before the miniature).
     add_search_args(p, traces=traces_default, fmt=format_default, max_tokens=160,
                     max_step_tokens=48)
     p.add_argument("--model-dir", default=None,

@@ -123,3 +123,16 @@ def test_grading_agreement_counts_agreement_and_names_the_disagreements(tmp_path
     assert figures["pairs"] == 4 and figures["pairs_boxed"] == 2
     assert figures["ours_agree_all"] == "3/4" and figures["ours_false_negatives"] == 1
     assert [d["family"] for d in result["notes"]["ours_disagreements"]] == ["wrong"]
+
+
+def test_miniature_learning_curve_trains_and_samples_each_checkpoint():
+    result = result_of("miniature_learning_curve.py", "--steps", "4", "--eval-every", "2",
+                       "--batch", "8", "--heldout", "4", "--temperatures", "0,1.0",
+                       "--threads", "1")
+    figures = result["figures"]
+    assert figures["parameters"] == 941_952 and figures["train_rows"] == 1600
+    curve = result["notes"]["curve"]
+    assert [(r["step"], r["temperature"]) for r in curve] == [(2, 0.0), (2, 1.0), (4, 0.0), (4, 1.0)]
+    for row in curve:
+        assert 0 <= row["accuracy"] <= 1 and row["mean_tokens"] > 0
+    assert figures["final_accuracy_greedy"] == curve[2]["accuracy"]

@@ -155,3 +155,34 @@ def test_search_refuses_a_reasoning_closer_that_decoding_would_drop(tmp_path, ca
     err = capsys.readouterr().err
     assert status == 2 and "'</think>' does not survive decoding" in err, err
     assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_task_writes_the_miniature_splits_and_teacher_records_the_same_every_time(tmp_path):
+    config = tmp_path / "config.yaml"
+    config.write_text("task: {heldout: 20, sample: 10, teacher: 5, traces_per_question: 2}\n")
+    for out in ("a", "b"):
+        assert main(["task", str(tmp_path / out), "--config", str(config)]) == 0
+    names = ["teacher_traces.jsonl", "teacher_records.jsonl", "teacher.jsonl", "sample.jsonl",
+             "heldout.jsonl", "task.json"]
+    for name in names:
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+    records = rows(tmp_path / "a" / "teacher_records.jsonl")
+    assert len(records) == 10 and {"question", "reference_answer", "reasoning"} <= set(records[0])
+    assert len(rows(tmp_path / "a" / "heldout.jsonl")) == 20
+
+
+def test_task_names_an_unknown_setting(tmp_path, capsys):
+    config = tmp_path / "config.yaml"
+    config.write_text("task: {heldouts: 20}\n")
+    assert main(["task", str(tmp_path / "out"), "--config", str(config)]) == 2
+    assert "unknown task setting(s) ['heldouts']" in capsys.readouterr().err
+
+
+def test_tiny_model_builds_the_miniature_model_from_the_stage_config(tmp_path):
+    import json as json_
+
+    config = tmp_path / "config.yaml"
+    config.write_text("tiny_model: {miniature: xs, seed: 0}\n")
+    assert main(["tiny-model", str(tmp_path / "m"), "--config", str(config)]) == 0
+    model = json_.loads((tmp_path / "m" / "config.json").read_text())
+    assert model["hidden_size"] == 128 and model["hidden_size"] // model["num_attention_heads"] == 64

@@ -14,8 +14,8 @@ def ids(experiment, roles):
 
 
 def test_a_search_change_readdresses_search_and_downstream_only():
-    base, = build_plan(CONFIG, ["demo"]).experiments
-    changed, = build_plan(CONFIG, ["demo"], ["search.gamma=0.8"]).experiments
+    base, = build_plan(CONFIG, ["traces_demo"]).experiments
+    changed, = build_plan(CONFIG, ["traces_demo"], ["search.gamma=0.8"]).experiments
     same = ["tiny_model", "prepare", "shard", "sft_data:original", "sft:original",
             "eval:original", "eval:base"]
     moved = ["search", "merge", "sft_data:retro_search", "sft:retro_search",
@@ -25,9 +25,9 @@ def test_a_search_change_readdresses_search_and_downstream_only():
 
 
 def test_a_sweep_plans_one_experiment_per_value_sharing_the_upstream_stages():
-    plan = build_plan(CONFIG, ["demo"], ["search.rollouts=1,2"])
+    plan = build_plan(CONFIG, ["traces_demo"], ["search.rollouts=1,2"])
     one, two = plan.experiments
-    assert (one.name, two.name) == ("demo_search.rollouts=1", "demo_search.rollouts=2")
+    assert (one.name, two.name) == ("traces_demo_search.rollouts=1", "traces_demo_search.rollouts=2")
     assert one.stages["prepare"] is not two.stages["prepare"]  # planned twice ...
     assert one.stages["prepare"].dir == two.stages["prepare"].dir  # ... one directory
     assert one.stages["search"].dir != two.stages["search"].dir
@@ -47,7 +47,7 @@ def test_paper_presets_compose_with_hub_models_and_their_gpu_settings():
 
 
 def test_one_eval_stage_per_arm_covers_every_benchmark():
-    demo, = build_plan(CONFIG, ["demo"]).experiments
+    demo, = build_plan(CONFIG, ["traces_demo"]).experiments
     evals = {role: s for role, s in demo.stages.items() if s.kind == "eval"}
     assert sorted(evals) == ["eval:base", "eval:original", "eval:retro_search"]
     for role, evaluation in evals.items():
@@ -61,7 +61,7 @@ def test_eval_shard_counts_take_the_per_benchmark_count_else_num_shards():
     section = {"benchmarks": ["math500", "gsm8k", "aime24"], "num_shards": 2,
                "num_shards_per_benchmark": {"gsm8k": 4, "olympiadbench": 3}}
     assert eval_shard_counts(section) == {"math500": 2, "gsm8k": 4, "aime24": 2}
-    demo, = build_plan(CONFIG, ["demo"]).experiments
+    demo, = build_plan(CONFIG, ["traces_demo"]).experiments
     counts = eval_shard_counts(demo.stages["eval:base"].config["eval"])
     assert counts["math500"] == 2 and max(counts.values()) == 2  # 2 eval jobs per arm
     assert set(counts.values()) == {1, 2}
@@ -71,8 +71,8 @@ def test_a_shard_count_change_readdresses_every_arms_eval_and_nothing_upstream()
     # One eval stage covers all benchmarks, so resharding one re-addresses the whole stage.
     # (The benchmark list also decontaminates the training data: changing it re-addresses prepare
     # and everything after it.)
-    base, = build_plan(CONFIG, ["demo"]).experiments
-    changed, = build_plan(CONFIG, ["demo"], ["eval.num_shards_per_benchmark.math500=3"]).experiments
+    base, = build_plan(CONFIG, ["traces_demo"]).experiments
+    changed, = build_plan(CONFIG, ["traces_demo"], ["eval.num_shards_per_benchmark.math500=3"]).experiments
     for role in ("prepare", "search", "sft:original", "sft:retro_search"):
         assert base.stages[role].id == changed.stages[role].id, role
     for role in ("eval:base", "eval:original", "eval:retro_search", "summary"):
@@ -85,17 +85,17 @@ def test_a_shard_count_change_readdresses_every_arms_eval_and_nothing_upstream()
 ])
 def test_a_shard_count_below_one_is_refused_when_the_plan_is_built(override, key):
     with pytest.raises(ValueError, match=key.replace(".", r"\.")):
-        build_plan(CONFIG, ["demo"], [override])
+        build_plan(CONFIG, ["traces_demo"], [override])
 
 
 def test_an_unknown_arm_is_an_error_naming_the_key():
     with pytest.raises(ValueError, match="pipeline.arms: unknown arm"):
-        build_plan(CONFIG, ["demo"], ["pipeline.arms=[base,distilled]"])
+        build_plan(CONFIG, ["traces_demo"], ["pipeline.arms=[base,distilled]"])
 
 
 def test_gamma_of_one_is_refused_when_the_plan_is_built_not_in_a_job():
     with pytest.raises(ValueError, match=r"search\.gamma must be strictly between 0 and 1"):
-        build_plan(CONFIG, ["demo"], ["search.gamma=1"])
+        build_plan(CONFIG, ["traces_demo"], ["search.gamma=1"])
 
 
 R1_DISTILL_7B = "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B"
@@ -130,25 +130,25 @@ def test_the_self_improvement_preset_samples_searches_and_trains_the_same_7b_mod
 
 
 def test_the_demo_with_data_sample_samples_its_traces_with_the_tiny_model():
-    demo, = build_plan(CONFIG, ["demo"], SAMPLED_DEMO).experiments
+    demo, = build_plan(CONFIG, ["traces_demo"], SAMPLED_DEMO).experiments
     sample, tiny = demo.stages["sample"], demo.stages["tiny_model"]
     assert sample.upstream == [tiny] and demo.stages["prepare"].upstream == [sample]
     assert sample.config["model"]["path"] == tiny.path("model")  # the reviser samples
     assert sample.config["sample"]["n"] == 2 and sample.config["sample"]["num_shards"] == 1
     assert sample.config["sample"]["model"] is None  # resolved into the stage's `model`
-    assert "sample" not in build_plan(CONFIG, ["demo"]).experiments[0].stages
+    assert "sample" not in build_plan(CONFIG, ["traces_demo"]).experiments[0].stages
 
 
 def test_a_sample_setting_readdresses_sampling_and_what_follows_it_only():
-    base, = build_plan(CONFIG, ["demo"], SAMPLED_DEMO).experiments
-    changed, = build_plan(CONFIG, ["demo"], [*SAMPLED_DEMO, "data.sample.n=3"]).experiments
+    base, = build_plan(CONFIG, ["traces_demo"], SAMPLED_DEMO).experiments
+    changed, = build_plan(CONFIG, ["traces_demo"], [*SAMPLED_DEMO, "data.sample.n=3"]).experiments
     assert ids(base, ["tiny_model", "eval:base"]) == ids(changed, ["tiny_model", "eval:base"])
     for role in ("sample", "prepare", "shard", "search", "sft:original", "eval:retro_search"):
         assert base.stages[role].id != changed.stages[role].id, role
 
 
 def test_a_sampler_of_its_own_is_planned_apart_from_the_reviser():
-    demo, = build_plan(CONFIG, ["demo"], [
+    demo, = build_plan(CONFIG, ["traces_demo"], [
         *SAMPLED_DEMO, "+data.sample.model={label: other, path: org/other-model}"]).experiments
     assert demo.stages["sample"].config["model"]["path"] == "org/other-model"
     assert demo.stages["sample"].upstream == []
@@ -164,4 +164,29 @@ def test_a_sampler_of_its_own_is_planned_apart_from_the_reviser():
 ])
 def test_a_bad_data_section_is_refused_when_the_plan_is_built(overrides, message):
     with pytest.raises(ValueError, match=message):
-        build_plan(CONFIG, ["demo"], overrides)
+        build_plan(CONFIG, ["traces_demo"], overrides)
+
+
+def test_the_demo_trains_its_reasoner_which_samples_searches_and_is_the_student():
+    demo, = build_plan(CONFIG, ["demo"]).experiments
+    s = demo.stages
+    task, init, reasoner = s["task"], s["reasoner_init"], s["sft:reasoner"]
+    assert s["sft_data:reasoner"].upstream == [task, init]
+    assert init.config["tiny_model"] == {"miniature": "xs", "seed": 0}
+    trained = reasoner.path("model")
+    # the one trained model in every role: sampler, reviser, student of both arms, base arm
+    assert s["sample"].config["model"]["path"] == trained
+    assert s["sample"].config["sample"]["questions"] == task.path("sample.jsonl")
+    assert s["search"].config["model"]["path"] == trained
+    for arm in ("original", "retro_search"):
+        assert s[f"sft:{arm}"].config["student"]["path"] == trained
+    assert s["eval:base"].config["model_dir"] == trained
+    # the held-out questions come from the task stage, for evaluation and decontamination
+    for role in ("eval:base", "eval:original", "eval:retro_search"):
+        assert s[role].config["eval"]["data_dirs"] == {"arith": task.dir} and task in s[role].upstream
+    assert s["prepare"].config["decontamination"]["data_dirs"] == {"arith": task.dir}
+
+
+def test_a_reasoner_path_without_a_reasoner_section_is_refused():
+    with pytest.raises(ValueError, match="no `reasoner` section"):
+        build_plan(CONFIG, ["traces_demo"], ["model.path=reasoner"])

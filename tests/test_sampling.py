@@ -292,11 +292,12 @@ def test_the_sample_and_prepare_rules_run_for_a_demo_that_samples_its_traces(mak
                  "{preset: r1_response, id: id}, n: 2, max_tokens: 16, num_shards: 2}",
                  "engine=transformers_cpu", "tiny_model.train_steps=0"]
     checkout = make_checkout()
-    demo, = build_plan(checkout / "config", ["demo"], overrides).experiments
+    demo, = build_plan(checkout / "config", ["traces_demo"], overrides).experiments
     prepare, sample = demo.stages["prepare"], demo.stages["sample"]
     # one Snakemake config value; the override with spaces quoted for the Snakefile's shlex.split
     config = "overrides=" + " ".join(f'"{o}"' if " " in o else o for o in overrides)
-    done = subprocess.run([str(SNAKEMAKE), "--cores", "2", "--config", config, "--",
+    done = subprocess.run([str(SNAKEMAKE), "--cores", "2", "--config", "experiment=traces_demo",
+                           config, "--",
                            prepare.path("traces.jsonl")], cwd=checkout, capture_output=True,
                           text=True, timeout=900, env=workflow_env())
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

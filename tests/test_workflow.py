@@ -1,5 +1,6 @@
-"""The Snakemake pipeline, run as a user runs it: the demo end to end from a clean copy of the
-repository, then a dry run after one search override, then an audit before and after tampering."""
+"""The Snakemake pipeline, run as a user runs it: the demo (the miniature of the paper) end to end
+from a clean copy of the repository with nothing beside it, its targets (issue "Self-improvement
+for real"), then a dry run after one search override, then an audit before and after tampering."""
 
 import json
 import os
@@ -9,13 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from workflow_helpers import REPO, SNAKEMAKE, job_counts, workflow_env
-
-SHARED = REPO.parent / "shared"
+from workflow_helpers import SNAKEMAKE, copy_checkout, job_counts, workflow_env
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(not (SHARED / "data" / "benchmarks").exists(), reason="shared data not present"),
     pytest.mark.skipif(not SNAKEMAKE.exists(), reason="snakemake not installed"),
 ]
 
@@ -29,17 +27,24 @@ def run(cmd, cwd, timeout=1500, check=True):
 
 
 @pytest.fixture(scope="module")
-def demo(make_checkout):
-    checkout = make_checkout()
+def demo(tmp_path_factory):
+    # No ../shared beside it: the demo must run from a user's fresh clone alone.
+    checkout = copy_checkout(tmp_path_factory.mktemp("clone"), shared=False)
     run([str(SNAKEMAKE), "--cores", "2"], checkout)
     return checkout
+
+
+def summary_of(demo):
+    index = json.loads((demo / "results/experiments/demo/index.json").read_text())
+    summary = next(s["dir"] for s in index["stages"] if s["role"] == "summary")
+    return json.loads((demo / summary / "summary.json").read_text())
 
 
 def test_demo_runs_end_to_end_and_writes_the_summary_table(demo):
     index = json.loads((demo / "results/experiments/demo/index.json").read_text())
     stages = {s["role"]: Path(demo / s["dir"]) for s in index["stages"]}
     table = (stages["summary"] / "results.md").read_text()
-    assert "retro" in table.lower() and "math500" in table
+    assert "retro" in table.lower() and "arith" in table and "math500" in table
     for png in ("accuracy_vs_length.png", "trace_lengths.png", "boundary_acceptance.png"):
         assert (stages["summary"] / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     stats = json.loads((stages["merge"] / "stats.json").read_text())
@@ -62,6 +67,21 @@ def test_every_stage_has_its_config_and_a_manifest_naming_its_upstream(demo):
             assert manifest["upstream"], entry
 
 
+def test_the_demo_shows_the_papers_effect_within_its_targets(demo):
+    # Fixed seeds: these are the demo's own figures on this machine (README, "The demo").
+    summary = summary_of(demo)
+    headline = summary["search_headline"]
+    assert headline["revised_share"] > 0.3
+    assert headline["reasoning_change_pct"] <= -20  # revised traces at least 20% shorter
+    rows = {row["arm"]: row for row in summary["table"]}
+    original, retro = rows["original"], rows["retro_search"]
+    # the student fine-tuned on revised traces: at least 15% shorter answers on the held-out
+    # problems, accuracy not lower by more than 2 points
+    assert (retro["arith/len"] - original["arith/len"]) / original["arith/len"] <= -0.15
+    assert retro["arith/acc"] - original["arith/acc"] >= -2
+    assert rows["base"]["arith/acc"] >= 80  # the trained reasoner solves the task
+
+
 def test_nothing_reruns_when_nothing_changed(demo):
     out = run([str(SNAKEMAKE), "-n", "--cores", "2"], demo).stdout
     assert "Nothing to be done" in out
@@ -71,13 +91,14 @@ def test_a_search_override_reruns_search_and_downstream_only(demo):
     out = run([str(SNAKEMAKE), "-n", "--cores", "2", "--config", "overrides=search.gamma=0.8"],
               demo).stdout
     counts = job_counts(out)
-    for upstream in ("tiny_model", "prepare", "shard"):
+    for upstream in ("task", "tiny_model", "sample", "prepare", "shard"):
         assert upstream not in counts, counts
-    n_benchmarks = 8
+    n_benchmarks = 9  # arith and the 8 real slices
     assert counts["retro_search"] == 2 and counts["merge"] == 1
-    assert counts["sft_data"] == 1 and counts["sft"] == 1  # the retro arm only
-    # the retro arm only: one eval job per shard index (MATH-500 has 2 shards in the demo, the
-    # others 1), each over every benchmark, then one merge per benchmark
+    # the retro arm only: the reasoner is not retrained, nor the original arm
+    assert counts["sft_data"] == 1 and counts["sft"] == 1
+    # one eval job per shard index (arith has 2 shards in the demo, the others 1), each over
+    # every benchmark, then one merge per benchmark
     assert counts["eval"] == 2 and counts["eval_merge"] == n_benchmarks
     assert counts["summarize"] == 1
 

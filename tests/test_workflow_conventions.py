@@ -43,9 +43,9 @@ def test_demo_plans_one_eval_job_per_arm_and_shard_and_one_merge_per_arm_and_ben
     done = run([str(SNAKEMAKE), "-n", "--cores", "2"], cwd=make_checkout())
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     counts = job_counts(done.stdout)
-    # 3 arms; MATH-500 in 2 shards, the 7 other benchmarks in 1: each arm's engine starts twice
+    # 3 arms; arith in 2 shards, the 8 real benchmark slices in 1: each arm's engine starts twice
     assert counts["eval"] == 3 * 2
-    assert counts["eval_merge"] == 3 * 8
+    assert counts["eval_merge"] == 3 * 9
     shard_1 = [line for line in done.stdout.splitlines()
                if line.startswith("Shell command:") and " eval --" in line and "eval.shard=1" in line]
     assert len(shard_1) == 3  # one per arm

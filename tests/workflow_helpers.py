@@ -17,17 +17,18 @@ BIN = Path(sys.executable).parent
 SNAKEMAKE = BIN / "snakemake"
 
 
-def copy_checkout(root: Path) -> Path:
+def copy_checkout(root: Path, shared: bool = True) -> Path:
     """A clean copy of the working tree (tracked and untracked-but-not-ignored files, so no
     results/) in `root`/main, with `root`/shared -> the shared data beside the repository, as CI
-    has it."""
+    has it (`shared=False`: nothing beside it, as in a user's fresh clone)."""
     files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"],
                            cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
     for name in files:
         if (REPO / name).is_file():
             (root / "main" / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / name, root / "main" / name)
-    (root / "shared").symlink_to(REPO.parent / "shared")
+    if shared:
+        (root / "shared").symlink_to(REPO.parent / "shared")
     return root / "main"
 
 

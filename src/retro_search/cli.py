@@ -254,13 +254,19 @@ def cmd_audit(args: argparse.Namespace) -> int:
 def cmd_tiny_model(args: argparse.Namespace) -> int:
     from retro_search.tiny_model import build_tiny_model
 
-    seed, train_steps = args.seed, args.train_steps
+    seed, train_steps, miniature = args.seed, args.train_steps, args.miniature
     if args.config:  # the workflow's stage config: its tiny_model section wins
         import yaml
 
         section = yaml.safe_load(Path(args.config).read_text()).get("tiny_model", {})
         seed, train_steps = section.get("seed", seed), section.get("train_steps", train_steps)
-    path = build_tiny_model(args.output, seed=seed, train_steps=train_steps)
+        miniature = section.get("miniature", miniature)
+    if miniature:
+        from retro_search.miniature import build_miniature_model
+
+        path = build_miniature_model(args.output, seed=seed, size=miniature)
+    else:
+        path = build_tiny_model(args.output, seed=seed, train_steps=train_steps)
     print(f"tiny model -> {path}", file=sys.stderr)
     return 0
 
@@ -269,6 +275,7 @@ def cmd_tiny_model(args: argparse.Namespace) -> int:
 
 # Stage subcommands live beside their stage: each module has `register(subparsers)`.
 STAGE_COMMAND_MODULES = (
+    "retro_search.task_cli",
     "retro_search.sampling_cli",
     "retro_search.sft.cli",
     "retro_search.evaluation.cli",
@@ -362,7 +369,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-steps", type=int, default=0,
                    help="fit the model to its built-in R1-style corpus for N steps so that it "
                    "closes its reasoning and boxes an answer (200: about 40 s; default: 0, random)")
-    p.add_argument("--config", default=None, help="stage config whose tiny_model section sets seed and train_steps")
+    p.add_argument("--miniature", default=None, metavar="SIZE",
+                   help="build the miniature task's untrained model of this size instead "
+                   "(its own tokenizer, one token per digit; retro_search.miniature.MODEL_SIZES)")
+    p.add_argument("--config", default=None, help="stage config whose tiny_model section sets seed, train_steps and miniature")
     p.set_defaults(func=cmd_tiny_model, input_args=(), output_args=("output",))
 
     p = sub.add_parser("prepare", help="normalise, grade, filter and decontaminate raw traces",

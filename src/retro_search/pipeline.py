@@ -8,7 +8,12 @@ setting changes the search stage and everything downstream of it, and nothing el
 
 Stages (kind: what it needs):
     tiny_model   the project's tiny model, when `model.path`, `student.path` or the sampler's
-                 path is "tiny"
+                 path is "tiny"; also the miniature's untrained model (role reasoner_init)
+    task         the miniature task's splits and teacher traces (`reasoner.task`), when the
+                 experiment has a `reasoner` section (the demo)
+    (reasoner)   when a model path is "reasoner": sft_data + sft on the task's teacher traces,
+                 from the untrained miniature model (roles sft_data:reasoner, sft:reasoner); the
+                 trained model then samples, searches and is the student
     sample       data.sample + the sampler model (data.sample.model, else `model`) + engine,
                  when the data config samples its traces instead of reading them (one job per
                  data.sample.num_shards)
@@ -17,6 +22,7 @@ Stages (kind: what it needs):
     search       shard + model, engine, search, grading           (one job per shard)
     merge        search
     sft_data     prepare (arm "original") or merge (arm "retro_search") + student, sft
+                 (or the task, for the reasoner)
     sft          sft_data + student, sft
     eval         sft (or the student itself for arm "base") + eval, engine   (one per arm,
                  covering every benchmark: one job per shard index, each loading the engine
@@ -41,6 +47,8 @@ from pathlib import Path
 from typing import Any, Iterable
 
 TINY = "tiny"
+REASONER = "reasoner"  # model path: the miniature's reasoning model, trained by the pipeline
+TASK_QUESTIONS = "task:sample"  # data.sample.questions: the miniature task's sampling split
 ARMS = ("base", "original", "retro_search")
 
 
@@ -150,14 +158,51 @@ def plan_experiment(name: str, cfg: dict, results: str = "results") -> Experimen
 
     def model_ref(section: str | dict) -> tuple[dict, list[Stage]]:
         """A model section (named, or given) with `path: tiny` resolved to the tiny-model
-        stage's folder."""
+        stage's folder, and `path: reasoner` to the miniature's trained reasoning model."""
         model = dict(cfg[section] if isinstance(section, str) else section)
+        if model["path"] == REASONER:
+            reasoner = reasoner_stage()
+            model["path"] = reasoner.path("model")
+            return model, [reasoner]
         if model["path"] != TINY:
             return model, []
         tiny = stages.get("tiny_model") or stage("tiny_model", "tiny_model", TINY,
                                                  {"tiny_model": cfg["tiny_model"]}, [])
         model["path"] = tiny.path("model")
         return model, [tiny]
+
+    def task_stage() -> Stage | None:
+        """The miniature task's files, when the experiment has a reasoner (else None)."""
+        if "reasoner" not in cfg:
+            return None
+        return stages.get("task") or stage("task", "task", "miniature",
+                                           {"task": cfg["reasoner"]["task"]}, [])
+
+    def reasoner_stage() -> Stage:
+        """The demo's reasoning model: an untrained miniature model fine-tuned from scratch on
+        the task's teacher traces with the project's SFT stage (`reasoner` config section)."""
+        if "sft:reasoner" in stages:
+            return stages["sft:reasoner"]
+        if "reasoner" not in cfg:
+            raise ValueError("a model path is 'reasoner', but the experiment has no `reasoner` "
+                             "section (the miniature's task, model size and training)")
+        section = cfg["reasoner"]
+        init = stage("reasoner_init", "tiny_model", f"miniature-{section['size']}",
+                     {"tiny_model": {"miniature": section["size"], "seed": section["seed"]}}, [])
+        student = {**cfg["model"], "path": init.path("model"), "tokenizer": None,
+                   "label": "reasoner"}
+        task = task_stage()
+        data = stage("sft_data:reasoner", "sft_data", "reasoner",
+                     {"student": student, "sft": section["sft"]}, [task, init])
+        return stage("sft:reasoner", "sft", "reasoner",
+                     {"student": student, "sft": section["sft"]}, [data, init])
+
+    def with_task(section: dict, benchmarks: list[str]) -> tuple[dict, list[Stage]]:
+        """An eval-like section whose `arith` benchmark is read from the task stage's folder."""
+        task = task_stage()
+        if task is None or "arith" not in benchmarks:
+            return section, []
+        return {**section, "data_dirs": {**section.get("data_dirs", {}), "arith": task.dir}}, [task]
 
     data_label = cfg["data"].get("label", "data")
     prepare_up = []
@@ -168,15 +213,24 @@ def plan_experiment(name: str, cfg: dict, results: str = "results") -> Experimen
             check_sampler(cfg["model"], "model")
         sampler, sampler_up = model_ref(settings.model or "model")
         section = {**dataclasses.asdict(settings), "model": None}  # the sampler is `model` below
+        if section["questions"] == TASK_QUESTIONS:  # the miniature's own sampling split
+            task = task_stage()
+            if task is None:
+                raise ValueError(f"data.sample.questions is {TASK_QUESTIONS!r}, but the "
+                                 "experiment has no `reasoner` section with a task")
+            section["questions"] = task.path("sample.jsonl")
+            sampler_up = [*sampler_up, task]
         prepare_up.append(stage(
             "sample", "sample",
             f"{data_label}-{(settings.model or cfg['model']).get('label', 'model')}",
             {"sample": section, "model": sampler, "engine": cfg["engine"]}, sampler_up))
+    decontamination, decontamination_up = with_task(
+        {"benchmarks": cfg["eval"]["benchmarks"], "data_dir": cfg["eval"].get("data_dir"),
+         "data_dirs": cfg["eval"].get("data_dirs", {}), **cfg["data"].get("decontamination", {})},
+        cfg["eval"]["benchmarks"])
     prepare = stage("prepare", "prepare", data_label,
                     {"data": cfg["data"], "grading": cfg["grading"],
-                     "decontamination": {"benchmarks": cfg["eval"]["benchmarks"],
-                                         "data_dir": cfg["eval"].get("data_dir"),
-                                         **cfg["data"].get("decontamination", {})}}, prepare_up)
+                     "decontamination": decontamination}, prepare_up + decontamination_up)
     shard = stage("shard", "shard", data_label,
                   {"num_shards": cfg["pipeline"]["num_shards"]}, [prepare])
     model, model_up = model_ref("model")
@@ -204,11 +258,12 @@ def plan_experiment(name: str, cfg: dict, results: str = "results") -> Experimen
                         {"student": student, "sft": cfg["sft"]}, [data, *student_up])
             model_dir, upstream = sft.path("model"), [sft]
         # One stage per arm over every benchmark: its jobs load the engine once for all of them.
+        eval_section, eval_up = with_task(cfg["eval"], cfg["eval"]["benchmarks"])
         evals.append(stage(
             f"eval:{arm}", "eval", f"{arm}-{student_label}",
-            {"eval": cfg["eval"], "engine": cfg["engine"],
+            {"eval": eval_section, "engine": cfg["engine"],
              "student": student, "model_dir": model_dir, "arm": arm},
-            upstream))
+            [*upstream, *eval_up]))
     stage("summary", "summary", name, {"arms": arms}, [merge, *evals])
     return Experiment(name, cfg, stages)
 

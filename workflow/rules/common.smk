@@ -33,6 +33,7 @@ wildcard_constraints:
     kind="|".join(
         (
             "tiny_model",
+            "task",
             "sample",
             "prepare",
             "shard",
@@ -66,16 +67,28 @@ def stage_config_json(wildcards):
 
 
 def model_inputs(kind):
-    """The tiny model's folder when the stage uses it (a hub model is not a file input)."""
+    """The folder of a model the pipeline made (the tiny model, or a fine-tuned one such as the
+    demo's reasoner) when the stage starts from it (a hub model is not a file input)."""
 
     def inputs(wildcards):
         return [
             u.path("model")
             for u in stage(kind, wildcards).upstream
-            if u.kind == "tiny_model"
+            if u.kind in ("tiny_model", "sft")
         ]
 
     return inputs
+
+
+def task_files(kind, name):
+    """A file of the miniature task stage when the stage reads it (else nothing)."""
+
+    def files(wildcards):
+        return [
+            u.path(name) for u in stage(kind, wildcards).upstream if u.kind == "task"
+        ]
+
+    return files
 
 
 def engine_gpus(kind):
@@ -117,9 +130,11 @@ def all_targets():
 
 
 def sample_questions(wildcards):
-    """The questions file when it is local (a hub dataset id is not a file input)."""
-    questions = stage("sample", wildcards).config["sample"]["questions"]
-    return [questions] if os.path.exists(questions) else []
+    """The questions file when it is local or made by the task stage (a hub id is no file)."""
+    sample = stage("sample", wildcards)
+    questions = sample.config["sample"]["questions"]
+    made = any(u.kind == "task" for u in sample.upstream)
+    return [questions] if made or os.path.exists(questions) else []
 
 
 def prepare_source(wildcards):
@@ -161,9 +176,14 @@ def merge_inputs(suffix):
 
 
 def sft_data_input(wildcards):
-    # prepare (arm original) or merge (arm retro_search)
+    # prepare (arm original), merge (arm retro_search), or the task (the demo's reasoner)
     source = stage("sft_data", wildcards).upstream[0]
-    return source.path("traces.jsonl" if source.kind == "prepare" else "revised.jsonl")
+    name = {
+        "prepare": "traces.jsonl",
+        "merge": "revised.jsonl",
+        "task": "teacher_records.jsonl",
+    }
+    return source.path(name[source.kind])
 
 
 def sft_train(wildcards):

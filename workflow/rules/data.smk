@@ -23,6 +23,28 @@ rule tiny_model:
         " > {log} 2>&1"
 
 
+rule task:
+    input:
+        config="results/task/{sid}/config.yaml",
+    output:
+        teacher="results/task/{sid}/teacher_records.jsonl",
+        sample="results/task/{sid}/sample.jsonl",
+        heldout="results/task/{sid}/heldout.jsonl",
+        manifest="results/task/{sid}/manifest.json",
+    log:
+        "results/task/{sid}/logs/task.log",
+    benchmark:
+        "results/task/{sid}/logs/task.benchmark.tsv"
+    conda:
+        "../../envs/core.yaml"
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    shell:
+        "python -m retro_search.cli --manifest {output.manifest} task results/task/{wildcards.sid}"
+        " --config {input.config} > {log} 2>&1"
+
+
 rule sample:
     input:
         config="results/sample/{sid}/config.yaml",
@@ -56,6 +78,7 @@ rule prepare:
         config="results/prepare/{sid}/config.yaml",
         source=prepare_source,
         samples=prepare_samples,
+        heldout=task_files("prepare", "heldout.jsonl"),  # decontamination against it
     output:
         traces="results/prepare/{sid}/traces.jsonl",
         stats="results/prepare/{sid}/stats.json",

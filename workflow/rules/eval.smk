@@ -7,6 +7,7 @@ rule eval:
     input:
         config="results/eval/{sid}/config.yaml",
         model=eval_model_input,
+        heldout=task_files("eval", "heldout.jsonl"),  # the benchmark arith, when evaluated
     output:
         # one subfolder per benchmark: generations.parquet, metrics.json
         shard=directory("results/eval/{sid}/shard-{i}"),
