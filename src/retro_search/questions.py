@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Literal, Mapping
 
 from retro_search.formats import PRESETS, RAW_ANSWER_KEY, FieldMap
-from retro_search.readers import (LoadReport, _answer_text, _Bad, _get, _id_part, _text,
+from retro_search.readers import (LoadReport, _answer_text, _Bad, _get, _record_id, _text,
                                   load_normalised)
 from retro_search.records import RecordError
 
@@ -139,11 +139,7 @@ def normalise_question(raw: Mapping[str, Any], qmap: QuestionMap, *, position: i
     try:
         if not isinstance(raw, Mapping):
             raise _Bad(None, f"a record must be an object, got {type(raw).__name__}")
-        if qmap.id is None:
-            record_id = f"{source_dataset}:{position}"
-        else:
-            paths = (qmap.id,) if isinstance(qmap.id, str) else qmap.id
-            record_id = "/".join(_id_part(_get(raw, p, "id"), p) for p in paths)
+        record_id = _record_id(raw, qmap.id, source_dataset=source_dataset, position=position)
         question = _text(_get(raw, qmap.question, "question"), qmap.question)
         raw_answer = _get(raw, qmap.answer, "answer")
         reference = _answer_text(raw_answer, qmap.answer)

@@ -109,6 +109,15 @@ def _id_part(value: Any, field: str) -> str:
     return value
 
 
+def _record_id(raw: Mapping, id_spec: str | tuple[str, ...] | None, *, source_dataset: str,
+               position: int) -> str:
+    """The record's id from its id path(s) joined by "/", else "{source_dataset}:{position}"."""
+    if id_spec is None:
+        return f"{source_dataset}:{position}"
+    paths = (id_spec,) if isinstance(id_spec, str) else id_spec
+    return "/".join(_id_part(_get(raw, p, "id"), p) for p in paths)
+
+
 # ----------------------------------------------------------------------------- chat turns
 
 _USER_ROLES, _ASSISTANT_ROLES = {"user", "human"}, {"assistant", "gpt"}
@@ -158,11 +167,7 @@ def normalise_record(raw: Mapping[str, Any], fmap: FieldMap | str, *, position: 
     try:
         if not isinstance(raw, Mapping):
             raise _Bad(None, f"a record must be an object, got {type(raw).__name__}")
-        if fmap.id is None:
-            record_id = f"{source_dataset}:{position}"
-        else:
-            paths = (fmap.id,) if isinstance(fmap.id, str) else fmap.id
-            record_id = "/".join(_id_part(_get(raw, p, "id"), p) for p in paths)
+        record_id = _record_id(raw, fmap.id, source_dataset=source_dataset, position=position)
 
         user = assistant = None
         if fmap.messages is not None:
