@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from workflow_helpers import SNAKEMAKE, copy_checkout, job_counts, workflow_env
 
@@ -32,6 +33,15 @@ def demo(tmp_path_factory):
     checkout = copy_checkout(tmp_path_factory.mktemp("clone"), shared=False)
     run([str(SNAKEMAKE), "--cores", "2"], checkout)
     return checkout
+
+
+def leaves(tree, prefix=""):
+    """The dotted paths of a nested dict's non-dict values."""
+    found = set()
+    for key, value in tree.items():
+        path = f"{prefix}{key}"
+        found |= leaves(value, path + ".") if isinstance(value, dict) else {path}
+    return found
 
 
 def summary_of(demo):
@@ -65,6 +75,12 @@ def test_every_stage_has_its_config_and_a_manifest_naming_its_upstream(demo):
         assert manifest["outputs"] and all(len(o["sha256"]) == 64 for o in manifest["outputs"])
         if entry["kind"] in ("shard", "search", "merge", "sft", "summary"):
             assert manifest["upstream"], entry
+        if entry["kind"] in ("sample", "prepare", "search", "sft", "eval"):
+            # the runtime settings the job ran with, recorded, beside a config without them
+            runtime = yaml.safe_load((stage_dir / "runtime.yaml").read_text())
+            assert manifest["runtime"] == runtime, entry
+            config = yaml.safe_load((stage_dir / "config.yaml").read_text())
+            assert runtime and not leaves(runtime) & leaves(config), entry
 
 
 def test_the_demo_shows_the_papers_effect_within_its_targets(demo):
@@ -80,6 +96,15 @@ def test_the_demo_shows_the_papers_effect_within_its_targets(demo):
     assert (retro["arith/len"] - original["arith/len"]) / original["arith/len"] <= -0.15
     assert retro["arith/acc"] - original["arith/acc"] >= -2
     assert rows["base"]["arith/acc"] >= 80  # the trained reasoner solves the task
+
+
+def test_a_runtime_setting_reruns_no_stage(demo):
+    out = run([str(SNAKEMAKE), "-n", "--cores", "2", "--config",
+               "overrides=grading.processes=1 eval.grading_processes=2 sft.logging_steps=5 "
+               "reasoner.sft.save_steps=100 +engine.vllm.max_num_seqs=8"], demo).stdout
+    # only the runtime.yaml files of the stages whose settings changed are rewritten
+    counts = job_counts(out)
+    assert set(counts) - {"total", "all"} == {"stage_runtime"}, counts
 
 
 def test_nothing_reruns_when_nothing_changed(demo):

@@ -116,3 +116,15 @@ def test_the_self_improvement_preset_samples_prepares_searches_trains_and_evalua
     sample = next(line for line in done.stdout.splitlines()
                   if line.startswith("Shell command:") and " sample --" in line)
     assert "--shard" in sample and "--config results/sample/" in sample
+
+
+@pytest.mark.parametrize("config, message", [
+    (["overrides=search.gamma=1.5"], "search.gamma must be strictly between 0 and 1, got 1.5"),
+    (["overrides=search.rollout=2"], "search.rollout: no such setting; did you mean search.rollouts?"),
+    (["override=search.rollouts=2"], "--config override=...: not a setting of this workflow; did "
+                                     "you mean overrides?"),
+])
+def test_a_bad_value_stops_the_dry_run_before_any_job(config, message):
+    done = run([str(SNAKEMAKE), "-n", "--cores", "1", "--config", *config])
+    assert done.returncode != 0 and message in done.stdout + done.stderr
+    assert "Job stats" not in done.stdout

@@ -185,11 +185,10 @@ def cmd_search(args: argparse.Namespace) -> int:
 # --- prepare, shard ---------------------------------------------------------------------------
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    import yaml
-
+    from retro_search.config import load_config_dict
     from retro_search.prepare import run_prepare
 
-    cfg = yaml.safe_load(Path(args.config).read_text())
+    cfg = load_config_dict(args.config)
     source = cfg["data"].get("source")
     args.source = source if source and Path(source).exists() else None  # hashed if local
     stats = run_prepare(cfg, Path(args.output_dir), samples=args.samples or [],
@@ -256,9 +255,9 @@ def cmd_tiny_model(args: argparse.Namespace) -> int:
 
     seed, train_steps, miniature = args.seed, args.train_steps, args.miniature
     if args.config:  # the workflow's stage config: its tiny_model section wins
-        import yaml
+        from retro_search.config import load_config_dict
 
-        section = yaml.safe_load(Path(args.config).read_text()).get("tiny_model", {})
+        section = load_config_dict(args.config).get("tiny_model", {})
         seed, train_steps = section.get("seed", seed), section.get("train_steps", train_steps)
         miniature = section.get("miniature", miniature)
     if miniature:

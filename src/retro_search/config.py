@@ -1,4 +1,6 @@
-"""Configuration of the `search` command: packaged defaults < --config file < KEY=VALUE overrides.
+"""Configuration: reading stage config files (with their runtime settings), the `search`
+command's config (packaged defaults < --config file < KEY=VALUE overrides), and the checks that
+refuse a bad value when the plan is built, in one line naming the key.
 
 Overrides use Hydra's dotted syntax (`search.rollouts=4`, `engine.batch_size=8`,
 `model.path=/models/r1-7b`), so the same strings work from Snakemake and Hydra experiments.
@@ -7,14 +9,34 @@ Overrides use Hydra's dotted syntax (`search.rollouts=4`, `engine.batch_size=8`,
 from __future__ import annotations
 
 import dataclasses
+import re
 from importlib import resources
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from retro_search.search import SearchConfig
+
+
+def load_config_file(config_file: str | Path) -> DictConfig:
+    """A config file; for a stage's `config.yaml`, with the `runtime.yaml` the planner wrote
+    beside it merged over it (settings that change how the job runs, not what it writes: not part
+    of the stage's hash, see `retro_search.runtime.RUNTIME_KEYS`)."""
+    path = Path(config_file)
+    cfg = OmegaConf.load(path)
+    runtime = path.with_name("runtime.yaml")
+    if path.name == "config.yaml" and runtime.exists():
+        cfg = OmegaConf.merge(cfg, OmegaConf.load(runtime))
+    return cfg
+
+
+def load_config_dict(config_file: str | Path | None) -> dict[str, Any]:
+    """`load_config_file` as a plain dict ({} for no file)."""
+    if config_file is None:
+        return {}
+    return OmegaConf.to_container(load_config_file(config_file), resolve=True) or {}
 
 
 def default_config() -> DictConfig:
@@ -27,7 +49,7 @@ def compose(config_file: str | Path | None = None, overrides: Sequence[str] = ()
     cfg = default_config()
     try:
         if config_file is not None:
-            cfg = OmegaConf.merge(cfg, OmegaConf.load(config_file))
+            cfg = OmegaConf.merge(cfg, load_config_file(config_file))
         bad = [o for o in overrides if "=" not in o]
         if bad:
             raise ValueError(f"override {bad[0]!r} is not KEY=VALUE (e.g. search.rollouts=4)")
@@ -70,7 +92,7 @@ def load_section(schema: type, section: str, config_file: str | Path | None = No
     try:
         cfg = OmegaConf.structured(schema)
         if config_file is not None:
-            loaded = OmegaConf.load(config_file)
+            loaded = load_config_file(config_file)
             if section in loaded:
                 cfg = OmegaConf.merge(cfg, loaded[section])
         prefix = section + "."
@@ -87,3 +109,81 @@ def load_section(schema: type, section: str, config_file: str | Path | None = No
         raise ValueError(f"config value {section}.{err.full_key} is required") from None
     except OmegaConfBaseException as err:
         raise ValueError(f"invalid {section} config: {err}") from None
+
+
+def close_match_hint(key: str, known: Sequence[str], prefix: str = "") -> str:
+    """"; did you mean PREFIX.MATCH?" for a close match, else the known keys."""
+    from difflib import get_close_matches
+
+    near = get_close_matches(key, list(known), n=1, cutoff=0.6)
+    return f"; did you mean {prefix}{near[0]}?" if near else f"; known: {sorted(known)}"
+
+
+def check_section(schema: type, section: str, values: dict[str, Any] | None) -> Any:
+    """A config section as an instance of its dataclass `schema`, or ValueError in one line
+    naming the key, the value and what is allowed: an unknown key (with a close match), a wrong
+    type, or a value the dataclass refuses (its __post_init__ checks)."""
+    values = dict(values or {})
+    known = [f.name for f in dataclasses.fields(schema)]
+    for key in values:
+        if key not in known:
+            raise ValueError(f"{section}.{key}: no such setting{close_match_hint(key, known, section + '.')}")
+    try:
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), values))
+    except OmegaConfBaseException as err:
+        message = str(err).splitlines()[0]
+        raise ValueError(f"{section}.{err.full_key}: {message}") from None
+
+
+def check_sections(cfg: dict[str, Any]) -> None:
+    """Each section a job reads, checked against the dataclass the job will build from it:
+    unknown keys (with a close match), wrong types and impossible values (ValueError)."""
+    from retro_search.evaluation.config import EvalSettings
+    from retro_search.sft.config import SFTSettings, StudentSettings, check as check_sft
+
+    check_section(SearchConfig, "search", cfg["search"])
+    check_sft(check_section(SFTSettings, "sft", cfg["sft"]))
+    if "reasoner" in cfg:
+        try:
+            check_sft(check_section(SFTSettings, "reasoner.sft", cfg["reasoner"]["sft"]))
+        except ValueError as err:  # check_sft names its keys sft.*
+            message = str(err)
+            raise ValueError(message if message.startswith("reasoner.") else
+                             f"reasoner.{message}") from None
+    check_section(StudentSettings, "student", cfg["student"])
+    check_section(EvalSettings, "eval", cfg["eval"])
+
+
+WORKFLOW_KEYS = ("experiment", "overrides", "config_dir")  # Snakemake's --config KEY=VALUE
+
+
+def check_workflow_config(config: dict[str, Any]) -> None:
+    """Snakemake's `--config` keys: an unknown one (e.g. `override=`, a typo of `overrides=`) is
+    refused instead of silently ignored."""
+    for key in config:
+        if key not in WORKFLOW_KEYS:
+            raise ValueError(f"--config {key}=...: not a setting of this workflow"
+                             f"{close_match_hint(key, WORKFLOW_KEYS)} (experiment=NAME, "
+                             "overrides=\"KEY=VALUE ...\", config_dir=DIR)")
+
+
+def unknown_override_error(err: Exception, experiment: str, overrides: Iterable[str],
+                           hydra_compose) -> Exception:
+    """Hydra's "Could not override 'search.rollout'. To append ... use +search.rollout" as one
+    line naming the key and a close match of the keys that exist (a typo is the usual cause)."""
+    match = re.match(r"Could not override '([^']+)'", str(err))
+    if not match:
+        return ValueError(str(err).splitlines()[0])
+    key = match.group(1)
+    section, _, name = key.rpartition(".")
+    others = [o for o in overrides if not o.lstrip("+~").startswith(key + "=")]
+    cfg = OmegaConf.to_container(hydra_compose("config", overrides=[f"experiment={experiment}",
+                                                                    *others]))
+    node = cfg
+    for part in section.split(".") if section else []:
+        node = node.get(part) if isinstance(node, dict) else None
+    if not isinstance(node, dict):
+        return ValueError(f"{key}: no such setting (no section {section!r})"
+                          f"{close_match_hint(section.split('.')[0], list(cfg))}")
+    return ValueError(f"{key}: no such setting{close_match_hint(name, list(node), section + '.')}"
+                      f" (a new key is added with +{key}=...)")

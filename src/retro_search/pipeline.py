@@ -30,9 +30,14 @@ Stages (kind: what it needs):
                  eval-merge per benchmark, see `eval_shard_counts`)
     summary      merge + every eval
 
-An eval stage's hash covers the whole `eval` section, so changing the benchmark list or any
-benchmark's shard count re-addresses (reruns) every arm's evaluation, all benchmarks included:
-the price of one engine start per job instead of one per benchmark.
+A stage's hash covers what makes its output, never how the job runs: the keys in
+`runtime.RUNTIME_KEYS` (batch sizes, memory shares, worker counts, logging and checkpoint
+cadence, devices, tensor-parallel size) are split off into the stage's `runtime` (written to
+`runtime.yaml` beside its `config.yaml` and recorded in its manifest), so changing one reruns
+nothing. An eval stage's
+hash covers the rest of the `eval` section, so changing the benchmark list or any benchmark's
+shard count re-addresses (reruns) every arm's evaluation, all benchmarks included: the price of
+one engine start per job instead of one per benchmark.
 """
 
 from __future__ import annotations
@@ -46,19 +51,28 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Iterable
 
+from retro_search.runtime import deep_merge, is_runtime_override, split_runtime
+
 TINY = "tiny"
 REASONER = "reasoner"  # model path: the miniature's reasoning model, trained by the pipeline
 TASK_QUESTIONS = "task:sample"  # data.sample.questions: the miniature task's sampling split
 ARMS = ("base", "original", "retro_search")
-
+# What `retro-search sft-data` reads of the sft section (the rest is the trainer's).
+SFT_DATA_KEYS = ("max_length", "drop_overlong", "eos_token")
 
 @dataclass
 class Stage:
     kind: str
     name: str
-    config: dict[str, Any]
+    config: dict[str, Any]            # what makes the output: hashed, written to config.yaml
     upstream: list["Stage"] = field(default_factory=list)
     results: str = "results"
+    runtime: dict[str, Any] = field(default_factory=dict)  # how the job runs: runtime.yaml
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """Everything the job reads: the config with the runtime settings merged back in."""
+        return deep_merge(self.config, self.runtime)
 
     @cached_property  # asked for on every path lookup Snakemake makes; fixed once planned
     def hash(self) -> str:
@@ -102,8 +116,15 @@ def compose(config_dir: str | Path, experiment: str, overrides: Iterable[str] = 
     from hydra import compose as hydra_compose, initialize_config_dir
     from omegaconf import OmegaConf
 
+    from hydra.errors import ConfigCompositionException
+
     with initialize_config_dir(config_dir=str(Path(config_dir).resolve()), version_base=None):
-        cfg = hydra_compose("config", overrides=[f"experiment={experiment}", *overrides])
+        try:
+            cfg = hydra_compose("config", overrides=[f"experiment={experiment}", *overrides])
+        except ConfigCompositionException as err:
+            from retro_search.config import unknown_override_error
+
+            raise unknown_override_error(err, experiment, overrides, hydra_compose) from None
     return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
 
 
@@ -141,19 +162,24 @@ def eval_shard_counts(section: dict[str, Any]) -> dict[str, int]:
     return counts
 
 
+def sft_data_section(sft: dict[str, Any]) -> dict[str, Any]:
+    return {key: sft[key] for key in SFT_DATA_KEYS if key in sft}
+
+
 def plan_experiment(name: str, cfg: dict, results: str = "results") -> Experiment:
     """Every stage of one experiment, keyed by role."""
-    from retro_search.config import search_config
+    from retro_search.config import check_sections
     from retro_search.prepare import check_data_section
     from retro_search.sampling import check_sampler, sample_settings
 
-    search_config(cfg)  # a bad search value (e.g. search.gamma=1) is refused here, not in a job
+    check_sections(cfg)  # a bad value is refused here, in one line, not in a job
     eval_shard_counts(cfg["eval"])  # so is a bad eval shard count
     check_data_section(cfg["data"])  # and a data section with no source, or two
     stages: dict[str, Stage] = {}
 
     def stage(role: str, kind: str, label: str, config: dict, upstream: list[Stage]) -> Stage:
-        stages[role] = Stage(kind, slug(label), config, upstream, results)
+        hashed, runtime = split_runtime(config)
+        stages[role] = Stage(kind, slug(label), hashed, upstream, results, runtime)
         return stages[role]
 
     def model_ref(section: str | dict) -> tuple[dict, list[Stage]]:
@@ -193,7 +219,7 @@ def plan_experiment(name: str, cfg: dict, results: str = "results") -> Experimen
                    "label": "reasoner"}
         task = task_stage()
         data = stage("sft_data:reasoner", "sft_data", "reasoner",
-                     {"student": student, "sft": section["sft"]}, [task, init])
+                     {"student": student, "sft": sft_data_section(section["sft"])}, [task, init])
         return stage("sft:reasoner", "sft", "reasoner",
                      {"student": student, "sft": section["sft"]}, [data, init])
 
@@ -224,10 +250,15 @@ def plan_experiment(name: str, cfg: dict, results: str = "results") -> Experimen
             "sample", "sample",
             f"{data_label}-{(settings.model or cfg['model']).get('label', 'model')}",
             {"sample": section, "model": sampler, "engine": cfg["engine"]}, sampler_up))
-    decontamination, decontamination_up = with_task(
-        {"benchmarks": cfg["eval"]["benchmarks"], "data_dir": cfg["eval"].get("data_dir"),
-         "data_dirs": cfg["eval"].get("data_dirs", {}), **cfg["data"].get("decontamination", {})},
-        cfg["eval"]["benchmarks"])
+    # Decontaminated against data.decontamination.benchmarks (the presets list every benchmark,
+    # so evaluating fewer reruns no search or training), else against eval.benchmarks.
+    decontamination = {"data_dir": cfg["eval"].get("data_dir"),
+                       "data_dirs": cfg["eval"].get("data_dirs", {}),
+                       **cfg["data"].get("decontamination", {})}
+    decontamination["benchmarks"] = (decontamination.get("benchmarks")
+                                     or cfg["eval"]["benchmarks"])
+    decontamination, decontamination_up = with_task(decontamination,
+                                                    decontamination["benchmarks"])
     prepare = stage("prepare", "prepare", data_label,
                     {"data": cfg["data"], "grading": cfg["grading"],
                      "decontamination": decontamination}, prepare_up + decontamination_up)
@@ -253,7 +284,8 @@ def plan_experiment(name: str, cfg: dict, results: str = "results") -> Experimen
         else:
             source = prepare if arm == "original" else merge
             data = stage(f"sft_data:{arm}", "sft_data", f"{arm}-{student_label}",
-                         {"student": student, "sft": cfg["sft"]}, [source, *student_up])
+                         {"student": student, "sft": sft_data_section(cfg["sft"])},
+                         [source, *student_up])
             sft = stage(f"sft:{arm}", "sft", f"{arm}-{student_label}",
                         {"student": student, "sft": cfg["sft"]}, [data, *student_up])
             model_dir, upstream = sft.path("model"), [sft]
@@ -295,7 +327,9 @@ def build_plan(config_dir: str | Path, experiments: Iterable[str], overrides: It
     for experiment in experiments:
         for run in runs:
             cfg = compose(config_dir, experiment, run)
-            name = slug("+".join([cfg.get("name", experiment), *run])) if run else cfg.get("name", experiment)
+            # Named after its overrides, except runtime ones (they change no result).
+            named = [o for o in run if not is_runtime_override(o.split("=", 1)[0], cfg)]
+            name = slug("+".join([cfg.get("name", experiment), *named])) if named else cfg.get("name", experiment)
             exp = plan_experiment(name, cfg, results)
             planned.append(exp)
             for stage in exp.stages.values():

@@ -174,6 +174,11 @@ def write_manifest(path: str | Path, *, stage: str, config_file: str | Path | No
 
     path = Path(path)
     config = yaml.safe_load(Path(config_file).read_text()) if config_file else {}
+    # The runtime settings the job ran with (not hashed: they change no output, runtime.py).
+    runtime_file = Path(config_file).with_name("runtime.yaml") if config_file else None
+    runtime = (yaml.safe_load(runtime_file.read_text())
+               if runtime_file and Path(config_file).name == "config.yaml"
+               and runtime_file.exists() else None)
     models, seeds = _models_and_seeds(config or {})
     model_inputs = [m for m in model_inputs if m]
     local_models = [m for m in model_inputs if Path(m).exists()]
@@ -183,6 +188,7 @@ def write_manifest(path: str | Path, *, stage: str, config_file: str | Path | No
         "stage": stage,
         "artifact_id": f"{path.parent.parent.name}/{path.parent.name}",
         "config_file": str(config_file) if config_file else None,
+        "runtime": runtime,
         "inputs": hash_paths(p for p in input_paths if p),
         "outputs": hash_paths(p for p in outputs if p),
         "upstream": [{"id": f"{Path(u).parent.name}/{Path(u).name}", "path": str(u)}

@@ -59,7 +59,7 @@ def load_sample_config(config_file: str | Path | None, overrides: Sequence[str] 
     from omegaconf import OmegaConf
     from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
-    from retro_search.config import default_config
+    from retro_search.config import default_config, load_config_file
     from retro_search.sampling import check_sampler, sample_settings
 
     bad = [o for o in overrides if "=" not in o]
@@ -73,7 +73,7 @@ def load_sample_config(config_file: str | Path | None, overrides: Sequence[str] 
         cfg = OmegaConf.create({"sample": {}, "model": default_config().model,
                                 "engine": {"name": "transformers"}})
         if config_file is not None:
-            loaded = OmegaConf.load(config_file)
+            loaded = load_config_file(config_file)
             cfg = OmegaConf.merge(cfg, {k: loaded[k] for k in SECTIONS
                                         if k in loaded and loaded[k] is not None})
         cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))

@@ -27,14 +27,11 @@ bytes."""
 
 
 def cmd_task(args: argparse.Namespace) -> int:
-    import yaml
-
+    from retro_search.config import load_config_dict
     from retro_search.miniature import TaskConfig, write_dataset
     from retro_search.readers import load_traces, write_records
 
-    section = {}
-    if args.config:
-        section = (yaml.safe_load(Path(args.config).read_text()) or {}).get("task") or {}
+    section = load_config_dict(args.config).get("task") or {}
     known = {f.name for f in dataclasses.fields(TaskConfig)}
     unknown = sorted(set(section) - known)
     if unknown:

@@ -6,7 +6,11 @@ import sys
 
 # Plan with this checkout's package, like the jobs (shell.prefix below), not an installed copy.
 sys.path.insert(0, f"{workflow.basedir}/src")
+from retro_search.config import check_workflow_config
 from retro_search.pipeline import build_plan, eval_shard_counts
+from retro_search.runtime import write_runtime_file
+
+check_workflow_config(config)
 
 EXPERIMENTS = [e for e in str(config.get("experiment", "demo")).split(",") if e]
 OVERRIDES = shlex.split(str(config.get("overrides", "")))
@@ -23,6 +27,7 @@ shell.prefix(
 
 localrules:
     stage_config,
+    stage_runtime,
     experiment_index,
 
 
@@ -66,6 +71,10 @@ def stage_config_json(wildcards):
     return json.dumps(PLAN.stage(wildcards.kind, wildcards.sid).config, sort_keys=True)
 
 
+def stage_runtime_json(wildcards):
+    return json.dumps(PLAN.stage(wildcards.kind, wildcards.sid).runtime, sort_keys=True)
+
+
 def model_inputs(kind):
     """The folder of a model the pipeline made (the tiny model, or a fine-tuned one such as the
     demo's reasoner) when the stage starts from it (a hub model is not a file input)."""
@@ -96,7 +105,7 @@ def engine_gpus(kind):
     it is pinned to the CPU."""
 
     def gpus(wildcards):
-        engine = stage(kind, wildcards).config["engine"]
+        engine = stage(kind, wildcards).settings["engine"]
         if engine["name"] == "vllm":
             return int(engine.get("tensor_parallel_size", 1))
         return 0 if engine.get("device") == "cpu" else 1

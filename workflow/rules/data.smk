@@ -48,6 +48,7 @@ rule task:
 rule sample:
     input:
         config="results/sample/{sid}/config.yaml",
+        runtime_yaml=ancient("results/sample/{sid}/runtime.yaml"),  # read with config.yaml, not a reason to rerun
         questions=sample_questions,
         model=model_inputs("sample"),
     output:
@@ -76,6 +77,7 @@ rule sample:
 rule prepare:
     input:
         config="results/prepare/{sid}/config.yaml",
+        runtime_yaml=ancient("results/prepare/{sid}/runtime.yaml"),  # read with config.yaml, not a reason to rerun
         source=prepare_source,
         samples=prepare_samples,
         heldout=task_files("prepare", "heldout.jsonl"),  # decontamination against it

@@ -6,6 +6,7 @@
 rule eval:
     input:
         config="results/eval/{sid}/config.yaml",
+        runtime_yaml=ancient("results/eval/{sid}/runtime.yaml"),  # read with config.yaml, not a reason to rerun
         model=eval_model_input,
         heldout=task_files("eval", "heldout.jsonl"),  # the benchmark arith, when evaluated
     output:

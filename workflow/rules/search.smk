@@ -4,6 +4,7 @@
 rule retro_search:
     input:
         config="results/search/{sid}/config.yaml",
+        runtime_yaml=ancient("results/search/{sid}/runtime.yaml"),  # read with config.yaml, not a reason to rerun
         shard=search_shard,
         model=model_inputs("search"),
     output:

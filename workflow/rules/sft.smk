@@ -28,6 +28,7 @@ rule sft_data:
 rule sft:
     input:
         config="results/sft/{sid}/config.yaml",
+        runtime_yaml=ancient("results/sft/{sid}/runtime.yaml"),  # read with config.yaml, not a reason to rerun
         train=sft_train,
         model=model_inputs("sft"),
     output:

@@ -1,4 +1,7 @@
-# Every stage's resolved config, written beside its artifacts before the stage runs.
+# Every stage's resolved config, written beside its artifacts before the stage runs: config.yaml
+# (what makes the output; the stage's hash covers it) and runtime.yaml (how the job runs:
+# runtime.RUNTIME_KEYS). Rules read runtime.yaml as an `ancient` input: a new runtime value
+# rewrites it without making the stage rerun.
 
 
 rule stage_config:
@@ -16,3 +19,14 @@ rule stage_config:
         config=stage_config_json,
     shell:
         "python -m retro_search.cli write-config {output} --json {params.config:q} > {log} 2>&1"
+
+
+rule stage_runtime:
+    output:
+        "results/{kind}/{sid}/runtime.yaml",
+    log:
+        "results/{kind}/{sid}/logs/runtime.log",
+    params:
+        runtime=stage_runtime_json,
+    run:
+        write_runtime_file(output[0], params.runtime, log[0])

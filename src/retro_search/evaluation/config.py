@@ -204,7 +204,7 @@ def load_eval_config(config_file: str | Path | None = None, overrides: Sequence[
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
-    from retro_search.config import load_section
+    from retro_search.config import load_config_file, load_section
 
     bad = [o for o in overrides if "=" not in o]
     if bad:
@@ -219,7 +219,7 @@ def load_eval_config(config_file: str | Path | None = None, overrides: Sequence[
         try:
             engine = OmegaConf.create({"name": "transformers"})
             if path is not None:
-                loaded = OmegaConf.load(path)
+                loaded = load_config_file(path)
                 if "engine" in loaded and loaded["engine"] is not None:
                     engine = OmegaConf.merge(engine, loaded["engine"])
             engine = OmegaConf.merge(engine, OmegaConf.from_dotlist(

@@ -69,10 +69,10 @@ def load_settings(config_file: str | Path | None = None,
     """
     from omegaconf import DictConfig, OmegaConf
 
-    from retro_search.config import load_section
+    from retro_search.config import load_config_file, load_section
 
     if config_file is not None:
-        loaded = OmegaConf.load(config_file)
+        loaded = load_config_file(config_file)
         if not isinstance(loaded, DictConfig) or not {"student", "sft"} & set(loaded.keys()):
             # e.g. a Hydra group file (config/sft/demo.yaml) holds the values without `sft:`
             raise ValueError(f"{config_file} has no `student` or `sft` section; pass a composed "

@@ -1,0 +1,94 @@
+"""Runtime settings: what changes how a stage's job runs, not what it writes.
+
+The plan splits them off each stage's config (`split_runtime`): they are not part of the stage's
+hash, so changing one reruns nothing and does not rename the experiment. The workflow writes them
+to `runtime.yaml` beside the stage's `config.yaml` (`write_runtime_file`); a job reads both
+(`config.load_config_file`) and its manifest records them.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+RUNTIME_FILE = "runtime.yaml"  # beside a stage's config.yaml
+
+# Settings that change how a job runs, not what it writes, by section of a stage config (engine
+# keys also inside engine.vllm / engine.transformers, as `engine.name=auto` nests them).
+RUNTIME_KEYS: dict[str, frozenset[str]] = {
+    "engine": frozenset({"device", "tensor_parallel_size", "gpu_memory_utilization",
+                         "kv_cache_memory_bytes", "enable_prefix_caching", "enforce_eager",
+                         "max_num_seqs", "batch_size", "max_batch_tokens"}),
+    "grading": frozenset({"processes"}),
+    "eval": frozenset({"grading_processes"}),
+    "sft": frozenset({"logging_steps", "save_steps", "save_total_limit", "dataset_num_proc",
+                      "accelerate_config", "gradient_checkpointing"}),
+}
+# With sft.global_batch_size set, the split of the global batch into per-device rows and
+# accumulation steps is how the job fits its GPUs, not what it trains.
+SFT_BATCH_SPLIT = frozenset({"per_device_train_batch_size", "gradient_accumulation_steps"})
+
+
+def runtime_keys_of(section: str, values: dict[str, Any]) -> frozenset[str]:
+    keys = RUNTIME_KEYS.get(section, frozenset())
+    if section == "sft" and values.get("global_batch_size") is not None:
+        keys |= SFT_BATCH_SPLIT
+    return keys
+
+
+def split_runtime(config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A stage config -> (what makes the output: hashed, the runtime settings: not hashed)."""
+    hashed, runtime = copy.deepcopy(config), {}
+    for section in RUNTIME_KEYS:
+        values = hashed.get(section)
+        if not isinstance(values, dict):
+            continue
+        holders = [((section,), values)]
+        if section == "engine":
+            holders += [((section, sub), values[sub]) for sub in ("vllm", "transformers")
+                        if isinstance(values.get(sub), dict)]
+        keys = runtime_keys_of(section, values)
+        for path, holder in holders:
+            for key in sorted(keys & holder.keys()):
+                node = runtime
+                for part in path:
+                    node = node.setdefault(part, {})
+                node[key] = holder.pop(key)
+    return hashed, runtime
+
+
+def is_runtime_override(key: str, cfg: dict[str, Any]) -> bool:
+    """Whether an experiment-level key (`engine.gpu_memory_utilization`, `reasoner.sft.save_steps`)
+    of the composed config `cfg` is a runtime setting: such overrides do not rename the
+    experiment."""
+    parts = key.lstrip("+~").split(".")
+    values = cfg
+    if parts[:2] == ["reasoner", "sft"]:
+        parts, values = parts[1:], cfg.get("reasoner", {})
+    if len(parts) == 3 and parts[0] == "engine" and parts[1] in ("vllm", "transformers"):
+        parts = [parts[0], parts[2]]
+    if len(parts) != 2:
+        return False
+    section, name = parts
+    return name in runtime_keys_of(section, values.get(section) or {})
+
+
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in over.items():
+        merged[key] = (deep_merge(merged[key], value)
+                       if isinstance(value, dict) and isinstance(merged.get(key), dict) else value)
+    return merged
+
+
+def write_runtime_file(path: str | Path, runtime_json: str, log: str | Path) -> None:
+    """A stage's runtime settings (JSON, as the planner passes them) into its `runtime.yaml`,
+    and a line saying so into `log`."""
+    import yaml
+
+    from retro_search.report.tables import write_text_atomic
+
+    write_text_atomic(path, yaml.safe_dump(json.loads(runtime_json), sort_keys=True))
+    write_text_atomic(log, f"runtime settings -> {path}: {runtime_json}\n")
