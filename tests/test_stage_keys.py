@@ -142,3 +142,17 @@ def test_an_unknown_workflow_config_key_is_refused_with_a_close_match():
     with pytest.raises(ValueError, match=r"--config override=\.\.\.: not a setting of this "
                                          r"workflow; did you mean overrides\?"):
         check_workflow_config({"override": "search.rollouts=2"})
+
+
+def test_eval_asks_as_the_student_was_trained_unless_told_otherwise():
+    for experiment in ("traces_demo", SEVEN):
+        exp, = build_plan(CONFIG, [experiment]).experiments
+        student = exp.config["student"]
+        for arm in ("base", "original", "retro_search"):
+            evaluation = exp.stages[f"eval:{arm}"].config["eval"]
+            for key in ("user_template", "system_prompt", "think_open", "think_close"):
+                assert evaluation[key] == student.get(key), (experiment, arm, key)
+    exp, = build_plan(CONFIG, ["traces_demo"], ["eval.user_template='Q: {question}'"]).experiments
+    assert exp.stages["eval:base"].config["eval"]["user_template"] == "Q: {question}"
+    with pytest.raises(ValueError, match="eval.user_template must contain '{question}'"):
+        build_plan(CONFIG, ["traces_demo"], ["student.user_template=nothing"])

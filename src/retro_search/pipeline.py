@@ -59,6 +59,8 @@ TASK_QUESTIONS = "task:sample"  # data.sample.questions: the miniature task's sa
 ARMS = ("base", "original", "retro_search")
 # What `retro-search sft-data` reads of the sft section (the rest is the trainer's).
 SFT_DATA_KEYS = ("max_length", "drop_overlong", "eos_token")
+# The prompt format eval takes from the student when eval.<key> is null.
+EVAL_PROMPT_KEYS = ("user_template", "system_prompt", "think_open", "think_close")
 
 @dataclass
 class Stage:
@@ -162,6 +164,16 @@ def eval_shard_counts(section: dict[str, Any]) -> dict[str, int]:
     return counts
 
 
+def eval_section(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The eval section with its prompt format filled in from the student's where it is null:
+    eval asks as the student was trained unless told otherwise."""
+    section = dict(cfg["eval"])
+    for key in EVAL_PROMPT_KEYS:
+        if section.get(key) is None:
+            section[key] = cfg["student"].get(key)
+    return section
+
+
 def sft_data_section(sft: dict[str, Any]) -> dict[str, Any]:
     return {key: sft[key] for key in SFT_DATA_KEYS if key in sft}
 
@@ -172,7 +184,7 @@ def plan_experiment(name: str, cfg: dict, results: str = "results") -> Experimen
     from retro_search.prepare import check_data_section
     from retro_search.sampling import check_sampler, sample_settings
 
-    check_sections(cfg)  # a bad value is refused here, in one line, not in a job
+    check_sections({**cfg, "eval": eval_section(cfg)})  # a bad value: refused here, not in a job
     eval_shard_counts(cfg["eval"])  # so is a bad eval shard count
     check_data_section(cfg["data"])  # and a data section with no source, or two
     stages: dict[str, Stage] = {}
@@ -290,10 +302,10 @@ def plan_experiment(name: str, cfg: dict, results: str = "results") -> Experimen
                         {"student": student, "sft": cfg["sft"]}, [data, *student_up])
             model_dir, upstream = sft.path("model"), [sft]
         # One stage per arm over every benchmark: its jobs load the engine once for all of them.
-        eval_section, eval_up = with_task(cfg["eval"], cfg["eval"]["benchmarks"])
+        evaluation, eval_up = with_task(eval_section(cfg), cfg["eval"]["benchmarks"])
         evals.append(stage(
             f"eval:{arm}", "eval", f"{arm}-{student_label}",
-            {"eval": eval_section, "engine": cfg["engine"],
+            {"eval": evaluation, "engine": cfg["engine"],
              "student": student, "model_dir": model_dir, "arm": arm},
             [*upstream, *eval_up]))
     stage("summary", "summary", name, {"arms": arms}, [merge, *evals])

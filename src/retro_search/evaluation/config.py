@@ -40,7 +40,8 @@ class EvalSettings:
     temperature, top_p, max_tokens, seed: decoding. Each generation's seed derives from `seed`,
         the benchmark, the problem id and the sample index.
     user_template: the user turn; "{question}" is replaced by the question (plain replacement,
-        not str.format, so other braces such as "\\boxed{}" are written as they are).
+        not str.format, so other braces such as "\\boxed{}" are written as they are). In the
+        pipeline, None (the default of config/eval) is the student's, as it was trained.
     system_prompt: optional system turn.
     tokenizer: tokenizer for prompts and token counts; None = the evaluated model's.
     think_open, think_close: the model's reasoning opener and closer; the graded solution is the
@@ -69,11 +70,11 @@ class EvalSettings:
     top_p: float = 0.95
     max_tokens: int = 32768
     seed: int = 0
-    user_template: str = DEFAULT_USER_TEMPLATE
+    user_template: str | None = None   # None: the pipeline fills in the student's; alone, R1's
     system_prompt: str | None = None
     tokenizer: str | None = None
-    think_open: str = "<think>\n"
-    think_close: str = "</think>"
+    think_open: str | None = None      # None: the student's (pipeline), else "<think>\n"
+    think_close: str | None = None     # None: the student's (pipeline), else "</think>"
     ks: list[int] = field(default_factory=lambda: [1, 4, 8])
     grading_processes: int = 2
     grading_timeout: float = 10.0
@@ -83,6 +84,11 @@ class EvalSettings:
     chunk_size: int = 1024
 
     def __post_init__(self) -> None:
+        # A stage config has these from the student (pipeline.eval_section); a bare call, R1's.
+        for key, default in (("user_template", DEFAULT_USER_TEMPLATE), ("think_open", "<think>\n"),
+                             ("think_close", "</think>")):
+            if getattr(self, key) is None:
+                setattr(self, key, default)
         self.validate()
 
     def validate(self) -> None:
