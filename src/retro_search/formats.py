@@ -62,12 +62,7 @@ class FieldMap:
     metadata: tuple[str, ...] = ()
 
     def __post_init__(self):
-        # Lists arrive from YAML/JSON configs; keep the dataclass hashable and immutable.
-        if isinstance(self.id, list):
-            object.__setattr__(self, "id", tuple(self.id))
-        if isinstance(self.metadata, str):
-            raise ValueError("FieldMap: `metadata` is a tuple of entries, not one string")
-        object.__setattr__(self, "metadata", tuple(self.metadata))
+        freeze_id_and_metadata(self)
         sources = [name for name in ("response", "messages", "reasoning") if getattr(self, name)]
         if len(sources) != 1:
             raise ValueError("FieldMap needs exactly one trace source: `response`, `messages`, or "
@@ -80,20 +75,42 @@ class FieldMap:
         if self.source_model and self.source_model_const:
             raise ValueError("FieldMap: set `source_model` (a path) or `source_model_const` "
                              "(a literal), not both")
-        keys = [key for key, _ in self.metadata_items()]
-        if RAW_ANSWER_KEY in keys:
-            raise ValueError(f"FieldMap: metadata key {RAW_ANSWER_KEY!r} is reserved for the raw "
-                             "reference answer")
-        if len(set(keys)) != len(keys):
-            raise ValueError(f"FieldMap: duplicate metadata keys in {list(self.metadata)}")
+        check_metadata_keys(self)
 
     def metadata_items(self) -> list[tuple[str, str]]:
         """(key, path) pairs of `metadata`, parsed from "path" or "key=path" entries."""
-        items = []
-        for entry in self.metadata:
-            key, sep, path = entry.partition("=")
-            items.append((key.strip(), path.strip()) if sep else (entry, entry))
-        return items
+        return metadata_items(self.metadata)
+
+
+def freeze_id_and_metadata(fmap) -> None:
+    """A field map's `id` and `metadata` as tuples: lists arrive from YAML/JSON configs, and the
+    (frozen) map must stay hashable and immutable."""
+    name = type(fmap).__name__
+    if isinstance(fmap.id, list):
+        object.__setattr__(fmap, "id", tuple(fmap.id))
+    if isinstance(fmap.metadata, str):
+        raise ValueError(f"{name}: `metadata` is a list of entries, not one string")
+    object.__setattr__(fmap, "metadata", tuple(fmap.metadata))
+
+
+def metadata_items(metadata: tuple[str, ...]) -> list[tuple[str, str]]:
+    """(key, path) pairs from "path" or "key=path" entries."""
+    items = []
+    for entry in metadata:
+        key, sep, path = entry.partition("=")
+        items.append((key.strip(), path.strip()) if sep else (entry, entry))
+    return items
+
+
+def check_metadata_keys(fmap) -> None:
+    """Metadata keys are unique and never the reserved key of the raw reference answer."""
+    name = type(fmap).__name__
+    keys = [key for key, _ in metadata_items(fmap.metadata)]
+    if RAW_ANSWER_KEY in keys:
+        raise ValueError(f"{name}: metadata key {RAW_ANSWER_KEY!r} is reserved for the raw "
+                         "reference answer")
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"{name}: duplicate metadata keys in {list(fmap.metadata)}")
 
 
 def split_response(text: str) -> tuple[str, str]:

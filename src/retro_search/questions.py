@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal, Mapping
 
-from retro_search.formats import PRESETS, RAW_ANSWER_KEY, FieldMap
+from retro_search.formats import (PRESETS, RAW_ANSWER_KEY, FieldMap, check_metadata_keys,
+                                  freeze_id_and_metadata, metadata_items)
 from retro_search.readers import (LoadReport, _answer_text, _Bad, _get, _record_id, _text,
                                   load_normalised)
 from retro_search.records import RecordError
@@ -52,27 +53,16 @@ class QuestionMap:
     metadata: tuple[str, ...] = ()
 
     def __post_init__(self):
-        if isinstance(self.id, list):
-            object.__setattr__(self, "id", tuple(self.id))
-        if isinstance(self.metadata, str):
-            raise ValueError("QuestionMap: `metadata` is a list of entries, not one string")
-        object.__setattr__(self, "metadata", tuple(self.metadata))
+        freeze_id_and_metadata(self)
         for name in ("question", "answer"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
                 raise ValueError(f"QuestionMap: `{name}` must be a field path, got "
                                  f"{getattr(self, name)!r}")
-        keys = [key for key, _ in self.metadata_items()]
-        if RAW_ANSWER_KEY in keys or len(set(keys)) != len(keys):
-            raise ValueError(f"QuestionMap: metadata keys {keys} repeat or use the reserved "
-                             f"{RAW_ANSWER_KEY!r}")
+        check_metadata_keys(self)
 
     def metadata_items(self) -> list[tuple[str, str]]:
         """(key, path) pairs, from "path" or "key=path" entries (as `FieldMap.metadata`)."""
-        items = []
-        for entry in self.metadata:
-            key, sep, path = entry.partition("=")
-            items.append((key.strip(), path.strip()) if sep else (entry, entry))
-        return items
+        return metadata_items(self.metadata)
 
     @classmethod
     def from_trace_format(cls, fmap: FieldMap, name: str = "the trace format") -> "QuestionMap":
