@@ -21,13 +21,14 @@ from retro_search.search import SearchConfig
 
 
 def load_config_file(config_file: str | Path) -> DictConfig:
-    """A config file; for a stage's `config.yaml`, with the `runtime.yaml` the planner wrote
+    """A config file; for a stage's `config.yaml`, with the `runtime.yaml` the workflow wrote
     beside it merged over it (settings that change how the job runs, not what it writes: not part
     of the stage's hash, see `retro_search.runtime.RUNTIME_KEYS`)."""
-    path = Path(config_file)
-    cfg = OmegaConf.load(path)
-    runtime = path.with_name("runtime.yaml")
-    if path.name == "config.yaml" and runtime.exists():
+    from retro_search.runtime import runtime_file_beside
+
+    cfg = OmegaConf.load(config_file)
+    runtime = runtime_file_beside(config_file)
+    if runtime is not None:
         cfg = OmegaConf.merge(cfg, OmegaConf.load(runtime))
     return cfg
 

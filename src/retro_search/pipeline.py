@@ -184,7 +184,8 @@ def plan_experiment(name: str, cfg: dict, results: str = "results") -> Experimen
     from retro_search.prepare import check_data_section
     from retro_search.sampling import check_sampler, sample_settings
 
-    check_sections({**cfg, "eval": eval_section(cfg)})  # a bad value: refused here, not in a job
+    evaluation = eval_section(cfg)
+    check_sections({**cfg, "eval": evaluation})  # a bad value: refused here, not in a job
     eval_shard_counts(cfg["eval"])  # so is a bad eval shard count
     check_data_section(cfg["data"])  # and a data section with no source, or two
     stages: dict[str, Stage] = {}
@@ -289,6 +290,8 @@ def plan_experiment(name: str, cfg: dict, results: str = "results") -> Experimen
     unknown = set(arms) - set(ARMS)
     if unknown:
         raise ValueError(f"pipeline.arms: unknown arm(s) {sorted(unknown)}; known: {list(ARMS)}")
+    # One eval stage per arm over every benchmark: its jobs load the engine once for all of them.
+    evaluation, eval_up = with_task(evaluation, cfg["eval"]["benchmarks"])
     evals = []
     for arm in arms:
         if arm == "base":
@@ -301,8 +304,6 @@ def plan_experiment(name: str, cfg: dict, results: str = "results") -> Experimen
             sft = stage(f"sft:{arm}", "sft", f"{arm}-{student_label}",
                         {"student": student, "sft": cfg["sft"]}, [data, *student_up])
             model_dir, upstream = sft.path("model"), [sft]
-        # One stage per arm over every benchmark: its jobs load the engine once for all of them.
-        evaluation, eval_up = with_task(eval_section(cfg), cfg["eval"]["benchmarks"])
         evals.append(stage(
             f"eval:{arm}", "eval", f"{arm}-{student_label}",
             {"eval": evaluation, "engine": cfg["engine"],

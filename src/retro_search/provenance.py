@@ -172,13 +172,13 @@ def write_manifest(path: str | Path, *, stage: str, config_file: str | Path | No
     `engine`: which generation engine ran the job (`engines.engine_info`), where one did."""
     import yaml  # pyyaml comes with omegaconf
 
+    from retro_search.runtime import runtime_file_beside
+
     path = Path(path)
     config = yaml.safe_load(Path(config_file).read_text()) if config_file else {}
     # The runtime settings the job ran with (not hashed: they change no output, runtime.py).
-    runtime_file = Path(config_file).with_name("runtime.yaml") if config_file else None
-    runtime = (yaml.safe_load(runtime_file.read_text())
-               if runtime_file and Path(config_file).name == "config.yaml"
-               and runtime_file.exists() else None)
+    runtime_file = runtime_file_beside(config_file)
+    runtime = yaml.safe_load(runtime_file.read_text()) if runtime_file else None
     models, seeds = _models_and_seeds(config or {})
     model_inputs = [m for m in model_inputs if m]
     local_models = [m for m in model_inputs if Path(m).exists()]

@@ -31,6 +31,14 @@ RUNTIME_KEYS: dict[str, frozenset[str]] = {
 SFT_BATCH_SPLIT = frozenset({"per_device_train_batch_size", "gradient_accumulation_steps"})
 
 
+def runtime_file_beside(config_file: str | Path | None) -> Path | None:
+    """The `runtime.yaml` written beside a stage's `config.yaml`, when there is one."""
+    if config_file is None or Path(config_file).name != "config.yaml":
+        return None
+    path = Path(config_file).with_name(RUNTIME_FILE)
+    return path if path.exists() else None
+
+
 def runtime_keys_of(section: str, values: dict[str, Any]) -> frozenset[str]:
     keys = RUNTIME_KEYS.get(section, frozenset())
     if section == "sft" and values.get("global_batch_size") is not None:
