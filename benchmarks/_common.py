@@ -105,7 +105,7 @@ def search_kwargs(args, prompt) -> dict:
     SearchConfig from the script's --rollouts, --max-tokens, --max-step-tokens, --seed and
     --max-boundaries (0 = all), the prompt format's head, token counter and closer, the grader."""
     from retro_search.grading import grade, normalize_reference
-    from retro_search.search import SearchConfig
+    from retro_search.search_types import SearchConfig
 
     config = SearchConfig(rollouts=args.rollouts, max_tokens=args.max_tokens,
                           max_step_tokens=args.max_step_tokens, seed=args.seed,

@@ -158,7 +158,7 @@ def main(argv=None) -> int:
     from retro_search.evaluation.benchmarks import get_benchmark, load_problems
     from retro_search.grading import Grader, extract_answer
     from retro_search.grading.verify import _canonical  # private: the exact-match shortcut
-    from retro_search.jsonl import read_jsonl
+    from retro_search.artifacts import read_jsonl
 
     fig = Figures("grading_throughput", dict(vars(args)))
     cpus = os.cpu_count() or 1

@@ -10,7 +10,7 @@ import pytest
 from retro_search.engines.base import GenerationRequest, GenerationResult
 from retro_search.prepare import check_data_section, keep_per_question, run_prepare
 from retro_search.questions import Question
-from retro_search.readers import read_records
+from retro_search.artifacts import read_records
 from retro_search.sampling import PlannedSample, sample_row
 
 

@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 
 from retro_search.formats import PRESETS, FieldMap, resolve_format
-from retro_search.readers import (load_traces, normalise_record, read_records, split_response,
-                                  write_records)
+from retro_search.artifacts import read_records, write_records
+from retro_search.readers import load_traces, normalise_record, split_response
 from retro_search.records import RecordError, TraceRecord
 
 # The shared data folder sits beside the repository root (CI clones the repo next to ../shared).

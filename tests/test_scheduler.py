@@ -6,7 +6,7 @@ import pytest
 
 from retro_search.records import TraceRecord
 from retro_search.scheduler import read_progress, run_shard
-from retro_search.search import SearchConfig
+from retro_search.search_types import SearchConfig
 from scripted_engine import ScriptedEngine, StreamingScriptedEngine, boxed_grade, count_words
 
 

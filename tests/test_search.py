@@ -3,7 +3,8 @@
 import pytest
 
 from retro_search.records import TraceRecord
-from retro_search.search import SearchConfig, TraceSearch, derive_seed
+from retro_search.search import TraceSearch, derive_seed
+from retro_search.search_types import SearchConfig
 from scripted_engine import ScriptedEngine, boxed_grade, count_words
 
 HEAD = "<user>Q</user><think>\n"

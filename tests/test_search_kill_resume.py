@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from retro_search.readers import load_traces, write_records
+from retro_search.readers import load_traces
+from retro_search.artifacts import write_records
 from retro_search.segmentation import segment
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"

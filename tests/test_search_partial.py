@@ -4,7 +4,8 @@
 import statistics
 
 from retro_search.records import TraceRecord
-from retro_search.search import SearchConfig, TraceSearch
+from retro_search.search import TraceSearch
+from retro_search.search_types import SearchConfig
 from scripted_engine import ScriptedEngine, boxed_grade, count_words
 
 HEAD = "<user>Q</user><think>\n"

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from retro_search.prompts import PromptFormat, load_prompt_format
-from retro_search.readers import write_records
+from retro_search.artifacts import write_records
 from retro_search.records import TraceRecord
 from retro_search.sft.config import (SFTSettings, StudentSettings, gradient_accumulation_steps,
                                      load_settings)

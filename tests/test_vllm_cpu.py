@@ -20,7 +20,7 @@ from retro_search.engines import engine_info
 from retro_search.engines.base import GenerationRequest
 from retro_search.readers import load_traces
 from retro_search.scheduler import run_shard
-from retro_search.search import SearchConfig
+from retro_search.search_types import SearchConfig
 from retro_search.segmentation import DEFAULT_KEYWORDS, KEYWORD_FLAGS, keyword_regex
 from scripted_engine import boxed_grade
 

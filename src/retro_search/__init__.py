@@ -10,7 +10,8 @@ modules.
 """
 
 from retro_search.records import RecordError, TraceRecord
-from retro_search.search import SearchConfig, SearchOutcome, TraceSearch, retro_search
+from retro_search.search import TraceSearch, retro_search
+from retro_search.search_types import SearchConfig, SearchOutcome
 from retro_search.segmentation import segment
 
 __all__ = ["RecordError", "SearchConfig", "SearchOutcome", "TraceRecord", "TraceSearch",

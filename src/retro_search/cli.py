@@ -7,7 +7,6 @@ Each subcommand reads files, calls the package, and writes its outputs atomicall
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import sys
@@ -22,19 +21,11 @@ FORMATS_HELP = ("input format: 'records' (normalised jsonl written by `retro-sea
                 f"or a raw-format preset: {PRESETS_HELP}")
 
 
-def _read_traces(path: str, fmt: str, limit: int | None = None):
-    from retro_search.readers import load_traces, read_records
-
-    if fmt == "records":
-        records = read_records(path)
-        return records[:limit] if limit else records
-    return load_traces(path, format=fmt, limit=limit).records
-
-
 # --- normalize -------------------------------------------------------------------------------
 
 def cmd_normalize(args: argparse.Namespace) -> int:
-    from retro_search.readers import load_traces, write_records
+    from retro_search.readers import load_traces
+    from retro_search.artifacts import write_records
 
     quarantine = None
     if args.on_bad_record == "quarantine":
@@ -51,19 +42,20 @@ def cmd_normalize(args: argparse.Namespace) -> int:
 # --- segment ---------------------------------------------------------------------------------
 
 def cmd_segment(args: argparse.Namespace) -> int:
-    from retro_search.jsonl import write_jsonl_atomic
+    from retro_search.artifacts import write_jsonl
+    from retro_search.readers import read_traces
     from retro_search.segmentation import DEFAULT_KEYWORDS, segment
 
     keywords = tuple(args.keyword) if args.keyword else DEFAULT_KEYWORDS
     rows = []
-    for trace in _read_traces(args.input, args.format):
+    for trace in read_traces(args.input, args.format):
         seg = segment(trace.reasoning, keywords)
         rows.append({"id": trace.id, "steps": seg.num_steps, "thoughts": seg.num_thoughts,
                      "boundaries": seg.num_boundaries,
                      # boundary i sits right before step boundary_steps[i - 1] (0-based step index)
                      "boundary_steps": list(seg.thought_starts[1:]),
                      "thought_lengths": [len(t) for t in seg.thoughts()]})
-    write_jsonl_atomic(args.output, rows)
+    write_jsonl(args.output, rows)
     print(f"segmented {len(rows)} traces -> {args.output}", file=sys.stderr)
     return 0
 
@@ -72,7 +64,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
 def cmd_grade(args: argparse.Namespace) -> int:
     from retro_search.grading import Grader, normalize_reference
-    from retro_search.jsonl import read_jsonl, write_jsonl_atomic
+    from retro_search.artifacts import read_jsonl, write_jsonl
 
     rows = list(read_jsonl(args.input))
     pairs = []
@@ -91,7 +83,7 @@ def cmd_grade(args: argparse.Namespace) -> int:
         grades = grader.grade_many(pairs, progress=not args.no_progress)
     for row, grade in zip(rows, grades):
         row.update(correct=grade.correct, extracted=grade.extracted, grade_error=grade.error)
-    write_jsonl_atomic(args.output, rows)
+    write_jsonl(args.output, rows)
     correct = sum(g.correct for g in grades)
     print(f"graded {len(rows)} rows: {correct} correct -> {args.output}", file=sys.stderr)
     return 0
@@ -99,86 +91,19 @@ def cmd_grade(args: argparse.Namespace) -> int:
 
 # --- search ----------------------------------------------------------------------------------
 
-def _fingerprint(cfg: dict, input_path: str) -> str:
-    """What the results depend on: the resolved config and the input's bytes."""
-    digest = hashlib.sha256(json.dumps(cfg, sort_keys=True).encode())
-    digest.update(Path(input_path).read_bytes())
-    return digest.hexdigest()[:12]
-
-
 def cmd_search(args: argparse.Namespace) -> int:
-    from retro_search.config import compose, engine_kwargs, search_config
-    from retro_search.engines import engine_info, load_engine
-    from retro_search.grading import Grader, normalize_reference
-    from retro_search.jsonl import write_jsonl_atomic
-    from retro_search.prompts import load_prompt_format
-    from retro_search.scheduler import run_shard
+    from retro_search.config import compose
+    from retro_search.search_stage import run_search_stage
 
-    cfg = compose(args.config, args.overrides)
-    config = search_config(cfg)
-    traces = _read_traces(args.input, args.format, args.limit)
     output = Path(args.output)
-    rollout_log = Path(args.log) if args.log else output.with_suffix(".rollouts.jsonl")
-    args.log = str(rollout_log)  # the manifest lists it among the outputs
-    progress = output.with_name(f".{output.name}.progress-{_fingerprint(cfg, args.input)}.jsonl")
-
-    model = cfg["model"]
-    prompt = load_prompt_format(model["tokenizer"] or model["path"],
-                                system_prompt=model["system_prompt"],
-                                user_template=model["user_template"],
-                                think_open=model["think_open"], think_close=model["think_close"])
-    for trace in traces:  # fail on a bad reference before the model is loaded
-        try:
-            normalize_reference(trace.reference_answer)
-        except ValueError as err:
-            raise ValueError(f"{args.input}: trace {trace.id!r}, field 'reference_answer': {err}") from None
-    name, kwargs = engine_kwargs(cfg)
-    engine = load_engine(name, **kwargs)
-    args.engine_info = engine_info(engine)  # the manifest says which engine ran
-    log.info("engine: %s on %s (%s)", args.engine_info["name"], args.engine_info["device"],
-             args.engine_info["settings"])
-    try:
-        with Grader(processes=cfg["grading"]["processes"],
-                    timeout=cfg["grading"]["timeout"]) as grader:
-            outcomes, stats = run_shard(
-                traces, engine, prompt_head=prompt.head, config=config,
-                grade=lambda gold, solution: grader.grade(normalize_reference(gold), solution),
-                count_tokens=prompt.count_tokens, think_close=model["think_close"],
-                progress_path=progress, show_progress=not args.no_progress)
-    finally:
-        shutdown = getattr(engine, "shutdown", None)  # vLLM's engine processes
-        if callable(shutdown):
-            shutdown()
-
-    revised = []
-    for trace, outcome in zip(traces, outcomes):
-        if config.drop_incorrect and outcome.status == "incorrect_original":
-            continue
-        row = trace.to_dict()
-        row["reasoning"], row["solution"] = outcome.reasoning, outcome.solution
-        row["search"] = outcome.stats()
-        revised.append(row)
-    log_rows = [dict(vars(r), seeds=list(r.seeds)) for o in outcomes for r in o.log]
-    write_jsonl_atomic(rollout_log, log_rows)
-    write_jsonl_atomic(output, revised)
-    progress.unlink(missing_ok=True)  # the outputs now hold everything it had
-
-    by_status = {s: sum(o.status == s for o in outcomes)
-                 for s in ("revised", "unchanged", "incorrect_original", "skipped")}
-    searched = [o for o in outcomes if o.original_correct]
-    print(json.dumps({"traces": len(outcomes), **by_status, "resumed": stats.traces_resumed,
-                      "rollouts": sum(o.rollouts_tried for o in outcomes),
-                      "accepted": sum(o.rollouts_accepted for o in outcomes),
-                      "truncated_length": sum(o.rollouts_truncated_length for o in outcomes),
-                      "unclosed": sum(o.rollouts_unclosed for o in outcomes),
-                      "reasoning_tokens_before": sum(o.reasoning_tokens_before for o in searched),
-                      "reasoning_tokens_after": sum(o.reasoning_tokens_after for o in searched),
-                      "generated_tokens_per_s": round(stats.tokens_per_second, 1),
-                      "output": str(output), "rollout_log": str(rollout_log)}), file=sys.stderr)
-    for outcome in outcomes:
-        if outcome.skip_reason:
-            print(f"retro-search search: trace {outcome.trace_id!r}: {outcome.skip_reason}",
-                  file=sys.stderr)
+    args.log = args.log or str(output.with_suffix(".rollouts.jsonl"))  # the manifest lists it
+    result = run_search_stage(compose(args.config, args.overrides), args.input, output, args.log,
+                              input_format=args.format, limit=args.limit,
+                              show_progress=not args.no_progress)
+    args.engine_info = result.engine  # the manifest says which engine ran
+    print(json.dumps(result.summary), file=sys.stderr)
+    for line in result.skipped:
+        print(f"retro-search search: {line}", file=sys.stderr)
     return 0
 
 
@@ -198,40 +123,14 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_shard(args: argparse.Namespace) -> int:
-    from retro_search.jsonl import read_jsonl, write_jsonl_atomic
+    from retro_search.artifacts import read_jsonl, write_jsonl
 
     if not 0 <= args.index < args.num_shards:
         raise ValueError(f"--index must be in 0..{args.num_shards - 1}, got {args.index}")
     rows = list(read_jsonl(args.input))
     # Round robin: a pool sorted by source or length still gives shards of similar cost.
-    count = write_jsonl_atomic(args.output, rows[args.index::args.num_shards])
+    count = write_jsonl(args.output, rows[args.index::args.num_shards])
     print(f"shard {args.index}/{args.num_shards}: {count} of {len(rows)} traces", file=sys.stderr)
-    return 0
-
-
-def cmd_write_config(args: argparse.Namespace) -> int:
-    import yaml
-
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(args.output).with_name(f".{Path(args.output).name}.tmp")
-    tmp.write_text(yaml.safe_dump(json.loads(args.json), sort_keys=False, allow_unicode=True))
-    tmp.replace(args.output)
-    return 0
-
-
-def cmd_index(args: argparse.Namespace) -> int:
-    index = json.loads(args.json)
-    out = Path(args.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "index.json").write_text(json.dumps(index, indent=2) + "\n")
-    lines = [f"# Experiment {index['experiment']}", ""]
-    if args.table:  # a copy, so the table sits where a reader looks first; the audit checks the original
-        table = Path(args.table).read_text()
-        (out / "results.md").write_text(table)
-        lines += ["## Results", "", f"From `{args.table}`.", "", table.rstrip(), ""]
-    lines += ["## Stages", "", "| role | stage directory |", "|---|---|"]
-    lines += [f"| {s['role']} | `{s['dir']}` |" for s in index["stages"]]
-    (out / "README.md").write_text("\n".join(lines) + "\n")
     return 0
 
 
@@ -399,22 +298,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--index", type=int, required=True, help="shard number, from 0")
     p.add_argument("--num-shards", type=int, required=True, help="number of shards")
     p.set_defaults(func=cmd_shard, input_args=("input",), output_args=("output",))
-
-    p = sub.add_parser("write-config", help="write a stage's resolved config (JSON in, YAML out)",
-                       description="Used by the workflow: writes the config of a stage beside "
-                       "its artifacts, so every artifact carries the settings that made it.")
-    p.add_argument("output", help="config.yaml to write")
-    p.add_argument("--json", required=True, help="the config as JSON")
-    p.set_defaults(func=cmd_write_config, input_args=(), output_args=("output",))
-
-    p = sub.add_parser("index", help="write an experiment's index of stage directories",
-                       description="results/experiments/NAME/index.json and README.md: which "
-                       "stage directory holds each artifact of the experiment; with --table, "
-                       "also the results table (README.md and a copy in results.md).")
-    p.add_argument("output_dir", help="results/experiments/NAME")
-    p.add_argument("--json", required=True, help="the index as JSON (from the workflow plan)")
-    p.add_argument("--table", default=None, help="the summary stage's results.md")
-    p.set_defaults(func=cmd_index, input_args=(), output_args=())
 
     p = sub.add_parser("audit", help="verify the provenance chain behind an experiment",
                        description="Walk the manifests behind an experiment index "

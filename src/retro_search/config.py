@@ -17,7 +17,7 @@ from typing import Any, Iterable, Sequence
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
-from retro_search.search import SearchConfig
+from retro_search.search_types import SearchConfig
 
 
 def load_config_file(config_file: str | Path) -> DictConfig:

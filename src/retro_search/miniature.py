@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -315,16 +314,16 @@ def write_dataset(out_dir: str | Path, config: TaskConfig = TaskConfig()) -> dic
     - `teacher.jsonl`, `sample.jsonl`, `heldout.jsonl`: the splits' questions {id, question, answer};
     - `task.json`: the config that made them.
     """
-    from retro_search.jsonl import write_jsonl_atomic
+    from retro_search.artifacts import write_json, write_jsonl
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"teacher_traces": out / "teacher_traces.jsonl", "task": out / "task.json"}
-    write_jsonl_atomic(paths["teacher_traces"], (t.raw_record() for t in teacher_traces(config)))
+    write_jsonl(paths["teacher_traces"], (t.raw_record() for t in teacher_traces(config)))
     for name, problems in splits(config).items():
         paths[name] = out / f"{name}.jsonl"
-        write_jsonl_atomic(paths[name], (asdict(p) for p in problems))
-    paths["task"].write_text(json.dumps(asdict(config), indent=2) + "\n", encoding="utf-8")
+        write_jsonl(paths[name], (asdict(p) for p in problems))
+    write_json(paths["task"], asdict(config))
     return paths
 
 

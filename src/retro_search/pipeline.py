@@ -164,6 +164,14 @@ def eval_shard_counts(section: dict[str, Any]) -> dict[str, int]:
     return counts
 
 
+def eval_benchmark_dir(section: dict[str, Any], benchmark: str) -> str:
+    """Where, inside an eval stage's folder, a benchmark's generations.parquet and metrics.json
+    lie: in the folder of its only shard's job (no copy, no merge job), or, for a benchmark in
+    several shards, in the folder `eval_merge` writes them to."""
+    shards = eval_shard_counts(section)[benchmark]
+    return f"shard-0/{benchmark}" if shards == 1 else benchmark
+
+
 def eval_section(cfg: dict[str, Any]) -> dict[str, Any]:
     """The eval section with its prompt format filled in from the student's where it is null:
     eval asks as the student was trained unless told otherwise."""

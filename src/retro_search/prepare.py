@@ -19,7 +19,6 @@ and counted in `stats.json`.
 
 from __future__ import annotations
 
-import json
 import re
 from collections import Counter
 from dataclasses import dataclass
@@ -138,8 +137,9 @@ def run_prepare(cfg: Mapping[str, Any], out: Path, samples: Sequence[str | Path]
     sample stage's shards, when data.sample is set), writes traces.jsonl, stats.json,
     removed.jsonl and quarantine.jsonl into `out`; returns the stats."""
     from retro_search.grading import Grader, normalize_reference
-    from retro_search.jsonl import write_jsonl_atomic
-    from retro_search.readers import load_traces, write_records
+    from retro_search.artifacts import write_json, write_jsonl
+    from retro_search.readers import load_traces
+    from retro_search.artifacts import write_records
 
     data, grading, decontam = cfg["data"], cfg["grading"], cfg.get("decontamination", {})
     check_data_section(data)
@@ -151,7 +151,7 @@ def run_prepare(cfg: Mapping[str, Any], out: Path, samples: Sequence[str | Path]
         if not samples:
             raise ValueError("data.sample is set: give the sample stage's shards (--samples)")
         records, removed, reasons, read = read_samples(samples, data.get("label") or "samples")
-        write_jsonl_atomic(out / "quarantine.jsonl", [])  # bad questions: the sample shards' own
+        write_jsonl(out / "quarantine.jsonl", [])  # bad questions: the sample shards' own
         read_stats = {"read": read, "quarantined": 0, "loaded": len(records)}
         summary = f"{len(samples)} sample shard(s): {read} samples"
     else:
@@ -190,12 +190,12 @@ def run_prepare(cfg: Mapping[str, Any], out: Path, samples: Sequence[str | Path]
     reasons += filter_reasons
     if extra:
         reasons["over_max_per_question"] += len(extra)
-    write_jsonl_atomic(out / "removed.jsonl", removed)
+    write_jsonl(out / "removed.jsonl", removed)
     stats = {**read_stats, "original_correct": sum(g.correct for g in grades),
              "removed": dict(reasons), "kept": len(kept),
              "questions_kept": len({question_key(r) for r in kept}),
              "kept_by_source": dict(Counter(f"{r.source_model}|{r.source_dataset}" for r in kept))}
-    (out / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
+    write_json(out / "stats.json", stats)
     write_records(kept, out / "traces.jsonl")
     stats["summary"] = f"{summary}; kept {len(kept)} ({dict(reasons)} removed)"
     return stats

@@ -10,7 +10,6 @@ start/end times. `retro_search.audit` checks a chain of them.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import platform
@@ -22,6 +21,8 @@ from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterable
+
+from retro_search.artifacts import write_json
 
 log = logging.getLogger(__name__)
 
@@ -207,8 +208,5 @@ def write_manifest(path: str | Path, *, stage: str, config_file: str | Path | No
         "ended": now(),
         "command": command,
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_json(path, manifest)
     return manifest

@@ -5,32 +5,30 @@ turns a raw record into a `TraceRecord`: `reasoning` is the text between the rea
 `solution` the text after them, both stripped, markers removed. `load_traces` reads a local
 .jsonl/.json/.parquet file, a directory or glob of them, or a hub dataset through `datasets`, and
 normalises every record; bad records either stop the load or go to a quarantine file, never
-silently away. `write_records` / `read_records` store normalised records as JSONL.
+silently away. `artifacts.write_records` / `read_records` store normalised records as JSONL.
 
 Positions are 0-based and count records across the whole source (files in sorted order).
 """
 
 from __future__ import annotations
 
-import glob
+import contextlib
 import json
 import math
-import os
-import tempfile
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Literal, Mapping
+from typing import Any, Callable, Literal, Mapping
 
 from retro_search.formats import (ALL_MARKERS, PRESETS, RAW_ANSWER_KEY, FieldMap, resolve_format,
                                   split_response)
-from retro_search.jsonl import write_jsonl_atomic
+from retro_search.artifacts import atomic_open, read_records
 from retro_search.records import RecordError, TraceRecord
+from retro_search.sources import local_files, raw_rows
 
 __all__ = ["FieldMap", "PRESETS", "LoadReport", "normalise_record", "split_response",
-           "load_traces", "write_records", "read_records"]
+           "load_traces", "read_traces"]
 
-_FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 _MISSING = object()
 
 
@@ -232,65 +230,6 @@ class LoadReport:
         return text
 
 
-def _local_files(source: str, data_files) -> list[Path] | None:
-    """The local files a source names, sorted; None when the source is a hub dataset id."""
-    if source in ("json", "parquet") and data_files is not None:
-        patterns = [data_files] if isinstance(data_files, (str, Path)) else list(data_files)
-        files = [Path(f) for p in patterns for f in sorted(glob.glob(str(p), recursive=True))]
-        if not files:
-            raise FileNotFoundError(f"data_files {patterns} match no file")
-        return files
-    path = Path(source).expanduser()
-    if path.is_dir():
-        files = sorted(f for f in path.iterdir() if f.suffix in _FILE_BUILDERS)
-        if not files:
-            raise FileNotFoundError(f"{source}: no .jsonl, .json or .parquet files in this folder")
-    elif path.is_file():
-        files = [path]
-    elif glob.has_magic(source):
-        files = [Path(f) for f in sorted(glob.glob(str(path), recursive=True))]
-        files = [f for f in files if f.suffix in _FILE_BUILDERS]
-        if not files:
-            raise FileNotFoundError(f"{source}: the pattern matches no .jsonl/.json/.parquet file")
-    elif path.suffix in _FILE_BUILDERS or source.startswith(("/", ".", "~")):
-        raise FileNotFoundError(f"{source}: no such file (a hub dataset id has no file suffix)")
-    else:
-        return None
-    if data_files is not None:
-        raise ValueError(f"{source} is a local path; data_files is only for hub datasets or "
-                         "with source='json'/'parquet'")
-    unknown = [str(f) for f in files if f.suffix not in _FILE_BUILDERS]
-    if unknown:
-        raise ValueError(f"unsupported file type {unknown}: use .jsonl, .json or .parquet")
-    return files
-
-
-def _rows(files: list[Path] | None, source: str, *, name, split, data_files, cache_dir,
-          streaming: bool) -> Iterator[tuple[str, int, dict]]:
-    """(source label, row within it, raw row) for every record of the source, in order."""
-    import datasets  # heavy import (about 1.5 s): only when data is actually loaded
-
-    if files is None:
-        # streaming when a limit is set: the first N rows of a large hub set without downloading it
-        ds = datasets.load_dataset(source, name, split=split, data_files=data_files,
-                                   cache_dir=cache_dir, streaming=streaming)
-        for row_index, row in enumerate(ds):
-            yield f"{source}[{split}]", row_index, row
-        return
-    for file in files:
-        # One load per file: each gets its own inferred schema, so files of slightly different
-        # layouts don't fail a common cast, and errors can name the file.
-        try:
-            ds = datasets.load_dataset(_FILE_BUILDERS[file.suffix], data_files=str(file),
-                                       split="train", cache_dir=cache_dir)
-        except Exception as e:  # datasets raises several types for unreadable files
-            raise ValueError(f"{file}: datasets could not read it ({type(e).__name__}: {e}); "
-                             "check that it is valid JSON Lines / parquet with one object per "
-                             "record") from e
-        for row_index, row in enumerate(ds):
-            yield str(file), row_index, row
-
-
 def load_traces(source: str | Path, *, format: str | FieldMap | Mapping = "r1",
                 split: str = "train", data_files=None, source_dataset: str | None = None,
                 on_bad_record: Literal["error", "quarantine"] = "error",
@@ -325,6 +264,15 @@ def load_traces(source: str | Path, *, format: str | FieldMap | Mapping = "r1",
         quarantine_path=quarantine_path, limit=limit, name=name, cache_dir=cache_dir)
 
 
+def read_traces(path: str | Path, format: str = "records",
+                limit: int | None = None) -> list[TraceRecord]:
+    """The traces of a stage's normalised file (`format="records"`, see
+    `artifacts.write_records`) or of a raw file in a format preset (`load_traces`)."""
+    if format == "records":
+        return read_records(path)[:limit] if limit else read_records(path)
+    return load_traces(path, format=format, limit=limit).records
+
+
 def load_normalised(source: str | Path, normalise: Callable[[Any, int, str], Any], *,
                     id_field: str = "id", split: str = "train", data_files=None,
                     source_dataset: str | None = None,
@@ -347,7 +295,7 @@ def load_normalised(source: str | Path, normalise: Callable[[Any, int, str], Any
     if on_bad_record == "quarantine" and quarantine_path is None:
         raise ValueError("on_bad_record='quarantine' needs a quarantine_path for the bad records")
     source = str(source)
-    files = _local_files(source, data_files)
+    files = local_files(source, data_files)
     if files is not None and split != "train":
         raise ValueError(f"split={split!r}: local files have one split; select files instead")
     if source_dataset is None:
@@ -359,21 +307,16 @@ def load_normalised(source: str | Path, normalise: Callable[[Any, int, str], Any
         else:
             source_dataset = files[0].stem if len(files) == 1 else Path(files[0]).parent.name
 
-    quarantine = tmp_quarantine = None
-    if on_bad_record == "quarantine":
-        # Written beside its destination and renamed at the end, like every output: a load that
-        # fails half-way leaves no quarantine file that looks complete.
-        quarantine_path = Path(quarantine_path)
-        quarantine_path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_quarantine = tempfile.mkstemp(dir=quarantine_path.parent, suffix=".tmp",
-                                              prefix=f".{quarantine_path.name}.")
-        quarantine = os.fdopen(fd, "w", encoding="utf-8")
+    # Written beside its destination and renamed at the end, like every output: a load that fails
+    # half-way leaves no quarantine file that looks complete.
+    quarantine = (atomic_open(quarantine_path) if on_bad_record == "quarantine"
+                  else contextlib.nullcontext())
     records: list[Any] = []
     seen: dict[str, int] = {}
     total = quarantined = 0
-    rows = _rows(files, source, name=name, split=split, data_files=data_files,
+    rows = raw_rows(files, source, name=name, split=split, data_files=data_files,
                  cache_dir=str(cache_dir) if cache_dir else None, streaming=limit is not None)
-    try:
+    with quarantine as bad:
         for position, (label, row_index, raw) in enumerate(islice(rows, limit)):
             if select is not None and not select(position):
                 continue
@@ -389,9 +332,9 @@ def load_normalised(source: str | Path, normalise: Callable[[Any, int, str], Any
             except RecordError as e:
                 error = RecordError(e.reason, position=e.position, record_id=e.record_id,
                                     field=e.field, source=where)
-                if quarantine is None:
+                if bad is None:
                     raise error from None
-                quarantine.write(json.dumps(
+                bad.write(json.dumps(
                     {"position": position, "id": e.record_id, "field": e.field,
                      "reason": e.reason, "source": where, "record": raw},
                     ensure_ascii=False, default=str) + "\n")
@@ -399,76 +342,6 @@ def load_normalised(source: str | Path, normalise: Callable[[Any, int, str], Any
                 continue
             seen[record.id] = position
             records.append(record)
-        if quarantine is not None:
-            quarantine.close()
-            os.replace(tmp_quarantine, quarantine_path)
-    finally:
-        if quarantine is not None and not quarantine.closed:
-            quarantine.close()
-            Path(tmp_quarantine).unlink(missing_ok=True)
     return LoadReport(records=records, quarantined=quarantined,
-                      quarantine_path=quarantine_path if quarantine is not None else None,
+                      quarantine_path=Path(quarantine_path) if on_bad_record == "quarantine" else None,
                       total=total, source_dataset=source_dataset)
-
-
-# ----------------------------------------------------------------------------- normalised files
-
-def write_records(records: Iterable[TraceRecord], path: str | Path) -> None:
-    """Write records as JSONL (one `TraceRecord.to_dict()` per line), atomically.
-
-    A crash leaves the old file or none, never a partial one (see `jsonl.write_jsonl_atomic`).
-    Metadata must hold plain JSON values; anything else is a `RecordError` naming the record.
-    """
-    current: list[str] = []  # id of the record being written, for the error message
-
-    def rows():
-        for record in records:
-            if not isinstance(record, TraceRecord):
-                raise TypeError(f"write_records takes TraceRecords, got {type(record).__name__}")
-            current[:] = [record.id]
-            yield record.to_dict()
-
-    try:
-        write_jsonl_atomic(path, rows())
-    except TypeError as e:
-        if "JSON serializable" not in str(e):
-            raise
-        raise RecordError(f"not JSON-serialisable ({e}); store plain JSON values",
-                          record_id=current[0], field="metadata") from None
-
-
-_STRING_FIELDS = ("id", "question", "reference_answer", "reasoning", "solution", "source_model",
-                  "source_dataset")
-
-
-def read_records(path: str | Path) -> list[TraceRecord]:
-    """Read a JSONL file written by `write_records`; errors name the line and the field."""
-    records = []
-    with open(path, encoding="utf-8") as lines:
-        for line_no, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            where = f"{path} line {line_no}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise RecordError(f"invalid JSON ({e.msg}, column {e.colno}); the file is "
-                                  "damaged or was not written by write_records",
-                                  source=where) from None
-            if not isinstance(row, dict):
-                raise RecordError(f"expected a JSON object, got {type(row).__name__}", source=where)
-            try:
-                record = TraceRecord.from_dict(row)
-            except RecordError as e:
-                raise RecordError(e.reason, record_id=e.record_id, field=e.field,
-                                  source=where) from None
-            for field in _STRING_FIELDS:
-                value = getattr(record, field)
-                if not isinstance(value, str):
-                    raise RecordError(f"expected a string, got {type(value).__name__}",
-                                      record_id=str(row.get("id")), field=field, source=where)
-            if not isinstance(record.metadata, dict):
-                raise RecordError("expected an object", record_id=record.id, field="metadata",
-                                  source=where)
-            records.append(record)
-    return records

@@ -2,7 +2,7 @@
 
 The plan splits them off each stage's config (`split_runtime`): they are not part of the stage's
 hash, so changing one reruns nothing and does not rename the experiment. The workflow writes them
-to `runtime.yaml` beside the stage's `config.yaml` (`write_runtime_file`); a job reads both
+to `runtime.yaml` beside the stage's `config.yaml` (`write_stage_file`); a job reads both
 (`config.load_config_file`) and its manifest records them.
 """
 
@@ -91,12 +91,11 @@ def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def write_runtime_file(path: str | Path, runtime_json: str, log: str | Path) -> None:
-    """A stage's runtime settings (JSON, as the planner passes them) into its `runtime.yaml`,
-    and a line saying so into `log`."""
-    import yaml
+def write_stage_file(path: str | Path, plan_json: str, log: str | Path) -> None:
+    """A stage's config.yaml or runtime.yaml from the plan's JSON (a rule's params, so that a
+    changed value reruns the rule), with a line saying so in `log`. Run inside Snakemake by a
+    local rule: a file per stage is not worth a job."""
+    from retro_search.artifacts import write_text, write_yaml
 
-    from retro_search.report.tables import write_text_atomic
-
-    write_text_atomic(path, yaml.safe_dump(json.loads(runtime_json), sort_keys=True))
-    write_text_atomic(log, f"runtime settings -> {path}: {runtime_json}\n")
+    write_yaml(path, json.loads(plan_json), sort_keys=True)
+    write_text(log, f"{path}: {plan_json}\n")

@@ -311,7 +311,7 @@ def read_samples(paths: Sequence[str | Path], source_dataset: str
     early) is dropped as "unclosed"; one the reader cannot split (a repeated marker, empty
     reasoning) as "malformed". Raises ValueError naming the file and line of a row that is not
     a sample row, or an id found twice."""
-    from retro_search.jsonl import read_jsonl
+    from retro_search.artifacts import read_jsonl
     from retro_search.readers import normalise_record
 
     rows = []

@@ -112,7 +112,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from retro_search.config import engine_kwargs
     from retro_search.engines import engine_info, load_engine
     from retro_search.grading import normalize_reference
-    from retro_search.jsonl import write_jsonl_atomic
+    from retro_search.artifacts import write_jsonl
     from retro_search.prompts import load_prompt_format
     from retro_search.questions import load_questions
     from retro_search.sampling import is_unclosed, plan_requests, run_samples
@@ -136,7 +136,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         quarantine_path=quarantine if settings.on_bad_record == "quarantine" else None,
         check_answer=normalize_reference, num_shards=settings.num_shards, shard=args.shard)
     if settings.on_bad_record == "error":
-        write_jsonl_atomic(quarantine, [])  # declared output: empty, a bad record stops the load
+        write_jsonl(quarantine, [])  # declared output: empty, a bad record stops the load
     questions = report.records
     print(report.summary(), file=sys.stderr)
     fingerprint = _fingerprint(settings, model, engine_section, args.shard, questions)
@@ -167,7 +167,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
             shutdown = getattr(engine, "shutdown", None)  # vLLM's engine processes
             if callable(shutdown):
                 shutdown()
-    write_jsonl_atomic(output, rows)
+    write_jsonl(output, rows)
     progress.unlink(missing_ok=True)  # the output now holds everything it had
 
     for question, reason in skipped:

@@ -11,7 +11,7 @@ independent, so the engine is kept full with requests from all of them:
 Crash safety: each finished trace is appended (and fsynced) to a progress file that is not a
 declared output; a restarted run skips the traces found there. The progress file's name carries a
 fingerprint of everything that determines the results, so a run with other settings never reuses
-stale progress. Outputs are written elsewhere, atomically (see `io.write_jsonl_atomic`).
+stale progress. Outputs are written elsewhere, atomically (see `io.write_jsonl`).
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ from tqdm.auto import tqdm
 
 from retro_search.engines.base import Engine, GenerationRequest, GenerationResult
 from retro_search.records import TraceRecord
-from retro_search.search import GradeFn, Rollout, SearchConfig, SearchOutcome, TraceSearch
+from retro_search.search import TraceSearch
+from retro_search.search_types import GradeFn, Rollout, SearchConfig, SearchOutcome
 
 
 @dataclass

@@ -29,7 +29,8 @@ bytes."""
 def cmd_task(args: argparse.Namespace) -> int:
     from retro_search.config import load_config_dict
     from retro_search.miniature import TaskConfig, write_dataset
-    from retro_search.readers import load_traces, write_records
+    from retro_search.readers import load_traces
+    from retro_search.artifacts import write_records
 
     section = load_config_dict(args.config).get("task") or {}
     known = {f.name for f in dataclasses.fields(TaskConfig)}

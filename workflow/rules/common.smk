@@ -7,8 +7,9 @@ import sys
 # Plan with this checkout's package, like the jobs (shell.prefix below), not an installed copy.
 sys.path.insert(0, f"{workflow.basedir}/src")
 from retro_search.config import check_workflow_config
-from retro_search.pipeline import build_plan, eval_shard_counts
-from retro_search.runtime import write_runtime_file
+from retro_search.pipeline import build_plan, eval_benchmark_dir, eval_shard_counts
+from retro_search.report.experiment_index import write_experiment_index
+from retro_search.runtime import write_stage_file
 
 check_workflow_config(config)
 
@@ -245,12 +246,27 @@ def summary_inputs(name):
             "revised": merge.path("revised.jsonl"),
             "rollouts": merge.path("rollouts.jsonl"),
             "stats": merge.path("stats.json"),
-            "metrics": [
-                u.path(f"{b}/metrics.json") for u, b in summary_evals(wildcards)
-            ],
         }[name]
 
     return inputs
+
+
+def summary_metrics(wildcards):
+    """Every benchmark's metrics.json, arm by arm (eval_benchmark_dir says where it lies)."""
+    return [
+        u.path(f"{eval_benchmark_dir(u.config['eval'], b)}/metrics.json")
+        for u, b in summary_evals(wildcards)
+    ]
+
+
+def summary_metrics_inputs(wildcards):
+    """What makes those files: an eval job's shard folder (a rule cannot name a file inside a
+    folder another rule makes), or eval_merge's metrics.json."""
+    made = set()
+    for u, bench in summary_evals(wildcards):
+        folder = eval_benchmark_dir(u.config["eval"], bench)
+        made.add(u.path("shard-0" if folder != bench else f"{bench}/metrics.json"))
+    return sorted(made)
 
 
 def summary_arms(wildcards):

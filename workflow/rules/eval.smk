@@ -1,6 +1,6 @@
 # One evaluation job per model x shard index: it loads the engine once and covers that shard of
-# every benchmark with enough shards (all benchmarks in shard 0). Then one merge per model x
-# benchmark, which the summary reads.
+# every benchmark with enough shards (all benchmarks in shard 0). A benchmark in one shard is read
+# from that job's folder; one in several is merged by eval_merge (pipeline.eval_benchmark_dir).
 
 
 rule eval:

@@ -7,7 +7,7 @@ rule summarize:
         revised=summary_inputs("revised"),
         rollouts=summary_inputs("rollouts"),
         stats=summary_inputs("stats"),
-        metrics=summary_inputs("metrics"),
+        metrics=summary_metrics_inputs,
     output:
         csv=report(
             "results/summary/{sid}/results.csv",
@@ -47,10 +47,11 @@ rule summarize:
         runtime=15,
     params:
         arms=summary_arms,
+        metrics=summary_metrics,
         upstream=upstream_flags("summary"),
     shell:
         "python -m retro_search.cli --manifest {output.manifest} {params.upstream} summarize"
-        " --metrics {input.metrics} --arms {params.arms} --search-stats {input.stats}"
+        " --metrics {params.metrics} --arms {params.arms} --search-stats {input.stats}"
         " --revised {input.revised} --rollouts {input.rollouts}"
         " --output-dir results/summary/{wildcards.sid} > {log} 2>&1"
 
@@ -65,14 +66,12 @@ rule experiment_index:
         table="results/experiments/{name}/results.md",
     log:
         "results/experiments/{name}/index.log",
-    benchmark:
-        "results/experiments/{name}/index.benchmark.tsv"
-    conda:
-        "../../envs/core.yaml"
-    resources:
-        runtime=5,
     params:
         index=lambda wildcards: json.dumps(experiment_by_name(wildcards.name).index()),
-    shell:
-        "python -m retro_search.cli index results/experiments/{wildcards.name} --json {params.index:q}"
-        " --table {input.table} > {log} 2>&1"
+    run:
+        write_experiment_index(
+            f"results/experiments/{wildcards.name}",
+            params.index,
+            input.table,
+            log=log[0],
+        )

@@ -1,7 +1,7 @@
 # Every stage's resolved config, written beside its artifacts before the stage runs: config.yaml
 # (what makes the output; the stage's hash covers it) and runtime.yaml (how the job runs:
 # runtime.RUNTIME_KEYS). Rules read runtime.yaml as an `ancient` input: a new runtime value
-# rewrites it without making the stage rerun.
+# rewrites it without making the stage rerun. Both are local rules run inside Snakemake.
 
 
 rule stage_config:
@@ -9,16 +9,10 @@ rule stage_config:
         "results/{kind}/{sid}/config.yaml",
     log:
         "results/{kind}/{sid}/logs/config.log",
-    benchmark:
-        "results/{kind}/{sid}/logs/config.benchmark.tsv"
-    conda:
-        "../../envs/core.yaml"
-    resources:
-        runtime=5,
     params:
         config=stage_config_json,
-    shell:
-        "python -m retro_search.cli write-config {output} --json {params.config:q} > {log} 2>&1"
+    run:
+        write_stage_file(output[0], params.config, log[0])
 
 
 rule stage_runtime:
@@ -29,4 +23,4 @@ rule stage_runtime:
     params:
         runtime=stage_runtime_json,
     run:
-        write_runtime_file(output[0], params.runtime, log[0])
+        write_stage_file(output[0], params.runtime, log[0])

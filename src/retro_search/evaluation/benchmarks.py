@@ -148,7 +148,7 @@ def _read_local(path: Path) -> list[dict[str, Any]]:
         if not isinstance(data, list):
             raise ValueError(f"{path}: expected a JSON list of records")
         return data
-    from retro_search.jsonl import read_jsonl
+    from retro_search.artifacts import read_jsonl
 
     return list(read_jsonl(path))
 

@@ -168,7 +168,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_eval_merge(args: argparse.Namespace) -> int:
     from retro_search.evaluation.config import load_eval_config
     from retro_search.evaluation.metrics import summarize_benchmark
-    from retro_search.evaluation.outputs import read_generations, write_generations, write_json
+    from retro_search.artifacts import write_json
+    from retro_search.evaluation.outputs import read_generations, write_generations
 
     settings, _ = load_eval_config(args.config, args.overrides)
     shards = [json.loads(Path(m).read_text()) for m in args.metrics]

@@ -23,34 +23,18 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
+from retro_search.artifacts import atomic_path, write_json
 from retro_search.evaluation.config import EvalSettings
 from retro_search.evaluation.generate import COLUMNS, BenchmarkShard
 
 __all__ = ["GENERATIONS", "METRICS", "EvalProgress", "eval_context", "read_generations",
-           "write_generations", "write_json"]
+           "write_generations"]
 
 GENERATIONS = "generations.parquet"
 METRICS = "metrics.json"
-
-
-def _write_atomic(path: Path, write) -> None:
-    """Call write(tmp_path) for a temp file beside `path`, then rename it over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; outputs get ordinary permissions
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_generations(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -66,18 +50,8 @@ def write_generations(path: Path, rows: list[dict[str, Any]]) -> None:
                         ("model", pa.string())])
     assert tuple(schema.names) == COLUMNS
     table = pa.Table.from_pylist([{c: row[c] for c in COLUMNS} for row in rows], schema=schema)
-    _write_atomic(path, lambda tmp: pq.write_table(table, tmp))
-
-
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    def write(tmp: str) -> None:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=2, ensure_ascii=False)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-
-    _write_atomic(path, write)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
 
 
 def read_generations(path: str | Path) -> list[dict[str, Any]]:

@@ -4,6 +4,7 @@
 - `tables.results_table(metrics)`: accuracy / length per arm and benchmark, averages, and the
   "retro vs original" row; `write_csv`, `to_markdown`, `write_markdown`.
 - `plots`: accuracy vs length, trace lengths before/after, acceptance by boundary (PNG).
+- `experiment_index.write_experiment_index`: an experiment's index.json, README.md and results.md.
 - `cli`: the `retro-search merge` and `retro-search summarize` subcommands.
 
 Names are imported lazily: the CLI imports this package to build its parser, and pandas and

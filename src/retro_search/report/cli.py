@@ -13,7 +13,6 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
 
 MERGE_DESCRIPTION = """\
 Concatenate the revised shards of one Retro-Search run (in the order given) into one file, and
@@ -64,27 +63,10 @@ Example (two arms, two benchmarks):
       --rollouts merge/rollouts.jsonl --output-dir results/summary/demo"""
 
 
-def _write_json(path: Path, data: Any) -> None:
-    from retro_search.report.tables import write_text_atomic
-
-    write_text_atomic(path, json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False) + "\n")
-
-
-def _clean(value: Any) -> Any:
-    """JSON-safe copy: NaN and infinities become null (JSON has no NaN)."""
-    if isinstance(value, float):
-        return value if value == value and abs(value) != float("inf") else None
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    return value
-
-
 # --- merge -----------------------------------------------------------------------------------
 
 def cmd_merge(args: argparse.Namespace) -> int:
-    from retro_search.jsonl import read_jsonl, write_jsonl_atomic
+    from retro_search.artifacts import read_jsonl, write_json, write_jsonl
     from retro_search.report.search_stats import merge_stats
 
     revised, first_seen = [], {}
@@ -102,10 +84,10 @@ def cmd_merge(args: argparse.Namespace) -> int:
     stats = merge_stats(revised, rollouts)
     stats["inputs"] = {"revised": list(args.inputs), "rollouts": list(args.rollouts)}
 
-    write_jsonl_atomic(args.output, revised)
+    write_jsonl(args.output, revised)
     if args.rollout_log:
-        write_jsonl_atomic(args.rollout_log, rollouts)
-    _write_json(Path(args.stats), _clean(stats))
+        write_jsonl(args.rollout_log, rollouts)
+    write_json(args.stats, stats)
     for warning in stats["warnings"]:
         print(f"retro-search merge: warning: {warning}", file=sys.stderr)
     print(json.dumps({"traces": stats["traces"], **stats["by_status"],
@@ -119,6 +101,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
 # --- summarize -------------------------------------------------------------------------------
 
 def _read_metrics(paths: list[str], arms: list[str]) -> list[dict]:
+    from retro_search.artifacts import read_json
     from retro_search.report.tables import metrics_from_eval
 
     if len(paths) != len(arms):
@@ -126,10 +109,7 @@ def _read_metrics(paths: list[str], arms: list[str]) -> list[dict]:
                          "give one arm label per metrics file, in the same order")
     rows = []
     for path, arm in zip(paths, arms):
-        try:
-            data = json.loads(Path(path).read_text(encoding="utf-8"))
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}: not valid JSON ({err.msg})") from None
+        data = read_json(path)
         if not isinstance(data, dict):
             raise ValueError(f"{path}: expected a JSON object of metrics")
         rows.append({**metrics_from_eval(data, arm, source=path), "metrics_file": path})
@@ -137,20 +117,19 @@ def _read_metrics(paths: list[str], arms: list[str]) -> list[dict]:
 
 
 def cmd_summarize(args: argparse.Namespace) -> int:
-    from retro_search.jsonl import read_jsonl
+    from retro_search.artifacts import json_safe, read_json, read_jsonl, write_json, write_text
     from retro_search.report import plots
     from retro_search.report.search_stats import (headline_markdown, merge_stats,
                                                   search_headline, search_stats_markdown)
-    from retro_search.report.tables import (results_table, write_csv, write_markdown,
-                                            write_text_atomic)
+    from retro_search.report.tables import results_table, write_csv, write_markdown
 
     metrics = _read_metrics(args.metrics, args.arms)
     revised = list(read_jsonl(args.revised)) if args.revised else []
     if args.search_stats:
-        stats = json.loads(Path(args.search_stats).read_text(encoding="utf-8"))
+        stats = read_json(args.search_stats)
     elif args.revised:
         rollouts = list(read_jsonl(args.rollouts)) if args.rollouts else []
-        stats = _clean(merge_stats(revised, rollouts))
+        stats = json_safe(merge_stats(revised, rollouts))
     else:
         stats = None
 
@@ -164,8 +143,8 @@ def cmd_summarize(args: argparse.Namespace) -> int:
                    metrics, out / "accuracy_vs_length.png", original_arm=args.original_arm,
                    retro_arm=args.retro_arm)}
     if stats is not None:
-        written["search_stats_md"] = write_text_atomic(out / "search_stats.md",
-                                                       search_stats_markdown(stats))
+        written["search_stats_md"] = write_text(out / "search_stats.md",
+                                                search_stats_markdown(stats))
         written["boundary_acceptance"] = plots.plot_boundary_acceptance(
             stats.get("per_boundary", []), out / "boundary_acceptance.png")
     if args.revised:
@@ -185,7 +164,7 @@ def cmd_summarize(args: argparse.Namespace) -> int:
         "search_headline": headline,
         "files": {name: str(path) for name, path in written.items()},
     }
-    _write_json(out / "summary.json", _clean(summary))
+    write_json(out / "summary.json", summary)
     print(json.dumps({"output_dir": str(out), "files": sorted(p.name for p in written.values())}),
           file=sys.stderr)
     return 0

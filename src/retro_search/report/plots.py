@@ -19,8 +19,6 @@ benchmark, accuracy (0-1) and mean_tokens; revised rows with a "search" key; and
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -31,7 +29,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from retro_search.report.tables import ORIGINAL_ARM, RETRO_ARM, readable_mode  # noqa: E402
+from retro_search.artifacts import atomic_path  # noqa: E402
+from retro_search.report.tables import ORIGINAL_ARM, RETRO_ARM  # noqa: E402
 
 __all__ = ["plot_accuracy_vs_length", "plot_trace_lengths", "plot_boundary_acceptance"]
 
@@ -41,21 +40,12 @@ _DPI = 150
 
 
 def _save(fig, path: str | Path) -> Path:
-    """Save as PNG through a temp file beside `path`, so a reader never sees half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
-    os.close(fd)
     try:
-        fig.savefig(tmp, format="png", dpi=_DPI, bbox_inches="tight")
-        os.chmod(tmp, readable_mode())  # mkstemp makes 0600 files; a report is for sharing
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=_DPI, bbox_inches="tight")
     finally:
         plt.close(fig)
-    return path
+    return Path(path)
 
 
 def _no_data(ax, message: str) -> None:

@@ -23,15 +23,15 @@ signed, lengths there with a % sign; an accuracy cell reads "acc ± se" where se
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import pandas as pd
 
+from retro_search.artifacts import write_text
+
 __all__ = ["ORIGINAL_ARM", "RETRO_ARM", "RELATIVE_ROW", "metrics_from_eval", "results_table",
-           "readable_mode", "to_markdown", "write_csv", "write_markdown", "write_text_atomic"]
+           "to_markdown", "write_csv", "write_markdown"]
 
 ORIGINAL_ARM = "original"
 RETRO_ARM = "retro_search"
@@ -125,33 +125,10 @@ def results_table(metrics: Iterable[Mapping[str, Any]], *, arms: Sequence[str] |
 
 # ----------------------------------------------------------------------------- writers
 
-def readable_mode() -> int:
-    """The mode a plain `open()` would give a new file under the current umask (usually 0644)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
-def write_text_atomic(path: str | Path, text: str) -> Path:
-    """Write text so that readers see the old file or the complete new one (temp file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
-            fh.write(text)
-        os.chmod(tmp, readable_mode())  # mkstemp makes 0600 files; a report is for sharing
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def write_csv(table: pd.DataFrame, path: str | Path) -> Path:
     """CSV with the arm as first column; accuracy and its standard error in %, lengths in tokens;
     in the relative row, accuracy in points and lengths in %. Full precision."""
-    return write_text_atomic(path, table.to_csv(index=True, index_label="arm"))
+    return write_text(path, table.to_csv(index=True, index_label="arm"))
 
 
 def _missing(value) -> bool:
@@ -192,4 +169,4 @@ def to_markdown(table: pd.DataFrame, *, caption: str | None = None) -> str:
 
 
 def write_markdown(table: pd.DataFrame, path: str | Path, *, caption: str | None = None) -> Path:
-    return write_text_atomic(path, to_markdown(table, caption=caption))
+    return write_text(path, to_markdown(table, caption=caption))

@@ -26,9 +26,9 @@ def dropped_path(output: str | Path) -> Path:
 def cmd_sft_data(args: argparse.Namespace) -> int:
     from transformers import AutoTokenizer
 
-    from retro_search.jsonl import write_jsonl_atomic
+    from retro_search.artifacts import write_jsonl
     from retro_search.prompts import load_prompt_format
-    from retro_search.readers import read_records
+    from retro_search.artifacts import read_records
     from retro_search.sft.config import load_settings
     from retro_search.sft.data import build_sft_data, eos_text
 
@@ -44,8 +44,8 @@ def cmd_sft_data(args: argparse.Namespace) -> int:
                           eos_token=eos_text(tokenizer, settings.eos_token),
                           max_length=settings.max_length if settings.drop_overlong else None)
     side = dropped_path(args.output)
-    write_jsonl_atomic(side, data.dropped)  # always written, empty when nothing was dropped
-    write_jsonl_atomic(args.output, data.rows)
+    write_jsonl(side, data.dropped)  # always written, empty when nothing was dropped
+    write_jsonl(args.output, data.rows)
     print(json.dumps({"records": len(records), "rows": len(data.rows),
                       "dropped": len(data.dropped), "max_length": settings.max_length,
                       "max_tokens": max(data.tokens, default=0),

@@ -67,7 +67,7 @@ def load_settings(config_file: str | Path | None = None,
     Raises ValueError naming the key for unknown keys, wrong types, a missing `student.path`, or an
     override that belongs to neither section.
     """
-    from omegaconf import DictConfig, OmegaConf
+    from omegaconf import DictConfig
 
     from retro_search.config import load_config_file, load_section
 

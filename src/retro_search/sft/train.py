@@ -30,7 +30,6 @@ number of processes.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -38,6 +37,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Sequence
 
+from retro_search.artifacts import write_json
 from retro_search.sft.config import (SFTSettings, StudentSettings, gradient_accumulation_steps,
                                      resolve_bf16)
 from retro_search.sft.data import eos_text, tokenize_rows
@@ -215,7 +215,7 @@ def train(train_path: str | Path, output_dir: str | Path, student: StudentSettin
         "revision": student.revision,
     }
     if trainer.is_world_process_zero():
-        _write_json_atomic(output_dir / "train_metrics.json", metrics)
+        write_json(output_dir / "train_metrics.json", metrics)
     return metrics
 
 
@@ -243,9 +243,3 @@ def _save_final_model(trainer, final: Path) -> None:
         partial.rename(final)
         shutil.rmtree(old, ignore_errors=True)
     trainer.accelerator.wait_for_everyone()
-
-
-def _write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)

@@ -1,0 +1,184 @@
+"""Artifact files: the one atomic write every stage uses, and the read and write functions of the
+file types stages exchange (JSON lines, JSON, YAML, text, trace records).
+
+Every write goes to a temp file beside its target, is fsynced and renamed over the target: a
+reader (or a resumed job, or Snakemake after a crash) sees the old file or the complete new one,
+never a partial file. Temp files start with "." so globs and the audit do not take them for
+outputs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any, Iterable, Iterator
+
+from retro_search.records import RecordError, TraceRecord
+
+__all__ = ["atomic_open", "atomic_path", "json_safe", "read_json", "read_jsonl", "read_records",
+           "readable_mode", "write_json", "write_jsonl", "write_records", "write_text",
+           "write_yaml"]
+
+
+def readable_mode() -> int:
+    """The mode a plain `open()` would give a new file under the current umask (usually 0644);
+    mkstemp's 0600 would hide outputs from the rest of a shared project."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temp path beside `path` for the caller (or a library: pyarrow, matplotlib) to
+    write; on success fsync it and rename it over `path`, on failure remove it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.chmod(tmp, readable_mode())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+@contextmanager
+def atomic_open(path: str | Path) -> Iterator[IO[str]]:
+    """A text file handle whose content appears at `path` only once the block succeeds."""
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="\n") as fh:
+        yield fh
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    with atomic_open(path) as fh:
+        fh.write(text)
+    return Path(path)
+
+
+def json_safe(value: Any) -> Any:
+    """A copy in which NaN and infinities are null: JSON has no NaN, and strict readers refuse
+    Python's `NaN` token."""
+    if isinstance(value, float):
+        return value if value == value and abs(value) != float("inf") else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def write_json(path: str | Path, data: Any) -> Path:
+    """Indented JSON; NaN and infinities are written as null (`json_safe`)."""
+    return write_text(path, json.dumps(json_safe(data), indent=2, ensure_ascii=False,
+                                       allow_nan=False) + "\n")
+
+
+def write_yaml(path: str | Path, data: Any, *, sort_keys: bool = False) -> Path:
+    import yaml
+
+    return write_text(path, yaml.safe_dump(data, sort_keys=sort_keys, allow_unicode=True))
+
+
+def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> int:
+    """One JSON object per line; returns the row count."""
+    count = 0
+    with atomic_open(path) as fh:
+        for row in rows:
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+            count += 1
+    return count
+
+
+def read_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
+    """The rows of a JSON-lines file; a bad line is an error naming the file and line."""
+    path = Path(path)
+    with open(path, encoding="utf-8") as fh:
+        for number, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}:{number}: not valid JSON ({err.msg})") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
+            yield row
+
+
+def read_json(path: str | Path) -> Any:
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON ({err.msg}, line {err.lineno})") from None
+
+
+# ----------------------------------------------------------------------------- trace records
+
+def write_records(records: Iterable[TraceRecord], path: str | Path) -> None:
+    """Write records as JSONL (one `TraceRecord.to_dict()` per line), atomically.
+
+    Metadata must hold plain JSON values; anything else is a `RecordError` naming the record.
+    """
+    current: list[str] = []  # id of the record being written, for the error message
+
+    def rows():
+        for record in records:
+            if not isinstance(record, TraceRecord):
+                raise TypeError(f"write_records takes TraceRecords, got {type(record).__name__}")
+            current[:] = [record.id]
+            yield record.to_dict()
+
+    try:
+        write_jsonl(path, rows())
+    except TypeError as e:
+        if "JSON serializable" not in str(e):
+            raise
+        raise RecordError(f"not JSON-serialisable ({e}); store plain JSON values",
+                          record_id=current[0], field="metadata") from None
+
+
+_STRING_FIELDS = ("id", "question", "reference_answer", "reasoning", "solution", "source_model",
+                  "source_dataset")
+
+
+def read_records(path: str | Path) -> list[TraceRecord]:
+    """Read a JSONL file written by `write_records`; errors name the line and the field."""
+    records = []
+    with open(path, encoding="utf-8") as lines:
+        for line_no, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            where = f"{path} line {line_no}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise RecordError(f"invalid JSON ({e.msg}, column {e.colno}); the file is "
+                                  "damaged or was not written by write_records",
+                                  source=where) from None
+            if not isinstance(row, dict):
+                raise RecordError(f"expected a JSON object, got {type(row).__name__}", source=where)
+            try:
+                record = TraceRecord.from_dict(row)
+            except RecordError as e:
+                raise RecordError(e.reason, record_id=e.record_id, field=e.field,
+                                  source=where) from None
+            for field in _STRING_FIELDS:
+                value = getattr(record, field)
+                if not isinstance(value, str):
+                    raise RecordError(f"expected a string, got {type(value).__name__}",
+                                      record_id=str(row.get("id")), field=field, source=where)
+            if not isinstance(record.metadata, dict):
+                raise RecordError("expected an object", record_id=record.id, field="metadata",
+                                  source=where)
+            records.append(record)
+    return records

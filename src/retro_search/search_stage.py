@@ -1,0 +1,108 @@
+"""The search stage: one shard of traces -> its revised traces and its rollout log, with one
+engine and one grader pool (`retro-search search`, rule `retro_search`).
+
+Progress is kept in a hidden file beside the output whose name carries a fingerprint of the
+config and the input, so a killed run resumes where it stopped and a run with other settings
+starts afresh.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+STATUSES = ("revised", "unchanged", "incorrect_original", "skipped")
+
+
+@dataclass
+class SearchStageResult:
+    summary: dict[str, Any]  # counts of the shard, printed by the CLI as one JSON line
+    engine: dict[str, Any]  # engine_info: which engine ran, on what, with which settings
+    skipped: list[str]  # one line per trace the search skipped, with its reason
+
+
+def _fingerprint(cfg: dict, input_path: str | Path) -> str:
+    """What the results depend on: the resolved config and the input's bytes."""
+    digest = hashlib.sha256(json.dumps(cfg, sort_keys=True).encode())
+    digest.update(Path(input_path).read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def run_search_stage(cfg: dict[str, Any], input_path: str | Path, output: str | Path,
+                     rollout_log: str | Path, *, input_format: str = "records",
+                     limit: int | None = None, show_progress: bool = True) -> SearchStageResult:
+    """Retro-Search every trace of `input_path` with the resolved config `cfg` (sections
+    search, model, engine, grading); write the revised traces to `output` and every rollout to
+    `rollout_log`, both atomically."""
+    from retro_search.artifacts import write_jsonl
+    from retro_search.config import engine_kwargs, search_config
+    from retro_search.engines import engine_info, load_engine
+    from retro_search.grading import Grader, normalize_reference
+    from retro_search.prompts import load_prompt_format
+    from retro_search.readers import read_traces
+    from retro_search.scheduler import run_shard
+
+    config = search_config(cfg)
+    traces = read_traces(input_path, input_format, limit)
+    output = Path(output)
+    progress = output.with_name(f".{output.name}.progress-{_fingerprint(cfg, input_path)}.jsonl")
+    model = cfg["model"]
+    prompt = load_prompt_format(model["tokenizer"] or model["path"],
+                                system_prompt=model["system_prompt"],
+                                user_template=model["user_template"],
+                                think_open=model["think_open"], think_close=model["think_close"])
+    for trace in traces:  # fail on a bad reference before the model is loaded
+        try:
+            normalize_reference(trace.reference_answer)
+        except ValueError as err:
+            raise ValueError(f"{input_path}: trace {trace.id!r}, field 'reference_answer': "
+                             f"{err}") from None
+    name, kwargs = engine_kwargs(cfg)
+    engine = load_engine(name, **kwargs)
+    info = engine_info(engine)
+    log.info("engine: %s on %s (%s)", info["name"], info["device"], info["settings"])
+    try:
+        with Grader(processes=cfg["grading"]["processes"],
+                    timeout=cfg["grading"]["timeout"]) as grader:
+            outcomes, stats = run_shard(
+                traces, engine, prompt_head=prompt.head, config=config,
+                grade=lambda gold, solution: grader.grade(normalize_reference(gold), solution),
+                count_tokens=prompt.count_tokens, think_close=model["think_close"],
+                progress_path=progress, show_progress=show_progress)
+    finally:
+        shutdown = getattr(engine, "shutdown", None)  # vLLM's engine processes
+        if callable(shutdown):
+            shutdown()
+
+    revised = []
+    for trace, outcome in zip(traces, outcomes):
+        if config.drop_incorrect and outcome.status == "incorrect_original":
+            continue
+        row = trace.to_dict()
+        row["reasoning"], row["solution"] = outcome.reasoning, outcome.solution
+        row["search"] = outcome.stats()
+        revised.append(row)
+    write_jsonl(rollout_log, (dict(vars(r), seeds=list(r.seeds)) for o in outcomes for r in o.log))
+    write_jsonl(output, revised)
+    progress.unlink(missing_ok=True)  # the outputs now hold everything it had
+
+    searched = [o for o in outcomes if o.original_correct]
+    summary = {"traces": len(outcomes),
+               **{s: sum(o.status == s for o in outcomes) for s in STATUSES},
+               "resumed": stats.traces_resumed,
+               "rollouts": sum(o.rollouts_tried for o in outcomes),
+               "accepted": sum(o.rollouts_accepted for o in outcomes),
+               "truncated_length": sum(o.rollouts_truncated_length for o in outcomes),
+               "unclosed": sum(o.rollouts_unclosed for o in outcomes),
+               "reasoning_tokens_before": sum(o.reasoning_tokens_before for o in searched),
+               "reasoning_tokens_after": sum(o.reasoning_tokens_after for o in searched),
+               "generated_tokens_per_s": round(stats.tokens_per_second, 1),
+               "output": str(output), "rollout_log": str(rollout_log)}
+    skipped = [f"trace {o.trace_id!r}: {o.skip_reason}" for o in outcomes if o.skip_reason]
+    return SearchStageResult(summary=summary, engine=info, skipped=skipped)
