@@ -72,7 +72,7 @@ def train_run(args, work: Path, figures: Figures) -> tuple[Path, list[tuple[floa
     from retro_search import miniature
     from retro_search.prompts import load_prompt_format
     from retro_search.readers import load_traces
-    from retro_search.sft.config import SFTSettings, StudentSettings
+    from retro_search.sft.config import SFTSettings, ModelSettings
     from retro_search.sft.data import build_sft_data
     from retro_search.sft.train import train
 
@@ -119,7 +119,7 @@ def train_run(args, work: Path, figures: Figures) -> tuple[Path, list[tuple[floa
         max_length=args.max_length, packing=args.packing, save_steps=args.eval_every,
         save_total_limit=1000, logging_steps=10, seed=args.seed)
     run = work / "run"
-    metrics = train(train_file, run, StudentSettings(path=str(model0)), settings,
+    metrics = train(train_file, run, ModelSettings(path=str(model0)), settings,
                     callbacks=[clock])
     wall, cpu = clock.times[-1]
     figures.add("train_wall_s", round(wall, 1), "s")

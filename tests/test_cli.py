@@ -119,7 +119,7 @@ def test_config_errors_name_the_setting():
         compose(None, [])
     with pytest.raises(ValueError, match="search.gamma"):
         compose(None, ["model.path=/m", "search.gamma=2"])
-    with pytest.raises(ValueError, match="unknown search setting"):
+    with pytest.raises(ValueError, match=r"search.rolouts: no such setting; did you mean search.rollouts\?"):
         compose(None, ["model.path=/m", "search.rolouts=2"])
     with pytest.raises(ValueError, match="KEY=VALUE"):
         compose(None, ["model.path=/m", "rollouts"])

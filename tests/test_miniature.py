@@ -227,7 +227,7 @@ def test_project_sft_trains_the_model_on_teacher_traces(model_dir, tmp_path):
 
     from retro_search.prompts import load_prompt_format
     from retro_search.readers import load_traces
-    from retro_search.sft.config import SFTSettings, StudentSettings
+    from retro_search.sft.config import SFTSettings, ModelSettings
     from retro_search.sft.data import build_sft_data
     from retro_search.sft.train import train
 
@@ -240,7 +240,7 @@ def test_project_sft_trains_the_model_on_teacher_traces(model_dir, tmp_path):
     train_file.write_text("".join(json.dumps(r) + "\n" for r in rows))
     settings = SFTSettings(learning_rate=3e-3, max_steps=3, per_device_train_batch_size=8,
                            gradient_checkpointing=False, max_length=512, save_steps=100)
-    metrics = train(train_file, tmp_path / "run", StudentSettings(path=str(model_dir)), settings)
+    metrics = train(train_file, tmp_path / "run", ModelSettings(path=str(model_dir)), settings)
     assert metrics["global_step"] == 3 and (tmp_path / "run" / "model").is_dir()
 
 

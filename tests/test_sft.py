@@ -15,7 +15,7 @@ import yaml
 from retro_search.prompts import PromptFormat, load_prompt_format
 from retro_search.artifacts import write_records
 from retro_search.records import TraceRecord
-from retro_search.sft.config import (SFTSettings, StudentSettings, gradient_accumulation_steps,
+from retro_search.sft.config import (SFTSettings, ModelSettings, gradient_accumulation_steps,
                                      load_settings)
 from retro_search.sft.data import build_sft_data, sft_row
 
@@ -54,7 +54,7 @@ def straight_run(tmp_path_factory, tiny_model_dir, train_file) -> Path:
     from retro_search.sft.train import train
 
     out = tmp_path_factory.mktemp("straight")
-    train(train_file, out, StudentSettings(path=tiny_model_dir), _settings())
+    train(train_file, out, ModelSettings(path=tiny_model_dir), _settings())
     return out
 
 
@@ -96,7 +96,7 @@ def test_collated_batch_masks_exactly_the_prompt_tokens(tmp_path, tiny_model_dir
 
     from retro_search.sft.train import build_trainer
 
-    trainer = build_trainer(train_file, tmp_path, StudentSettings(path=tiny_model_dir),
+    trainer = build_trainer(train_file, tmp_path, ModelSettings(path=tiny_model_dir),
                             _settings())
     rows = [json.loads(line) for line in train_file.read_text().splitlines()[:2]]
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(2)])
@@ -159,7 +159,7 @@ def test_killed_run_resumes_from_its_last_checkpoint_and_matches_a_straight_run(
         def on_step_end(self, args, state, control, **kwargs):
             self.steps.append(state.global_step)
 
-    student = StudentSettings(path=tiny_model_dir)
+    student = ModelSettings(path=tiny_model_dir)
     with pytest.raises(_Killed):
         train(train_file, tmp_path, student, _settings(), callbacks=[KillAfterSave()])
     assert (tmp_path / "checkpoints" / "checkpoint-2" / "trainer_state.json").is_file()
@@ -259,18 +259,23 @@ def test_sft_data_without_student_path_is_an_error_naming_the_key(tmp_path, caps
 
 # ----------------------------------------------------------------------------- config files
 
-def test_config_group_files_hold_valid_sft_settings(tmp_path):
-    for name in ("default", "demo"):
-        group = ROOT / "config" / "sft" / f"{name}.yaml"
-        assert group.read_text().startswith("# @package sft\n")
-        stage = tmp_path / f"{name}.yaml"
-        stage.write_text(yaml.safe_dump({"student": {"path": "some/model"},
-                                         "sft": yaml.safe_load(group.read_text())}))
-        _, settings = load_settings(stage)
-        assert isinstance(settings, SFTSettings)
-    defaults = yaml.safe_load((ROOT / "config" / "sft" / "default.yaml").read_text())
-    assert (defaults["learning_rate"], defaults["num_train_epochs"], defaults["max_length"],
-            defaults["global_batch_size"]) == (1e-5, 3, 16384, 128)
+def test_sft_presets_compose_over_the_schema_and_load_in_a_job(tmp_path):
+    from retro_search.pipeline import compose
+
+    for experiment, preset in (("self_improve_r1_distill_7b", "default"),
+                               ("traces_demo", "demo"), ("demo", "miniature")):
+        assert (ROOT / "config" / "sft" / f"{preset}.yaml").read_text().startswith(
+            "# @package sft\n")
+        cfg = compose(ROOT / "config", experiment)
+        stage = tmp_path / f"{experiment}.yaml"
+        stage.write_text(yaml.safe_dump({"student": cfg["student"], "sft": cfg["sft"]}))
+        student, settings = load_settings(stage)
+        assert isinstance(settings, SFTSettings) and student.path == cfg["student"]["path"]
+    # the paper's values: the schema's defaults, and the 7B preset's global batch
+    paper = compose(ROOT / "config", "self_improve_r1_distill_7b")["sft"]
+    assert (paper["learning_rate"], paper["num_train_epochs"], paper["max_length"],
+            paper["global_batch_size"]) == (1e-5, 3, 16384, 128)
+    assert SFTSettings().learning_rate == 1e-5 and SFTSettings().global_batch_size is None
 
 
 def test_accelerate_configs_parse():

@@ -248,7 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "file beside the output, so a killed run resumes where it stopped.",
                        epilog="Overrides: KEY=VALUE in Hydra's dotted syntax, e.g. "
                        "model.path=results/tiny-model search.rollouts=2 search.max_tokens=256 "
-                       "engine.batch_size=8. Defaults: retro_search/conf/search.yaml.")
+                       "engine.batch_size=8. Defaults: the sections' schemas (retro_search.schemas: "
+                       "SearchConfig, ModelSettings, GradingSettings).")
     p.add_argument("--input", required=True, help="shard of traces (.jsonl)")
     p.add_argument("--output", required=True, help="revised traces (.jsonl)")
     p.add_argument("--log", default=None, help="rollout log (.jsonl; default: OUTPUT with .rollouts.jsonl)")

@@ -1,5 +1,5 @@
 """Configuration: reading stage config files (with their runtime settings), the `search`
-command's config (packaged defaults < --config file < KEY=VALUE overrides), and the checks that
+command's config (the sections' schemas < --config file < KEY=VALUE overrides), and the checks that
 refuse a bad value when the plan is built, in one line naming the key.
 
 Overrides use Hydra's dotted syntax (`search.rollouts=4`, `engine.batch_size=8`,
@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
+from omegaconf.errors import (ConfigAttributeError, ConfigKeyError, MissingMandatoryValue,
+                              OmegaConfBaseException)
 
 from retro_search.search_types import SearchConfig
 
@@ -41,8 +41,13 @@ def load_config_dict(config_file: str | Path | None) -> dict[str, Any]:
 
 
 def default_config() -> DictConfig:
-    text = resources.files("retro_search").joinpath("conf/search.yaml").read_text()
-    return OmegaConf.create(text)
+    """The defaults of `retro-search search` (and of `sample`'s model section): each section's
+    schema (`retro_search.schemas`); `model.path` is required, the engine is transformers."""
+    from retro_search.schemas import GradingSettings, node
+    from retro_search.sft.config import ModelSettings
+
+    return OmegaConf.create({"model": node(ModelSettings), "engine": {"name": "transformers"},
+                             "search": node(SearchConfig), "grading": node(GradingSettings)})
 
 
 def compose(config_file: str | Path | None = None, overrides: Sequence[str] = ()) -> dict[str, Any]:
@@ -59,17 +64,13 @@ def compose(config_file: str | Path | None = None, overrides: Sequence[str] = ()
     except MissingMandatoryValue as err:
         raise ValueError(f"config value {err.full_key} is required (set it with {err.full_key}=...)") from None
     except OmegaConfBaseException as err:
-        raise ValueError(f"invalid config: {err}") from None
+        raise config_error(err) from None
     search_config(resolved)  # validate early, before any model is loaded
     return resolved
 
 
 def search_config(cfg: dict[str, Any]) -> SearchConfig:
-    known = {f.name for f in dataclasses.fields(SearchConfig)}
-    unknown = sorted(set(cfg["search"]) - known)
-    if unknown:
-        raise ValueError(f"unknown search setting(s) {unknown}; known: {sorted(known)}")
-    return SearchConfig(**cfg["search"])
+    return check_section(SearchConfig, "search", cfg["search"])
 
 
 def engine_kwargs(cfg: dict[str, Any]) -> tuple[str, dict[str, Any]]:
@@ -112,6 +113,21 @@ def load_section(schema: type, section: str, config_file: str | Path | None = No
         raise ValueError(f"invalid {section} config: {err}") from None
 
 
+def config_error(err: OmegaConfBaseException) -> ValueError:
+    """OmegaConf's error as one line naming the key: an unknown key of a schema with a close
+    match, or a value the schema's type refuses."""
+    key = getattr(err, "full_key", None)
+    message = str(err).splitlines()[0]
+    if not key:
+        return ValueError(f"invalid config: {message}")
+    schema = getattr(err, "object_type", None)
+    if isinstance(err, (ConfigAttributeError, ConfigKeyError)) and dataclasses.is_dataclass(schema):
+        section, _, name = key.rpartition(".")
+        known = [f.name for f in dataclasses.fields(schema)]
+        return ValueError(f"{key}: no such setting{close_match_hint(name, known, section + '.')}")
+    return ValueError(f"{key}: {message}")
+
+
 def close_match_hint(key: str, known: Sequence[str], prefix: str = "") -> str:
     """"; did you mean PREFIX.MATCH?" for a close match, else the known keys."""
     from difflib import get_close_matches
@@ -140,7 +156,7 @@ def check_sections(cfg: dict[str, Any]) -> None:
     """Each section a job reads, checked against the dataclass the job will build from it:
     unknown keys (with a close match), wrong types and impossible values (ValueError)."""
     from retro_search.evaluation.config import EvalSettings
-    from retro_search.sft.config import SFTSettings, StudentSettings, check as check_sft
+    from retro_search.sft.config import SFTSettings, ModelSettings, check as check_sft
 
     check_section(SearchConfig, "search", cfg["search"])
     check_sft(check_section(SFTSettings, "sft", cfg["sft"]))
@@ -151,7 +167,7 @@ def check_sections(cfg: dict[str, Any]) -> None:
             message = str(err)
             raise ValueError(message if message.startswith("reasoner.") else
                              f"reasoner.{message}") from None
-    check_section(StudentSettings, "student", cfg["student"])
+    check_section(ModelSettings, "student", cfg["student"])
     check_section(EvalSettings, "eval", cfg["eval"])
 
 
@@ -174,6 +190,10 @@ def unknown_override_error(err: Exception, experiment: str, overrides: Iterable[
     line naming the key and a close match of the keys that exist (a typo is the usual cause)."""
     match = re.match(r"Could not override '([^']+)'", str(err))
     if not match:
+        cause = err.__cause__
+        key = getattr(cause, "full_key", None)
+        if isinstance(cause, OmegaConfBaseException) and key:  # a schema refused a value
+            return ValueError(f"{key}: {str(cause).splitlines()[0]}")
         return ValueError(str(err).splitlines()[0])
     key = match.group(1)
     section, _, name = key.rpartition(".")
@@ -186,5 +206,9 @@ def unknown_override_error(err: Exception, experiment: str, overrides: Iterable[
     if not isinstance(node, dict):
         return ValueError(f"{key}: no such setting (no section {section!r})"
                           f"{close_match_hint(section.split('.')[0], list(cfg))}")
+    from retro_search.schemas import SECTION_SCHEMAS
+
+    # A section without a schema (data, engine, pipeline) takes new keys, e.g. engine arguments.
+    addable = "" if section in SECTION_SCHEMAS else f" (a new key is added with +{key}=...)"
     return ValueError(f"{key}: no such setting{close_match_hint(name, list(node), section + '.')}"
-                      f" (a new key is added with +{key}=...)")
+                      f"{addable}")

@@ -120,6 +120,9 @@ def compose(config_dir: str | Path, experiment: str, overrides: Iterable[str] = 
 
     from hydra.errors import ConfigCompositionException
 
+    from retro_search import schemas
+
+    schemas.register()
     with initialize_config_dir(config_dir=str(Path(config_dir).resolve()), version_base=None):
         try:
             cfg = hydra_compose("config", overrides=[f"experiment={experiment}", *overrides])

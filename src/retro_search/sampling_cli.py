@@ -36,7 +36,7 @@ seed derives from sample.seed, the question id and the sample index, so with the
 engine a resumed run writes the same file as an uninterrupted one."""
 
 EPILOG = """\
-Settings (defaults: retro_search.sampling.SampleSettings; model: retro_search/conf/search.yaml):
+Settings (defaults: retro_search.sampling.SampleSettings; model: retro_search.sft.config.ModelSettings):
   sample.questions (hub id or local file; or --questions), sample.format (question preset
   problem_answer | math_solution | gsm8k, a trace preset such as r1_response, or
   {question: PATH, answer: PATH, id: PATH}), sample.split, sample.name, sample.limit, sample.n,

@@ -18,10 +18,9 @@ from typing import Any, Iterator, Optional, Sequence
 
 from retro_search.evaluation.benchmarks import BENCHMARKS, INSTRUCTION_SUFFIX, MATH_BENCHMARKS
 
-__all__ = ["EvalSettings", "load_eval_config", "DEFAULT_USER_TEMPLATE", "AIME_AMC"]
+__all__ = ["EvalSettings", "load_eval_config", "DEFAULT_USER_TEMPLATE"]
 
 DEFAULT_USER_TEMPLATE = "{question}" + INSTRUCTION_SUFFIX
-AIME_AMC = ("aime24", "aime25", "amc23")
 
 
 @dataclass
@@ -64,8 +63,7 @@ class EvalSettings:
     limit: int | None = None
     limit_per_benchmark: dict[str, Optional[int]] = field(default_factory=dict)
     n_samples: int = 1
-    n_samples_per_benchmark: dict[str, int] = field(
-        default_factory=lambda: {name: 8 for name in AIME_AMC})
+    n_samples_per_benchmark: dict[str, int] = field(default_factory=dict)
     temperature: float = 0.6
     top_p: float = 0.95
     max_tokens: int = 32768
@@ -174,7 +172,8 @@ _PACKAGE_RE = re.compile(r"#\s*@package\s+(\S+)\s*")
 @contextlib.contextmanager
 def _as_stage_file(config_file: str | Path | None) -> Iterator[Path | None]:
     """The config file as a stage config: a Hydra group file (`# @package eval`) is nested under
-    its package first (through a temporary file, so `load_section` reads it like any other)."""
+    its package first (through a temporary file, so `load_section` reads it like any other). Its
+    defaults list is dropped: it names the section's schema, which `load_section` starts from."""
     if config_file is None:
         yield None
         return
@@ -188,6 +187,7 @@ def _as_stage_file(config_file: str | Path | None) -> Iterator[Path | None]:
     from omegaconf import OmegaConf
 
     cfg = OmegaConf.create(text) if text.strip() else OmegaConf.create({})
+    cfg.pop("defaults", None)
     for part in reversed(m.group(1).split(".")):
         cfg = OmegaConf.create({part: cfg})
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".yaml")

@@ -9,6 +9,6 @@
 Importing this package stays light: torch, transformers and TRL load inside the functions.
 """
 
-from retro_search.sft.config import SFTSettings, StudentSettings, load_settings
+from retro_search.sft.config import SFTSettings, ModelSettings, load_settings
 
-__all__ = ["SFTSettings", "StudentSettings", "load_settings"]
+__all__ = ["SFTSettings", "ModelSettings", "load_settings"]

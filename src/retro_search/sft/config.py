@@ -1,6 +1,7 @@
 """Settings of the SFT stage: the `student` section (which model, how it sees a question) and the
-`sft` section (how it is trained). Defaults are ALGORITHM.md's "Training" choices; the commented
-paper values live in config/sft/default.yaml.
+`sft` section (how it is trained). Defaults are ALGORITHM.md's "Training" choices, and these
+dataclasses are the only place they are set: the pipeline's presets (config/sft/*.yaml) list only
+what they change (see `retro_search.schemas`).
 
 Both sections are read with `retro_search.config.load_section`: dataclass defaults < the stage's
 resolved config file < KEY=VALUE overrides (`sft.learning_rate=2e-5`, `student.path=/models/x`).
@@ -16,10 +17,12 @@ from omegaconf import MISSING
 
 
 @dataclass
-class StudentSettings:
-    """The model being fine-tuned and the text format it reads (same keys as search's `model`)."""
+class ModelSettings:
+    """A model and the text format it reads: the schema of the `model` section (the reviser, and
+    the sampler unless told otherwise) and of the `student` section (fine-tuned and evaluated).
+    The prompt-format defaults are R1's."""
 
-    path: str = MISSING                  # local folder or hub id of the student's starting weights
+    path: str = MISSING                  # local folder or hub id of the starting weights
     label: Optional[str] = None          # short name used in stage directory names
     tokenizer: Optional[str] = None      # tokenizer (and chat template); None = `path`
     revision: Optional[str] = None       # hub revision (commit) of `path`; recorded for provenance
@@ -61,7 +64,7 @@ class SFTSettings:
 
 
 def load_settings(config_file: str | Path | None = None,
-                  overrides: Sequence[str] = ()) -> tuple[StudentSettings, SFTSettings]:
+                  overrides: Sequence[str] = ()) -> tuple[ModelSettings, SFTSettings]:
     """The `student` and `sft` sections of a stage config, with `student.*` / `sft.*` overrides.
 
     Raises ValueError naming the key for unknown keys, wrong types, a missing `student.path`, or an
@@ -80,7 +83,7 @@ def load_settings(config_file: str | Path | None = None,
     bad = [o for o in overrides if not o.startswith(("student.", "sft."))]
     if bad:
         raise ValueError(f"override(s) {bad} are neither student.KEY=VALUE nor sft.KEY=VALUE")
-    student = load_section(StudentSettings, "student", config_file,
+    student = load_section(ModelSettings, "student", config_file,
                            [o for o in overrides if o.startswith("student.")])
     sft = load_section(SFTSettings, "sft", config_file,
                        [o for o in overrides if o.startswith("sft.")])

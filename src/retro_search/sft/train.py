@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from retro_search.artifacts import write_json
-from retro_search.sft.config import (SFTSettings, StudentSettings, gradient_accumulation_steps,
+from retro_search.sft.config import (SFTSettings, ModelSettings, gradient_accumulation_steps,
                                      resolve_bf16)
 from retro_search.sft.data import eos_text, tokenize_rows
 
@@ -151,7 +151,7 @@ def tokenized_dataset(train_path: str | Path, tokenizer, settings: SFTSettings):
     return dataset
 
 
-def build_trainer(train_path: str | Path, output_dir: str | Path, student: StudentSettings,
+def build_trainer(train_path: str | Path, output_dir: str | Path, student: ModelSettings,
                   settings: SFTSettings, *, callbacks: Sequence[Any] = ()):
     """The SFTTrainer for one run, before training (its dataset is already tokenized and masked)."""
     import torch
@@ -171,7 +171,7 @@ def build_trainer(train_path: str | Path, output_dir: str | Path, student: Stude
                       callbacks=list(callbacks))
 
 
-def train(train_path: str | Path, output_dir: str | Path, student: StudentSettings,
+def train(train_path: str | Path, output_dir: str | Path, student: ModelSettings,
           settings: SFTSettings, *, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     """Train (resuming from DIR/checkpoints when possible), save DIR/model and the metrics.
 
