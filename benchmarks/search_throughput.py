@@ -174,7 +174,7 @@ def main(argv=None) -> int:
     from retro_search.engines.base import GenerationRequest
     from retro_search.engines.transformers_engine import TransformersEngine
     from retro_search.prompts import load_prompt_format
-    from retro_search.scheduler import outcome_to_json
+    from retro_search.artifacts import outcome_to_dict
     from retro_search.tiny_model import build_tiny_model
 
     arms = [a.strip() for a in args.arms.split(",") if a.strip()]
@@ -239,8 +239,8 @@ def main(argv=None) -> int:
         ratio = seconds["naive"] / seconds["scheduler"]
         fig.add("ratio_scheduler_over_naive", round(ratio, 2), "x")
         fig.add("target_ratio_met", ratio >= TARGET_RATIO)
-        a = [outcome_to_json(o) for o in outcomes["naive"]]
-        b = [outcome_to_json(o) for o in outcomes["scheduler"]]
+        a = [outcome_to_dict(o) for o in outcomes["naive"]]
+        b = [outcome_to_dict(o) for o in outcomes["scheduler"]]
         same = a == b
         fig.add("identical", same)
         if not same:

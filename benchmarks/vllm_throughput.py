@@ -219,7 +219,7 @@ def add_prefix_figures(fig: Figures, arm: str, before, after) -> None:
 
 def run_arms(fig: Figures, args, arms: list[str], engine, traces, kwargs) -> None:
     """Time each arm on `engine` and add its figures, then the ratios between arms."""
-    from retro_search.scheduler import outcome_to_json
+    from retro_search.artifacts import outcome_to_dict
 
     config = kwargs["config"]
     seconds, tokens_per_s, outcomes = {}, {}, {}
@@ -269,8 +269,8 @@ def run_arms(fig: Figures, args, arms: list[str], engine, traces, kwargs) -> Non
         ratio = seconds["naive"] / seconds["scheduler"]
         fig.add("ratio_scheduler_over_naive", round(ratio, 2), "x")
         fig.add("target_ratio_over_naive_met", ratio >= TARGET_OVER_NAIVE)
-        a = [outcome_to_json(o) for o in outcomes["naive"]]
-        b = [outcome_to_json(o) for o in outcomes["scheduler"]]
+        a = [outcome_to_dict(o) for o in outcomes["naive"]]
+        b = [outcome_to_dict(o) for o in outcomes["scheduler"]]
         fig.add("identical", a == b)
         if a != b:
             fig.note("differing_traces", [x["trace_id"] for x, y in zip(a, b) if x != y])

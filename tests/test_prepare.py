@@ -1,4 +1,4 @@
-"""The prepare stage on sampled responses (`retro_search.prepare.run_prepare`): grades them, keeps
+"""The prepare stage on sampled responses (`retro_search.stages.prepare.run`): grades them, keeps
 the correct ones, at most `data.max_correct_per_question` per question (lowest sample index
 first), and lists every removed response with its reason."""
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from retro_search.engines.base import GenerationRequest, GenerationResult
-from retro_search.prepare import check_data_section, keep_per_question, run_prepare
+from retro_search.stages.prepare import check_data_section, keep_per_question, outputs_in, run
 from retro_search.questions import Question
 from retro_search.artifacts import read_records
 from retro_search.sampling import PlannedSample, sample_row
@@ -58,7 +58,7 @@ def removed_by_id(out: Path) -> dict[str, str]:
 def test_one_correct_sample_per_question_keeps_the_lowest_index(shards, tmp_path):
     out = tmp_path / "prepare"
     out.mkdir()
-    stats = run_prepare(config(max_correct_per_question=1), out, shards, progress=False)
+    stats = run(config(max_correct_per_question=1), outputs_in(out), shards, progress=False).summary
     assert [r.id for r in read_records(out / "traces.jsonl")] == ["a/1", "b/0"]
     removed = removed_by_id(out)
     assert removed["a/2"] == ("question already has 1 kept trace(s) "
@@ -77,14 +77,14 @@ def test_one_correct_sample_per_question_keeps_the_lowest_index(shards, tmp_path
 def test_max_correct_per_question_keeps_that_many_or_all(shards, tmp_path, cap, kept):
     out = tmp_path / "prepare"
     out.mkdir()
-    run_prepare(config(max_correct_per_question=cap), out, shards, progress=False)
+    run(config(max_correct_per_question=cap), outputs_in(out), shards, progress=False)
     assert [r.id for r in read_records(out / "traces.jsonl")] == kept
 
 
 def test_kept_samples_carry_their_question_sample_and_sampler(shards, tmp_path):
     out = tmp_path / "prepare"
     out.mkdir()
-    run_prepare(config(), out, shards, progress=False)
+    run(config(), outputs_in(out), shards, progress=False)
     record = read_records(out / "traces.jsonl")[0]
     assert record.reasoning == "Add them." and record.solution == "\\boxed{4}"
     assert record.source_model == "tiny" and record.source_dataset == "toy"
@@ -111,4 +111,4 @@ def test_a_data_section_needs_exactly_one_source():
 
 def test_prepare_of_sampled_data_without_the_sample_files_is_an_error(tmp_path):
     with pytest.raises(ValueError, match="--samples"):
-        run_prepare(config(), tmp_path, [], progress=False)
+        run(config(), outputs_in(tmp_path), [], progress=False)

@@ -249,18 +249,30 @@ def test_results_table_rejects_two_results_for_one_arm_and_benchmark():
         results_table(METRICS + [METRICS[0]])
 
 
-def test_metrics_from_eval_accepts_the_eval_stage_names():
-    eval_json = {"benchmark": "aime24", "pass@1": 0.25, "pass@1_se": 0.04, "mean_tokens": 812.5}
-    assert metrics_from_eval(eval_json, "base") == {"arm": "base", "benchmark": "aime24",
-                                                    "accuracy": 0.25, "accuracy_se": 0.04,
-                                                    "mean_tokens": 812.5}
+def test_metrics_from_eval_reads_the_eval_stage_names_and_guesses_no_others():
     row = metrics_from_eval({"benchmark": "b", "accuracy": 0.5, "accuracy_stderr": 0.1,
                              "mean_tokens": 10}, "x")
-    assert (row["accuracy"], row["accuracy_se"]) == (0.5, 0.1)
+    assert row == {"arm": "x", "benchmark": "b", "accuracy": 0.5, "accuracy_se": 0.1,
+                   "mean_tokens": 10.0}
+    # another tool's names are not taken for ours
+    with pytest.raises(ValueError, match=r"no \['accuracy'\]"):
+        metrics_from_eval({"benchmark": "b", "pass@1": 0.25, "mean_tokens": 8}, "x")
+
+
+def test_a_metrics_file_without_a_key_of_the_eval_schema_is_refused_by_name(tmp_path):
+    from retro_search.artifacts import read_eval_metrics
+
+    path = tmp_path / "metrics.json"
+    path.write_text('{"benchmark": "b", "accuracy": "high", "mean_tokens": 3}')
+    with pytest.raises(ValueError, match=r"metrics.json: 'accuracy' is 'high', expected a float"):
+        read_eval_metrics(path)
+    path.write_text('{"benchmark": "b", "accuracy": 0.5}')
+    with pytest.raises(ValueError, match=r"metrics.json: no 'mean_tokens'"):
+        read_eval_metrics(path)
 
 
 def test_metrics_from_eval_names_the_file_and_the_missing_value():
-    with pytest.raises(ValueError, match=r"m\.json: no accuracy"):
+    with pytest.raises(ValueError, match=r"m\.json: no \[.accuracy.\]"):
         metrics_from_eval({"benchmark": "b", "mean_tokens": 1}, "x", source="m.json")
 
 

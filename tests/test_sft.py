@@ -294,20 +294,19 @@ def test_subcommands_declare_their_inputs_and_outputs():
 
     parser = build_parser()
     data = parser.parse_args(["sft-data", "--input", "a", "--output", "b", "sft.seed=1"])
-    assert (data.input_args, data.output_args, data.overrides) == (("input",), ("output",), ["sft.seed=1"])
+    assert (data.input_args, data.output_args, data.overrides) == (("input",), ("output", "dropped"), ["sft.seed=1"])
     run = parser.parse_args(["sft", "--train", "a", "--output-dir", "d"])
     assert (run.input_args, run.output_args) == (("train",), ("output_dir",))
 
 
 def test_processes_build_an_accelerate_launch_of_the_same_sft_without_processes():
-    import argparse
     import sys
 
-    from retro_search.sft.cli import accelerate_command
+    from retro_search.stages.sft import accelerate_command
 
-    args = argparse.Namespace(train="t.jsonl", output_dir="out", config="stage.yaml",
-                              overrides=["sft.max_steps=3"], processes=8)
-    command = accelerate_command(args, "accelerate/fsdp.yaml")
+    command = accelerate_command(train="t.jsonl", output_dir="out", config="stage.yaml",
+                                 overrides=["sft.max_steps=3"], processes=8,
+                                 accelerate_config="accelerate/fsdp.yaml")
     assert command[:3] == [sys.executable, "-m", "accelerate.commands.launch"]
     assert command[command.index("--config_file") + 1] == "accelerate/fsdp.yaml"
     assert command[command.index("--num_processes") + 1] == "8"

@@ -1,5 +1,6 @@
 """Artifact files: the one atomic write every stage uses, and the read and write functions of the
-file types stages exchange (JSON lines, JSON, YAML, text, trace records).
+file types stages exchange (JSON lines, JSON, YAML, text, trace records, search outcomes and
+rollouts, eval metrics).
 
 Every write goes to a temp file beside its target, is fsynced and renamed over the target: a
 reader (or a resumed job, or Snakemake after a crash) sees the old file or the complete new one,
@@ -17,8 +18,10 @@ from pathlib import Path
 from typing import IO, Any, Iterable, Iterator
 
 from retro_search.records import RecordError, TraceRecord
+from retro_search.search_types import Rollout, SearchOutcome
 
-__all__ = ["atomic_open", "atomic_path", "json_safe", "read_json", "read_jsonl", "read_records",
+__all__ = ["atomic_open", "atomic_path", "json_safe", "outcome_from_dict", "outcome_to_dict",
+           "read_eval_metrics", "read_json", "rollout_from_dict", "rollout_to_dict", "read_jsonl", "read_records",
            "readable_mode", "write_json", "write_jsonl", "write_records", "write_text",
            "write_yaml"]
 
@@ -182,3 +185,51 @@ def read_records(path: str | Path) -> list[TraceRecord]:
                                   source=where)
             records.append(record)
     return records
+
+
+# ----------------------------------------------------------------------------- search outcomes
+
+def rollout_to_dict(rollout: Rollout) -> dict[str, Any]:
+    """One rollout as a row of the rollout log (and of a progress file's `log`)."""
+    row = dict(vars(rollout))
+    row["seeds"] = list(rollout.seeds)
+    return row
+
+
+def rollout_from_dict(row: dict[str, Any]) -> Rollout:
+    return Rollout(**{**row, "seeds": tuple(row["seeds"])})
+
+
+def outcome_to_dict(outcome: SearchOutcome) -> dict[str, Any]:
+    """A trace's whole search result, as the scheduler's progress file keeps it."""
+    row = outcome.stats()
+    row["reasoning"], row["solution"] = outcome.reasoning, outcome.solution
+    row["log"] = [rollout_to_dict(r) for r in outcome.log]
+    return row
+
+
+def outcome_from_dict(row: dict[str, Any]) -> SearchOutcome:
+    return SearchOutcome(**{**row, "log": [rollout_from_dict(r) for r in row["log"]]})
+
+
+# ----------------------------------------------------------------------------- eval metrics
+
+# What the summary reads of an eval stage's metrics.json (`evaluation.metrics` writes them).
+EVAL_METRICS = {"benchmark": str, "accuracy": float, "accuracy_stderr": float,
+                "mean_tokens": float}
+
+
+def read_eval_metrics(path: str | Path) -> dict[str, Any]:
+    """An eval stage's metrics.json; a missing or mistyped key of EVAL_METRICS is an error
+    naming the file and the key."""
+    metrics = read_json(path)
+    if not isinstance(metrics, dict):
+        raise ValueError(f"{path}: expected a JSON object of metrics")
+    for key, kind in EVAL_METRICS.items():
+        value = metrics.get(key)
+        if value is None and key != "accuracy_stderr":  # one problem: no standard error
+            raise ValueError(f"{path}: no {key!r} (an eval stage's metrics.json has "
+                             f"{sorted(EVAL_METRICS)})")
+        if value is not None and not isinstance(value, (int, float) if kind is float else kind):
+            raise ValueError(f"{path}: {key!r} is {value!r}, expected a {kind.__name__}")
+    return metrics

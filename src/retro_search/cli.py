@@ -21,71 +21,35 @@ FORMATS_HELP = ("input format: 'records' (normalised jsonl written by `retro-sea
                 f"or a raw-format preset: {PRESETS_HELP}")
 
 
-# --- normalize -------------------------------------------------------------------------------
+# --- normalize, segment, grade ------------------------------------------------------------------
 
 def cmd_normalize(args: argparse.Namespace) -> int:
-    from retro_search.readers import load_traces
-    from retro_search.artifacts import write_records
+    from retro_search import tools
 
-    quarantine = None
-    if args.on_bad_record == "quarantine":
-        quarantine = args.quarantine or str(Path(args.output).with_suffix(".quarantine.jsonl"))
-        args.quarantine = quarantine  # the manifest lists it among the outputs
-    report = load_traces(args.source, format=args.format, split=args.split,
-                         on_bad_record=args.on_bad_record, quarantine_path=quarantine,
-                         limit=args.limit, name=args.name)
-    write_records(report.records, args.output)
-    print(report.summary(), file=sys.stderr)
+    if args.on_bad_record == "quarantine":  # the manifest lists it among the outputs
+        args.quarantine = args.quarantine or str(Path(args.output).with_suffix(".quarantine.jsonl"))
+    else:
+        args.quarantine = None
+    print(tools.normalize(args.source, args.output, format=args.format, split=args.split,
+                          name=args.name, limit=args.limit, quarantine=args.quarantine),
+          file=sys.stderr)
     return 0
 
-
-# --- segment ---------------------------------------------------------------------------------
 
 def cmd_segment(args: argparse.Namespace) -> int:
-    from retro_search.artifacts import write_jsonl
-    from retro_search.readers import read_traces
-    from retro_search.segmentation import DEFAULT_KEYWORDS, segment
+    from retro_search import tools
 
-    keywords = tuple(args.keyword) if args.keyword else DEFAULT_KEYWORDS
-    rows = []
-    for trace in read_traces(args.input, args.format):
-        seg = segment(trace.reasoning, keywords)
-        rows.append({"id": trace.id, "steps": seg.num_steps, "thoughts": seg.num_thoughts,
-                     "boundaries": seg.num_boundaries,
-                     # boundary i sits right before step boundary_steps[i - 1] (0-based step index)
-                     "boundary_steps": list(seg.thought_starts[1:]),
-                     "thought_lengths": [len(t) for t in seg.thoughts()]})
-    write_jsonl(args.output, rows)
-    print(f"segmented {len(rows)} traces -> {args.output}", file=sys.stderr)
+    print(tools.segment(args.input, args.output, format=args.format, keywords=args.keyword),
+          file=sys.stderr)
     return 0
 
 
-# --- grade -----------------------------------------------------------------------------------
-
 def cmd_grade(args: argparse.Namespace) -> int:
-    from retro_search.grading import Grader, normalize_reference
-    from retro_search.artifacts import read_jsonl, write_jsonl
+    from retro_search import tools
 
-    rows = list(read_jsonl(args.input))
-    pairs = []
-    for number, row in enumerate(rows, 1):
-        for name in (args.gold_field, args.response_field):
-            if name not in row:
-                raise ValueError(f"{args.input}: row {number} (id={row.get('id')!r}) "
-                                 f"has no field {name!r}")
-        try:
-            gold = normalize_reference(row[args.gold_field])
-        except ValueError as err:
-            raise ValueError(f"{args.input}: row {number} (id={row.get('id')!r}), "
-                             f"field {args.gold_field!r}: {err}") from None
-        pairs.append((gold, str(row[args.response_field])))
-    with Grader(processes=args.processes, timeout=args.timeout) as grader:
-        grades = grader.grade_many(pairs, progress=not args.no_progress)
-    for row, grade in zip(rows, grades):
-        row.update(correct=grade.correct, extracted=grade.extracted, grade_error=grade.error)
-    write_jsonl(args.output, rows)
-    correct = sum(g.correct for g in grades)
-    print(f"graded {len(rows)} rows: {correct} correct -> {args.output}", file=sys.stderr)
+    print(tools.grade(args.input, args.output, gold_field=args.gold_field,
+                      response_field=args.response_field, processes=args.processes,
+                      timeout=args.timeout, progress=not args.no_progress), file=sys.stderr)
     return 0
 
 
@@ -93,16 +57,15 @@ def cmd_grade(args: argparse.Namespace) -> int:
 
 def cmd_search(args: argparse.Namespace) -> int:
     from retro_search.config import compose
-    from retro_search.search_stage import run_search_stage
+    from retro_search.stages import search
 
-    output = Path(args.output)
-    args.log = args.log or str(output.with_suffix(".rollouts.jsonl"))  # the manifest lists it
-    result = run_search_stage(compose(args.config, args.overrides), args.input, output, args.log,
-                              input_format=args.format, limit=args.limit,
-                              show_progress=not args.no_progress)
+    args.log = args.log or str(Path(args.output).with_suffix(".rollouts.jsonl"))  # a manifest output
+    result = search.run(compose(args.config, args.overrides), args.input, args.output, args.log,
+                        input_format=args.format, limit=args.limit,
+                        show_progress=not args.no_progress)
     args.engine_info = result.engine  # the manifest says which engine ran
     print(json.dumps(result.summary), file=sys.stderr)
-    for line in result.skipped:
+    for line in result.warnings:
         print(f"retro-search search: {line}", file=sys.stderr)
     return 0
 
@@ -111,26 +74,32 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 def cmd_prepare(args: argparse.Namespace) -> int:
     from retro_search.config import load_config_dict
-    from retro_search.prepare import run_prepare
+    from retro_search.stages import prepare
 
     cfg = load_config_dict(args.config)
     source = cfg["data"].get("source")
     args.source = source if source and Path(source).exists() else None  # hashed if local
-    stats = run_prepare(cfg, Path(args.output_dir), samples=args.samples or [],
-                        progress=not args.no_progress)
-    print(f"prepare: {stats['summary']}", file=sys.stderr)
+    folder = prepare.outputs_in(args.output_dir) if args.output_dir else {}
+    for name in prepare.OUTPUTS:  # the manifest hashes each
+        setattr(args, name, getattr(args, name) or folder.get(name))
+    result = prepare.run(cfg, {name: getattr(args, name) for name in prepare.OUTPUTS
+                               if getattr(args, name)},
+                         samples=args.samples or [], progress=not args.no_progress)
+    print(f"prepare: {result.summary['summary']}", file=sys.stderr)
     return 0
 
 
 def cmd_shard(args: argparse.Namespace) -> int:
-    from retro_search.artifacts import read_jsonl, write_jsonl
+    from retro_search.config import load_config_dict
+    from retro_search.stages import shard
 
-    if not 0 <= args.index < args.num_shards:
-        raise ValueError(f"--index must be in 0..{args.num_shards - 1}, got {args.index}")
-    rows = list(read_jsonl(args.input))
-    # Round robin: a pool sorted by source or length still gives shards of similar cost.
-    count = write_jsonl(args.output, rows[args.index::args.num_shards])
-    print(f"shard {args.index}/{args.num_shards}: {count} of {len(rows)} traces", file=sys.stderr)
+    num_shards = args.num_shards
+    if args.config:  # the workflow's stage config: its num_shards, the value the plan hashed
+        num_shards = load_config_dict(args.config)["num_shards"]
+    elif num_shards is None:
+        raise ValueError("give --num-shards N, or --config with num_shards")
+    result = shard.run(args.input, args.output, args.index, num_shards)
+    print(json.dumps(result.summary), file=sys.stderr)
     return 0
 
 
@@ -150,22 +119,16 @@ def cmd_audit(args: argparse.Namespace) -> int:
 # --- tiny-model ------------------------------------------------------------------------------
 
 def cmd_tiny_model(args: argparse.Namespace) -> int:
-    from retro_search.tiny_model import build_tiny_model
+    from retro_search.stages import tiny_model
 
-    seed, train_steps, miniature = args.seed, args.train_steps, args.miniature
+    settings = {"seed": args.seed, "train_steps": args.train_steps, "miniature": args.miniature}
     if args.config:  # the workflow's stage config: its tiny_model section wins
         from retro_search.config import load_config_dict
 
         section = load_config_dict(args.config).get("tiny_model", {})
-        seed, train_steps = section.get("seed", seed), section.get("train_steps", train_steps)
-        miniature = section.get("miniature", miniature)
-    if miniature:
-        from retro_search.miniature import build_miniature_model
-
-        path = build_miniature_model(args.output, seed=seed, size=miniature)
-    else:
-        path = build_tiny_model(args.output, seed=seed, train_steps=train_steps)
-    print(f"tiny model -> {path}", file=sys.stderr)
+        settings.update({k: v for k, v in section.items() if k in settings})
+    result = tiny_model.run(args.output, **settings)
+    print(f"tiny model -> {result.outputs['model']}", file=sys.stderr)
     return 0
 
 
@@ -282,22 +245,28 @@ def build_parser() -> argparse.ArgumentParser:
                        "benchmarks, sampled responses that never closed their reasoning, and the "
                        "traces of a question beyond data.max_correct_per_question (the lowest "
                        "sample indices are kept). Writes traces.jsonl, stats.json, removed.jsonl "
-                       "(every removed trace with its reason) and quarantine.jsonl into "
-                       "--output-dir.")
+                       "(every removed trace with its reason) and quarantine.jsonl (bad records "
+                       "of the source): each where its flag says, else in --output-dir.")
     p.add_argument("--config", required=True, help="the stage config (YAML with data, grading, decontamination)")
-    p.add_argument("--output-dir", required=True, help="stage directory")
+    p.add_argument("--output-dir", default=None, help="folder for the outputs not given by their own flag")
+    p.add_argument("--traces", default=None, help="the prepared pool (.jsonl)")
+    p.add_argument("--stats", default=None, help="counts read, removed by reason, kept (.json)")
+    p.add_argument("--removed", default=None, help="every removed trace with its reason (.jsonl)")
+    p.add_argument("--quarantine", default=None, help="bad records of the source with the reason (.jsonl)")
     p.add_argument("--samples", nargs="*", default=[], metavar="SHARD",
                    help="the sample stage's shards (`retro-search sample` outputs), when the "
                    "config has data.sample")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    p.set_defaults(func=cmd_prepare, input_args=("source", "samples"), output_args=("output_dir",))
+    p.set_defaults(func=cmd_prepare, input_args=("source", "samples"),
+                   output_args=("traces", "stats", "removed", "quarantine"))
 
     p = sub.add_parser("shard", help="take shard INDEX of NUM_SHARDS from a trace file",
                        description="Round-robin sharding: shard i holds traces i, i+N, i+2N, ...")
     p.add_argument("--input", required=True, help="traces (.jsonl)")
     p.add_argument("--output", required=True, help="the shard (.jsonl)")
     p.add_argument("--index", type=int, required=True, help="shard number, from 0")
-    p.add_argument("--num-shards", type=int, required=True, help="number of shards")
+    p.add_argument("--num-shards", type=int, default=None, help="number of shards (or --config)")
+    p.add_argument("--config", default=None, help="the shard stage's config.yaml (its num_shards)")
     p.set_defaults(func=cmd_shard, input_args=("input",), output_args=("output",))
 
     p = sub.add_parser("audit", help="verify the provenance chain behind an experiment",

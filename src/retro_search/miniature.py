@@ -40,7 +40,7 @@ import itertools
 import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from retro_search.segmentation import join_steps, opens_thought, split_steps
 
@@ -306,22 +306,28 @@ def build_miniature_model(out_dir: str | Path, *, seed: int = 0, size: str = DEF
 
 # ----------------------------------------------------------------------------- files
 
-def write_dataset(out_dir: str | Path, config: TaskConfig = TaskConfig()) -> dict[str, Path]:
-    """Write the task's files into `out_dir` and return their paths:
+DATASET_FILES = {"teacher_traces": "teacher_traces.jsonl", "teacher": "teacher.jsonl",
+                 "sample": "sample.jsonl", "heldout": "heldout.jsonl", "task": "task.json"}
 
-    - `teacher_traces.jsonl`: teacher traces in the `r1_response` layout
+
+def write_dataset(out: str | Path | Mapping[str, str | Path],
+                  config: TaskConfig = TaskConfig()) -> dict[str, Path]:
+    """Write the task's files and return their paths, by name (DATASET_FILES: their file names
+    in a folder `out`; or `out` maps each name to its path):
+
+    - `teacher_traces`: teacher traces in the `r1_response` layout
       ({id, problem, answer, response, flaws});
-    - `teacher.jsonl`, `sample.jsonl`, `heldout.jsonl`: the splits' questions {id, question, answer};
-    - `task.json`: the config that made them.
+    - `teacher`, `sample`, `heldout`: the splits' questions {id, question, answer};
+    - `task`: the config that made them (JSON).
     """
     from retro_search.artifacts import write_json, write_jsonl
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {"teacher_traces": out / "teacher_traces.jsonl", "task": out / "task.json"}
+    if isinstance(out, Mapping):
+        paths = {name: Path(out[name]) for name in DATASET_FILES}
+    else:
+        paths = {name: Path(out) / file for name, file in DATASET_FILES.items()}
     write_jsonl(paths["teacher_traces"], (t.raw_record() for t in teacher_traces(config)))
     for name, problems in splits(config).items():
-        paths[name] = out / f"{name}.jsonl"
         write_jsonl(paths[name], (asdict(p) for p in problems))
     write_json(paths["task"], asdict(config))
     return paths

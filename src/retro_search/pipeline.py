@@ -192,7 +192,7 @@ def sft_data_section(sft: dict[str, Any]) -> dict[str, Any]:
 def plan_experiment(name: str, cfg: dict, results: str = "results") -> Experiment:
     """Every stage of one experiment, keyed by role."""
     from retro_search.config import check_sections
-    from retro_search.prepare import check_data_section
+    from retro_search.stages.prepare import check_data_section
     from retro_search.sampling import check_sampler, sample_settings
 
     evaluation = eval_section(cfg)

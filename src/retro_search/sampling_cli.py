@@ -1,21 +1,17 @@
 """`retro-search sample`: a model's own responses to questions with reference answers (one shard).
 
 Settings: the `sample`, `model` and `engine` sections of --config (a sample stage's resolved
-config), then KEY=VALUE overrides. Heavy imports stay inside the command.
+config), then KEY=VALUE overrides. The work is `retro_search.stages.sample.run`; heavy
+imports stay inside the command.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import hashlib
 import json
-import logging
 import sys
 from pathlib import Path
 from typing import Sequence
-
-log = logging.getLogger("retro_search")
 
 DESCRIPTION = """\
 Sample a model on questions with reference answers: n responses per question (sample.n), in the
@@ -98,88 +94,23 @@ def load_sample_config(config_file: str | Path | None, overrides: Sequence[str] 
     return settings, model, resolved["engine"]
 
 
-def _fingerprint(settings, model: dict, engine: dict, shard: int, questions) -> str:
-    """What the samples depend on: the settings, the sampler, the engine and the questions."""
-    digest = hashlib.sha256(json.dumps(
-        {"sample": dataclasses.asdict(settings), "model": model, "engine": engine,
-         "shard": shard}, sort_keys=True, default=str).encode())
-    for q in questions:
-        digest.update(json.dumps([q.id, q.question, q.reference_answer]).encode())
-    return digest.hexdigest()[:12]
-
-
 def cmd_sample(args: argparse.Namespace) -> int:
-    from retro_search.config import engine_kwargs
-    from retro_search.engines import engine_info, load_engine
-    from retro_search.grading import normalize_reference
-    from retro_search.artifacts import write_jsonl
-    from retro_search.prompts import load_prompt_format
-    from retro_search.questions import load_questions
-    from retro_search.sampling import is_unclosed, plan_requests, run_samples
+    from retro_search.stages import sample
 
     settings, model, engine_section = load_sample_config(args.config, args.overrides,
                                                          args.questions)
-    if not 0 <= args.shard < settings.num_shards:
-        raise ValueError(f"--shard must be in 0..{settings.num_shards - 1} "
-                         f"(sample.num_shards={settings.num_shards}), got {args.shard}")
-    if args.chunk_size < 1:
-        raise ValueError(f"--chunk-size must be at least 1, got {args.chunk_size}")
     output = Path(args.output)
     quarantine = Path(args.quarantine or output.with_suffix(".quarantine.jsonl"))
     # The manifest hashes a local question file and records the sampler (see _write_manifest).
     args.quarantine, args.model_path = str(quarantine), model["path"]
     args.questions_file = settings.questions if Path(settings.questions).exists() else None
-
-    report = load_questions(
-        settings.questions, format=settings.format, split=settings.split, name=settings.name,
-        limit=settings.limit, on_bad_record=settings.on_bad_record,
-        quarantine_path=quarantine if settings.on_bad_record == "quarantine" else None,
-        check_answer=normalize_reference, num_shards=settings.num_shards, shard=args.shard)
-    if settings.on_bad_record == "error":
-        write_jsonl(quarantine, [])  # declared output: empty, a bad record stops the load
-    questions = report.records
-    print(report.summary(), file=sys.stderr)
-    fingerprint = _fingerprint(settings, model, engine_section, args.shard, questions)
-    progress = output.with_name(f".{output.name}.progress-{fingerprint}.jsonl")
-    tokenizer = model.get("tokenizer")
-    prompt = load_prompt_format(tokenizer or model["path"],
-                                system_prompt=model.get("system_prompt"),
-                                user_template=model.get("user_template") or "{question}",
-                                think_open=model["think_open"], think_close=model["think_close"],
-                                **({"revision": model["revision"]}
-                                   if model.get("revision") and not tokenizer else {}))
-    rows, skipped, stats = [], [], None
-    if questions:
-        name, kwargs = engine_kwargs({"engine": engine_section, "model": model})
-        engine = load_engine(name, **kwargs)
-        args.engine_info = engine_info(engine)  # the manifest says which engine ran
-        log.info("engine: %s on %s (%s)", args.engine_info["name"], args.engine_info["device"],
-                 args.engine_info["settings"])
-        try:
-            planned, skipped = plan_requests(
-                questions, settings, prompt.head, count_tokens=prompt.count_tokens,
-                context_length=getattr(engine, "max_model_len", None))
-            rows, stats = run_samples(planned, engine, sampler=model["path"],
-                                      think_open=model["think_open"], progress_path=progress,
-                                      chunk_size=args.chunk_size,
-                                      show_progress=not args.no_progress)
-        finally:
-            shutdown = getattr(engine, "shutdown", None)  # vLLM's engine processes
-            if callable(shutdown):
-                shutdown()
-    write_jsonl(output, rows)
-    progress.unlink(missing_ok=True)  # the output now holds everything it had
-
-    for question, reason in skipped:
-        print(f"retro-search sample: question {question.id!r} skipped: {reason}", file=sys.stderr)
-    print(json.dumps({
-        "questions": len(questions), "quarantined": report.quarantined, "skipped": len(skipped),
-        "samples": len(rows), "resumed": stats.resumed if stats else 0,
-        "truncated_length": sum(r["finish_reason"] == "length" for r in rows),
-        "unclosed": sum(is_unclosed(r["response"]) for r in rows),
-        "generated_tokens": sum(r["num_tokens"] for r in rows),
-        "generated_tokens_per_s": round(stats.tokens_per_second, 1) if stats else 0.0,
-        "output": str(output), "quarantine": str(quarantine)}), file=sys.stderr)
+    result = sample.run(settings, model, engine_section, shard=args.shard, output=output,
+                        quarantine=quarantine, chunk_size=args.chunk_size,
+                        show_progress=not args.no_progress)
+    args.engine_info = result.engine  # the manifest says which engine ran
+    for warning in result.warnings:
+        print(f"retro-search sample: {warning}", file=sys.stderr)
+    print(json.dumps(result.summary), file=sys.stderr)
     return 0
 
 

@@ -11,7 +11,7 @@ independent, so the engine is kept full with requests from all of them:
 Crash safety: each finished trace is appended (and fsynced) to a progress file that is not a
 declared output; a restarted run skips the traces found there. The progress file's name carries a
 fingerprint of everything that determines the results, so a run with other settings never reuses
-stale progress. Outputs are written elsewhere, atomically (see `io.write_jsonl`).
+stale progress. Outputs are written elsewhere, atomically (see `artifacts`).
 """
 
 from __future__ import annotations
@@ -26,10 +26,11 @@ from typing import Callable, Iterable, Sequence
 
 from tqdm.auto import tqdm
 
+from retro_search.artifacts import outcome_from_dict, outcome_to_dict
 from retro_search.engines.base import Engine, GenerationRequest, GenerationResult
 from retro_search.records import TraceRecord
 from retro_search.search import TraceSearch
-from retro_search.search_types import GradeFn, Rollout, SearchConfig, SearchOutcome
+from retro_search.search_types import GradeFn, SearchConfig, SearchOutcome
 
 
 @dataclass
@@ -48,24 +49,6 @@ class ShardProgress:
         return self.generated_tokens / self.seconds if self.seconds else 0.0
 
 
-def outcome_to_json(outcome: SearchOutcome) -> dict:
-    row = outcome.stats()
-    row["reasoning"], row["solution"] = outcome.reasoning, outcome.solution
-    row["log"] = [_rollout_to_json(r) for r in outcome.log]
-    return row
-
-
-def outcome_from_json(row: dict) -> SearchOutcome:
-    log = [Rollout(**{**r, "seeds": tuple(r["seeds"])}) for r in row["log"]]
-    return SearchOutcome(**{**row, "log": log})
-
-
-def _rollout_to_json(rollout: Rollout) -> dict:
-    row = dict(vars(rollout))
-    row["seeds"] = list(rollout.seeds)
-    return row
-
-
 def read_progress(path: Path) -> dict[str, SearchOutcome]:
     """Finished traces from a progress file. A torn last line (the process died while writing
     it) is ignored: that trace is simply searched again."""
@@ -75,7 +58,7 @@ def read_progress(path: Path) -> dict[str, SearchOutcome]:
     with open(path, encoding="utf-8") as fh:
         for line in fh:
             try:
-                outcome = outcome_from_json(json.loads(line))
+                outcome = outcome_from_dict(json.loads(line))
             except (json.JSONDecodeError, TypeError, KeyError):
                 continue
             done[outcome.trace_id] = outcome
@@ -88,7 +71,7 @@ class _ProgressWriter:
         self._fh = open(path, "a", encoding="utf-8")
 
     def append(self, outcome: SearchOutcome) -> None:
-        self._fh.write(json.dumps(outcome_to_json(outcome), ensure_ascii=False) + "\n")
+        self._fh.write(json.dumps(outcome_to_dict(outcome), ensure_ascii=False) + "\n")
         self._fh.flush()
         os.fsync(self._fh.fileno())
 

@@ -1,20 +1,19 @@
 """`retro-search task`: write the miniature task's files (the demo's data, made by the pipeline).
 
-The task itself, its splits and the teacher's flaws are `retro_search.miniature`'s; this command
-only writes them into a stage folder, adding the teacher traces as normalised records for
-`retro-search sft-data` (how the demo's reasoning model is trained from scratch).
+The work is `retro_search.stages.task`'s; this module maps the command's flags to it.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
-from pathlib import Path
+
+from retro_search.stages.task import OUTPUTS
 
 DESCRIPTION = """\
-Write the miniature task (sums of small numbers, retro_search.miniature) into OUTPUT_DIR:
+Write the miniature task (sums of small numbers, retro_search.miniature) into OUTPUT_DIR, or each
+file where its flag says:
   teacher_traces.jsonl   teacher traces in the r1_response layout, with the flaws each was given
   teacher_records.jsonl  the same, normalised (the input of `retro-search sft-data`)
   teacher.jsonl, sample.jsonl, heldout.jsonl
@@ -25,28 +24,22 @@ Write the miniature task (sums of small numbers, retro_search.miniature) into OU
 Everything is a function of the settings (the `task` section of --config): a rerun writes the same
 bytes."""
 
+# flag -> the stage's name for the output (retro_search.stages.task.OUTPUTS)
+FLAGS = {"--teacher-traces": "teacher_traces", "--teacher-records": "teacher_records",
+         "--teacher-questions": "teacher", "--sample": "sample", "--heldout": "heldout",
+         "--task-json": "task"}
+
 
 def cmd_task(args: argparse.Namespace) -> int:
     from retro_search.config import load_config_dict
-    from retro_search.miniature import TaskConfig, write_dataset
-    from retro_search.readers import load_traces
-    from retro_search.artifacts import write_records
+    from retro_search.stages import task
 
     section = load_config_dict(args.config).get("task") or {}
-    known = {f.name for f in dataclasses.fields(TaskConfig)}
-    unknown = sorted(set(section) - known)
-    if unknown:
-        raise ValueError(f"unknown task setting(s) {unknown}; known: {sorted(known)}")
-    config = TaskConfig(**section)
-    out = Path(args.output_dir)
-    paths = write_dataset(out, config)
-    records = load_traces(paths["teacher_traces"],
-                          format={"preset": "r1_response", "id": "id"}).records
-    write_records(records, out / "teacher_records.jsonl")
-    print(json.dumps({"teacher_traces": len(records),
-                      **{name: sum(1 for _ in open(paths[name], encoding="utf-8"))
-                         for name in ("teacher", "sample", "heldout")},
-                      "output_dir": str(out)}), file=sys.stderr)
+    outputs = {name: getattr(args, name) or path
+               for name, path in task.outputs_in(args.output_dir).items()}
+    vars(args).update(outputs)  # the manifest hashes each, defaults included
+    result = task.run(section, outputs)
+    print(json.dumps(result.summary), file=sys.stderr)
     return 0
 
 
@@ -54,7 +47,10 @@ def register(sub) -> None:
     p = sub.add_parser("task", help="write the miniature task's splits and teacher traces",
                        description=DESCRIPTION,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("output_dir", help="folder to write into")
+    p.add_argument("output_dir", help="folder for the files no flag names")
+    for flag, name in FLAGS.items():
+        p.add_argument(flag, dest=name, default=None, metavar="PATH",
+                       help=f"write {OUTPUTS[name]} here (default: OUTPUT_DIR/{OUTPUTS[name]})")
     p.add_argument("--config", default=None,
                    help="stage config whose `task` section sets retro_search.miniature.TaskConfig")
-    p.set_defaults(func=cmd_task, input_args=(), output_args=("output_dir",))
+    p.set_defaults(func=cmd_task, input_args=(), output_args=tuple(OUTPUTS))

@@ -30,6 +30,9 @@ rule task:
         teacher="results/task/{sid}/teacher_records.jsonl",
         sample="results/task/{sid}/sample.jsonl",
         heldout="results/task/{sid}/heldout.jsonl",
+        teacher_traces="results/task/{sid}/teacher_traces.jsonl",
+        teacher_questions="results/task/{sid}/teacher.jsonl",
+        task="results/task/{sid}/task.json",
         manifest="results/task/{sid}/manifest.json",
     log:
         "results/task/{sid}/logs/task.log",
@@ -42,7 +45,9 @@ rule task:
         runtime=10,
     shell:
         "python -m retro_search.cli --manifest {output.manifest} task results/task/{wildcards.sid}"
-        " --config {input.config} > {log} 2>&1"
+        " --teacher-records {output.teacher} --sample {output.sample} --heldout {output.heldout}"
+        " --teacher-traces {output.teacher_traces} --teacher-questions {output.teacher_questions}"
+        " --task-json {output.task} --config {input.config} > {log} 2>&1"
 
 
 rule sample:
@@ -85,6 +90,7 @@ rule prepare:
         traces="results/prepare/{sid}/traces.jsonl",
         stats="results/prepare/{sid}/stats.json",
         removed="results/prepare/{sid}/removed.jsonl",
+        quarantine="results/prepare/{sid}/quarantine.jsonl",
         manifest="results/prepare/{sid}/manifest.json",
     log:
         "results/prepare/{sid}/logs/prepare.log",
@@ -100,7 +106,8 @@ rule prepare:
         upstream=upstream_flags("prepare"),
     shell:
         "python -m retro_search.cli --manifest {output.manifest} {params.upstream} prepare --config {input.config}"
-        " --output-dir results/prepare/{wildcards.sid} --samples {input.samples} --no-progress > {log} 2>&1"
+        " --traces {output.traces} --stats {output.stats} --removed {output.removed}"
+        " --quarantine {output.quarantine} --samples {input.samples} --no-progress > {log} 2>&1"
 
 
 rule shard:
@@ -119,9 +126,8 @@ rule shard:
     resources:
         runtime=10,
     params:
-        num_shards=lambda wildcards: num_shards(stage("shard", wildcards)),
         upstream=upstream_flags("shard"),
     shell:
         "python -m retro_search.cli --manifest {output.manifest} {params.upstream} shard --input {input.traces}"
-        " --output {output.shard} --index {wildcards.i} --num-shards {params.num_shards}"
+        " --output {output.shard} --index {wildcards.i} --config {input.config}"
         " > {log} 2>&1"

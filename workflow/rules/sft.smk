@@ -8,6 +8,7 @@ rule sft_data:
         model=model_inputs("sft_data"),
     output:
         train="results/sft_data/{sid}/train.jsonl",
+        dropped="results/sft_data/{sid}/train.dropped.jsonl",
         manifest="results/sft_data/{sid}/manifest.json",
     log:
         "results/sft_data/{sid}/logs/sft_data.log",
@@ -22,7 +23,7 @@ rule sft_data:
         upstream=upstream_flags("sft_data"),
     shell:
         "python -m retro_search.cli --manifest {output.manifest} {params.upstream} sft-data --input {input.traces}"
-        " --output {output.train} --config {input.config} > {log} 2>&1"
+        " --output {output.train} --dropped {output.dropped} --config {input.config} > {log} 2>&1"
 
 
 rule sft:

@@ -9,7 +9,8 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import logging
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 from retro_search.engines.base import (
     Engine,
@@ -20,7 +21,7 @@ from retro_search.engines.base import (
 )
 
 __all__ = ["Engine", "FinishReason", "GenerationRequest", "GenerationResult", "StreamingEngine",
-           "load_engine", "engine_info", "vllm_unavailable", "BUILTIN_ENGINES"]
+           "load_engine", "open_engine", "engine_info", "vllm_unavailable", "BUILTIN_ENGINES"]
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,19 @@ def load_engine(name: str, **kwargs: Any) -> Engine:
     if not callable(getattr(engine, "generate", None)):
         raise TypeError(f"engine {name!r}: {path} has no generate(requests) method")
     return engine
+
+
+@contextmanager
+def open_engine(name: str, **kwargs: Any) -> Iterator[Engine]:
+    """`load_engine`, shut down when the block ends however it ends: vLLM's engine processes
+    and event-loop thread would otherwise outlive a failed job."""
+    engine = load_engine(name, **kwargs)
+    try:
+        yield engine
+    finally:
+        shutdown = getattr(engine, "shutdown", None)
+        if callable(shutdown):
+            shutdown()
 
 
 def vllm_unavailable() -> str | None:

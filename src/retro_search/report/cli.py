@@ -4,7 +4,8 @@
 - summarize: the results table (CSV, Markdown), the search statistics page, three figures and a
   summary.json, from the eval stage's metrics files and the merged search outputs.
 
-pandas and matplotlib are imported inside the commands, so `retro-search --help` stays instant.
+The work is `retro_search.stages.merge` and `retro_search.stages.summarize`; pandas and
+matplotlib are imported inside them, so `retro-search --help` stays instant.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 MERGE_DESCRIPTION = """\
 Concatenate the revised shards of one Retro-Search run (in the order given) into one file, and
@@ -49,9 +49,9 @@ Writes into OUTPUT_DIR:
   trace_lengths.png        reasoning lengths before / after Retro-Search
   boundary_acceptance.png  acceptance rate of rollouts by boundary number
   summary.json             the metrics read, the table, and the search statistics
-A metrics file is the eval stage's metrics.json: it needs "benchmark", the accuracy as "accuracy"
-or "pass@1" (a fraction), and "mean_tokens"; the standard error is read from "accuracy_se",
-"accuracy_stderr", "pass@1_se" or "pass@1_stderr" when present."""
+A metrics file is the eval stage's metrics.json (retro_search.artifacts.read_eval_metrics): it
+needs "benchmark", "accuracy" (a fraction), "accuracy_stderr" (null for a single problem) and
+"mean_tokens"; other names are not guessed."""
 
 SUMMARIZE_EPILOG = """\
 Example (two arms, two benchmarks):
@@ -63,110 +63,26 @@ Example (two arms, two benchmarks):
       --rollouts merge/rollouts.jsonl --output-dir results/summary/demo"""
 
 
-# --- merge -----------------------------------------------------------------------------------
+# --- handlers --------------------------------------------------------------------------------
 
 def cmd_merge(args: argparse.Namespace) -> int:
-    from retro_search.artifacts import read_jsonl, write_json, write_jsonl
-    from retro_search.report.search_stats import merge_stats
+    from retro_search.stages import merge
 
-    revised, first_seen = [], {}
-    for path in args.inputs:
-        for number, row in enumerate(read_jsonl(path), 1):
-            trace_id = row.get("id")
-            if trace_id is None:
-                raise ValueError(f"{path}: row {number} has no 'id'")
-            if trace_id in first_seen:
-                raise ValueError(f"{path}: row {number}: duplicate trace id {trace_id!r}, already "
-                                 f"in {first_seen[trace_id]}; was a shard passed twice?")
-            first_seen[trace_id] = f"{path} (row {number})"
-            revised.append(row)
-    rollouts = [row for path in args.rollouts for row in read_jsonl(path)]
-    stats = merge_stats(revised, rollouts)
-    stats["inputs"] = {"revised": list(args.inputs), "rollouts": list(args.rollouts)}
-
-    write_jsonl(args.output, revised)
-    if args.rollout_log:
-        write_jsonl(args.rollout_log, rollouts)
-    write_json(args.stats, stats)
-    for warning in stats["warnings"]:
+    result = merge.run(args.inputs, args.rollouts, args.output, args.rollout_log, args.stats)
+    for warning in result.warnings:
         print(f"retro-search merge: warning: {warning}", file=sys.stderr)
-    print(json.dumps({"traces": stats["traces"], **stats["by_status"],
-                      "rollouts": stats["rollouts"]["tried"],
-                      "accepted": stats["rollouts"]["accepted"],
-                      "reasoning_token_change_pct": stats["reasoning_tokens"]["relative_change_pct"],
-                      "output": args.output, "stats": args.stats}), file=sys.stderr)
+    print(json.dumps(result.summary), file=sys.stderr)
     return 0
 
 
-# --- summarize -------------------------------------------------------------------------------
-
-def _read_metrics(paths: list[str], arms: list[str]) -> list[dict]:
-    from retro_search.artifacts import read_json
-    from retro_search.report.tables import metrics_from_eval
-
-    if len(paths) != len(arms):
-        raise ValueError(f"--arms gives {len(arms)} labels for {len(paths)} --metrics files; "
-                         "give one arm label per metrics file, in the same order")
-    rows = []
-    for path, arm in zip(paths, arms):
-        data = read_json(path)
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: expected a JSON object of metrics")
-        rows.append({**metrics_from_eval(data, arm, source=path), "metrics_file": path})
-    return rows
-
-
 def cmd_summarize(args: argparse.Namespace) -> int:
-    from retro_search.artifacts import json_safe, read_json, read_jsonl, write_json, write_text
-    from retro_search.report import plots
-    from retro_search.report.search_stats import (headline_markdown, merge_stats,
-                                                  search_headline, search_stats_markdown)
-    from retro_search.report.tables import results_table, write_csv, write_markdown
+    from retro_search.stages import summarize
 
-    metrics = _read_metrics(args.metrics, args.arms)
-    revised = list(read_jsonl(args.revised)) if args.revised else []
-    if args.search_stats:
-        stats = read_json(args.search_stats)
-    elif args.revised:
-        rollouts = list(read_jsonl(args.rollouts)) if args.rollouts else []
-        stats = json_safe(merge_stats(revised, rollouts))
-    else:
-        stats = None
-
-    out = Path(args.output_dir)
-    table = results_table(metrics, original_arm=args.original_arm, retro_arm=args.retro_arm)
-    headline = search_headline(stats) if stats is not None else None
-    caption = "\n\n".join(filter(None, [args.title, headline and headline_markdown(headline)]))
-    written = {"results_csv": write_csv(table, out / "results.csv"),
-               "results_md": write_markdown(table, out / "results.md", caption=caption or None),
-               "accuracy_vs_length": plots.plot_accuracy_vs_length(
-                   metrics, out / "accuracy_vs_length.png", original_arm=args.original_arm,
-                   retro_arm=args.retro_arm)}
-    if stats is not None:
-        written["search_stats_md"] = write_text(out / "search_stats.md",
-                                                search_stats_markdown(stats))
-        written["boundary_acceptance"] = plots.plot_boundary_acceptance(
-            stats.get("per_boundary", []), out / "boundary_acceptance.png")
-    if args.revised:
-        written["trace_lengths"] = plots.plot_trace_lengths(revised, out / "trace_lengths.png")
-
-    summary = {
-        "arms": list(dict.fromkeys(args.arms)),
-        "benchmarks": list(dict.fromkeys(m["benchmark"] for m in metrics)),
-        "original_arm": args.original_arm, "retro_arm": args.retro_arm,
-        "units": {"acc": "accuracy, pass@1 averaged over samples, %",
-                  "len": "mean response tokens (evaluated model's tokenizer)",
-                  "relative_row": "accuracy difference in points; length change in %",
-                  "search_tokens": "revision model's tokenizer"},
-        "metrics": metrics,
-        "table": [{"arm": arm, **row} for arm, row in table.to_dict(orient="index").items()],
-        "search": stats,
-        "search_headline": headline,
-        "files": {name: str(path) for name, path in written.items()},
-    }
-    write_json(out / "summary.json", summary)
-    print(json.dumps({"output_dir": str(out), "files": sorted(p.name for p in written.values())}),
-          file=sys.stderr)
+    result = summarize.run(args.metrics, args.arms, args.output_dir,
+                           search_stats=args.search_stats, revised=args.revised,
+                           rollouts=args.rollouts, title=args.title,
+                           original_arm=args.original_arm, retro_arm=args.retro_arm)
+    print(json.dumps(result.summary), file=sys.stderr)
     return 0
 
 

@@ -38,32 +38,20 @@ RETRO_ARM = "retro_search"
 RELATIVE_ROW = "retro vs original"
 AVERAGE = "average"
 
-# Names of the same quantity in the eval stage's metrics.json and elsewhere, first match wins.
-_ACCURACY_KEYS = ("accuracy", "pass@1")
-_SE_KEYS = ("accuracy_se", "accuracy_stderr", "pass@1_se", "pass@1_stderr")
-
-
-def _first(metrics: Mapping[str, Any], keys: Sequence[str], what: str, source: str,
-           required: bool = True) -> Any:
-    for key in keys:
-        if metrics.get(key) is not None:
-            return metrics[key]
-    if required:
-        raise ValueError(f"{source}: no {what} (looked for {', '.join(map(repr, keys))})")
-    return None
-
-
 def metrics_from_eval(metrics: Mapping[str, Any], arm: str, *, source: str = "metrics") -> dict:
-    """One table input row from an eval metrics.json: arm, benchmark, accuracy (0-1),
-    accuracy_se (None when absent), mean_tokens. `source` names the file in errors."""
-    accuracy = float(_first(metrics, _ACCURACY_KEYS, "accuracy", source))
+    """One table input row from an eval metrics.json (`artifacts.read_eval_metrics` checks its
+    keys): arm, benchmark, accuracy (0-1), accuracy_se (None for a single problem),
+    mean_tokens. `source` names the file in errors."""
+    missing = [key for key in ("benchmark", "accuracy", "mean_tokens") if metrics.get(key) is None]
+    if missing:
+        raise ValueError(f"{source}: no {missing} (an eval stage's metrics.json has them)")
+    accuracy = float(metrics["accuracy"])
     if not 0.0 <= accuracy <= 1.0:
         raise ValueError(f"{source}: accuracy {accuracy} is not a fraction in [0, 1]")
-    se = _first(metrics, _SE_KEYS, "standard error", source, required=False)
-    return {"arm": arm,
-            "benchmark": str(_first(metrics, ("benchmark",), "benchmark name", source)),
-            "accuracy": accuracy, "accuracy_se": None if se is None else float(se),
-            "mean_tokens": float(_first(metrics, ("mean_tokens",), "mean_tokens", source))}
+    se = metrics.get("accuracy_stderr")
+    return {"arm": arm, "benchmark": str(metrics["benchmark"]), "accuracy": accuracy,
+            "accuracy_se": None if se is None else float(se),
+            "mean_tokens": float(metrics["mean_tokens"])}
 
 
 def _ordered(values: Iterable[str], order: Sequence[str] | None) -> list[str]:

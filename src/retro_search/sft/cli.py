@@ -1,7 +1,8 @@
 """`retro-search sft-data` and `retro-search sft`: the SFT stage's subcommands.
 
 Both read the `student` and `sft` sections of a stage config (`--config STAGE.yaml`), then
-`student.KEY=VALUE` / `sft.KEY=VALUE` overrides. Heavy imports stay inside the commands.
+`student.KEY=VALUE` / `sft.KEY=VALUE` overrides, and hand them to their stage
+(`retro_search.stages.sft_data`, `retro_search.stages.sft`), which does the work.
 """
 
 from __future__ import annotations
@@ -24,69 +25,26 @@ def dropped_path(output: str | Path) -> Path:
 
 
 def cmd_sft_data(args: argparse.Namespace) -> int:
-    from transformers import AutoTokenizer
-
-    from retro_search.artifacts import write_jsonl
-    from retro_search.prompts import load_prompt_format
-    from retro_search.artifacts import read_records
     from retro_search.sft.config import load_settings
-    from retro_search.sft.data import build_sft_data, eos_text
+    from retro_search.stages import sft_data
 
     student, settings = load_settings(args.config, args.overrides)
-    records = read_records(args.input)
-    tokenizer_path = student.tokenizer or student.path
-    revision = student.revision if student.tokenizer is None else None
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_path, revision=revision)
-    prompt_format = load_prompt_format(
-        tokenizer_path, system_prompt=student.system_prompt, user_template=student.user_template,
-        think_open=student.think_open, think_close=student.think_close, revision=revision)
-    data = build_sft_data(records, prompt_format, tokenizer,
-                          eos_token=eos_text(tokenizer, settings.eos_token),
-                          max_length=settings.max_length if settings.drop_overlong else None)
-    side = dropped_path(args.output)
-    write_jsonl(side, data.dropped)  # always written, empty when nothing was dropped
-    write_jsonl(args.output, data.rows)
-    print(json.dumps({"records": len(records), "rows": len(data.rows),
-                      "dropped": len(data.dropped), "max_length": settings.max_length,
-                      "max_tokens": max(data.tokens, default=0),
-                      "mean_tokens": round(sum(data.tokens) / max(len(data.tokens), 1), 1),
-                      "output": str(args.output), "dropped_file": str(side)}), file=sys.stderr)
+    args.dropped = args.dropped or str(dropped_path(args.output))  # the manifest hashes it
+    result = sft_data.run(student, settings, args.input, args.output, args.dropped)
+    print(json.dumps(result.summary), file=sys.stderr)
     return 0
 
 
-def accelerate_command(args: argparse.Namespace, accelerate_config: str) -> list[str]:
-    """The `accelerate launch` command that runs this same `sft` once per GPU (without
-    --processes, so the launched processes train instead of launching again)."""
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-               accelerate_config, "--num_processes", str(args.processes),
-               "-m", "retro_search.cli", "sft", "--train", str(args.train),
-               "--output-dir", str(args.output_dir)]
-    if args.config:
-        command += ["--config", str(args.config)]
-    return command + list(args.overrides)
-
-
 def cmd_sft(args: argparse.Namespace) -> int:
-    import subprocess
-
     from retro_search.sft.config import load_settings
-    from retro_search.sft.train import train
+    from retro_search.stages import sft
 
     student, settings = load_settings(args.config, args.overrides)
-    if not Path(args.train).is_file():
-        raise FileNotFoundError(f"--train {args.train}: no such file")
     if args.processes > 1:
-        if not Path(settings.accelerate_config).is_file():
-            raise FileNotFoundError(f"sft.accelerate_config={settings.accelerate_config}: no such "
-                                    "file (paths are relative to where the command runs)")
-        command = accelerate_command(args, settings.accelerate_config)
-        print("launching: " + " ".join(command), file=sys.stderr, flush=True)
-        return subprocess.run(command).returncode
-    metrics = train(args.train, args.output_dir, student, settings)
-    summary = {k: metrics[k] for k in ("resumed_from", "session_steps", "session_runtime_s",
-                                       "global_step", "epoch", "mean_logged_loss",
-                                       "num_input_tokens_seen")}
-    print(json.dumps({**summary, "model": str(Path(args.output_dir) / "model")}), file=sys.stderr)
+        return sft.launch(settings, args.train, args.output_dir, processes=args.processes,
+                          config=args.config, overrides=args.overrides)
+    result = sft.run(student, settings, args.train, args.output_dir)
+    print(json.dumps(result.summary), file=sys.stderr)
     return 0
 
 
@@ -99,14 +57,17 @@ def register(sub) -> None:
         "(user turn, generation prompt) ending with the reasoning opener once; completion = "
         "reasoning + '\\n</think>\\n\\n' + solution + the eos token. With sft.drop_overlong (the "
         "default) rows over sft.max_length tokens are left out and listed with the reason in "
-        "OUTPUT with the suffix .dropped.jsonl (always written).",
+        "--dropped (always written).",
         epilog=OVERRIDES_HELP)
     p.add_argument("--input", required=True, help="normalised or revised traces (.jsonl)")
     p.add_argument("--output", required=True, help="training rows (.jsonl)")
+    p.add_argument("--dropped", default=None, metavar="PATH",
+                   help="rows left out, with the reason (.jsonl; default: OUTPUT with the "
+                   "suffix .dropped.jsonl)")
     p.add_argument("--config", default=None, help="stage config YAML with `student` and `sft` sections")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="student.* / sft.* overrides")
-    p.set_defaults(func=cmd_sft_data, input_args=("input",), output_args=("output",))
+    p.set_defaults(func=cmd_sft_data, input_args=("input",), output_args=("output", "dropped"))
 
     p = sub.add_parser(
         "sft", help="fine-tune the student on sft-data rows (TRL SFTTrainer)",

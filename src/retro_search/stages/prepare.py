@@ -14,7 +14,7 @@
    the first ones, i.e. the lowest sample indices of sampled data, file order otherwise.
 
 Nothing is dropped silently: every removed trace is listed with its reason in `removed.jsonl`
-and counted in `stats.json`.
+and counted in `stats.json`; bad records of the source are in `quarantine.jsonl`.
 """
 
 from __future__ import annotations
@@ -26,6 +26,11 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from retro_search.records import TraceRecord
+from retro_search.stages import StageResult
+
+# The stage's outputs and their file names in a stage folder (`outputs_in`).
+OUTPUTS = {"traces": "traces.jsonl", "stats": "stats.json", "removed": "removed.jsonl",
+           "quarantine": "quarantine.jsonl"}
 
 _WORD = re.compile(r"[a-z0-9]+")
 
@@ -131,15 +136,23 @@ def check_data_section(data: Mapping[str, Any]) -> None:
                          f"all), got {cap!r}")
 
 
-def run_prepare(cfg: Mapping[str, Any], out: Path, samples: Sequence[str | Path] = (),
-                progress: bool = True) -> dict[str, Any]:
+def outputs_in(folder: str | Path) -> dict[str, Path]:
+    return {name: Path(folder) / file for name, file in OUTPUTS.items()}
+
+
+def run(cfg: Mapping[str, Any], outputs: Mapping[str, str | Path],
+        samples: Sequence[str | Path] = (), progress: bool = True) -> StageResult:
     """The stage: reads `cfg` (sections data, grading, decontamination) and `samples` (the
-    sample stage's shards, when data.sample is set), writes traces.jsonl, stats.json,
-    removed.jsonl and quarantine.jsonl into `out`; returns the stats."""
+    sample stage's shards, when data.sample is set); writes the files `outputs` names (keys of
+    OUTPUTS: traces, stats, removed, quarantine). The summary is the stats, with a line."""
+    from retro_search.artifacts import write_json, write_jsonl, write_records
     from retro_search.grading import Grader, normalize_reference
-    from retro_search.artifacts import write_json, write_jsonl
     from retro_search.readers import load_traces
-    from retro_search.artifacts import write_records
+
+    missing = sorted(set(OUTPUTS) - set(outputs))
+    if missing:
+        raise ValueError(f"prepare: no path given for the output(s) {missing}")
+    out = {name: Path(outputs[name]) for name in OUTPUTS}
 
     data, grading, decontam = cfg["data"], cfg["grading"], cfg.get("decontamination", {})
     check_data_section(data)
@@ -151,7 +164,7 @@ def run_prepare(cfg: Mapping[str, Any], out: Path, samples: Sequence[str | Path]
         if not samples:
             raise ValueError("data.sample is set: give the sample stage's shards (--samples)")
         records, removed, reasons, read = read_samples(samples, data.get("label") or "samples")
-        write_jsonl(out / "quarantine.jsonl", [])  # bad questions: the sample shards' own
+        write_jsonl(out["quarantine"], [])  # bad questions: the sample shards' own
         read_stats = {"read": read, "quarantined": 0, "loaded": len(records)}
         summary = f"{len(samples)} sample shard(s): {read} samples"
     else:
@@ -161,7 +174,7 @@ def run_prepare(cfg: Mapping[str, Any], out: Path, samples: Sequence[str | Path]
                              split=data.get("split", "train"), name=data.get("name"),
                              limit=data.get("limit"), source_dataset=data.get("label"),
                              on_bad_record=data.get("on_bad_record", "quarantine"),
-                             quarantine_path=out / "quarantine.jsonl")
+                             quarantine_path=out["quarantine"])
         records = report.records
         read_stats = {"read": report.total, "quarantined": report.quarantined,
                       "loaded": len(records)}
@@ -190,12 +203,12 @@ def run_prepare(cfg: Mapping[str, Any], out: Path, samples: Sequence[str | Path]
     reasons += filter_reasons
     if extra:
         reasons["over_max_per_question"] += len(extra)
-    write_jsonl(out / "removed.jsonl", removed)
+    write_jsonl(out["removed"], removed)
     stats = {**read_stats, "original_correct": sum(g.correct for g in grades),
              "removed": dict(reasons), "kept": len(kept),
              "questions_kept": len({question_key(r) for r in kept}),
              "kept_by_source": dict(Counter(f"{r.source_model}|{r.source_dataset}" for r in kept))}
-    write_json(out / "stats.json", stats)
-    write_records(kept, out / "traces.jsonl")
+    write_json(out["stats"], stats)
+    write_records(kept, out["traces"])
     stats["summary"] = f"{summary}; kept {len(kept)} ({dict(reasons)} removed)"
-    return stats
+    return StageResult(outputs=out, summary=stats)

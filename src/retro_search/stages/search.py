@@ -11,20 +11,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from retro_search.stages import StageResult
 
 log = logging.getLogger(__name__)
 
 STATUSES = ("revised", "unchanged", "incorrect_original", "skipped")
-
-
-@dataclass
-class SearchStageResult:
-    summary: dict[str, Any]  # counts of the shard, printed by the CLI as one JSON line
-    engine: dict[str, Any]  # engine_info: which engine ran, on what, with which settings
-    skipped: list[str]  # one line per trace the search skipped, with its reason
 
 
 def _fingerprint(cfg: dict, input_path: str | Path) -> str:
@@ -34,15 +28,15 @@ def _fingerprint(cfg: dict, input_path: str | Path) -> str:
     return digest.hexdigest()[:12]
 
 
-def run_search_stage(cfg: dict[str, Any], input_path: str | Path, output: str | Path,
-                     rollout_log: str | Path, *, input_format: str = "records",
-                     limit: int | None = None, show_progress: bool = True) -> SearchStageResult:
+def run(cfg: dict[str, Any], input_path: str | Path, output: str | Path,
+        rollout_log: str | Path, *, input_format: str = "records", limit: int | None = None,
+        show_progress: bool = True) -> StageResult:
     """Retro-Search every trace of `input_path` with the resolved config `cfg` (sections
     search, model, engine, grading); write the revised traces to `output` and every rollout to
-    `rollout_log`, both atomically."""
-    from retro_search.artifacts import write_jsonl
+    `rollout_log`, both atomically. The warnings name each trace the search skipped."""
+    from retro_search.artifacts import rollout_to_dict, write_jsonl
     from retro_search.config import engine_kwargs, search_config
-    from retro_search.engines import engine_info, load_engine
+    from retro_search.engines import engine_info, open_engine
     from retro_search.grading import Grader, normalize_reference
     from retro_search.prompts import load_prompt_format
     from retro_search.readers import read_traces
@@ -64,21 +58,16 @@ def run_search_stage(cfg: dict[str, Any], input_path: str | Path, output: str | 
             raise ValueError(f"{input_path}: trace {trace.id!r}, field 'reference_answer': "
                              f"{err}") from None
     name, kwargs = engine_kwargs(cfg)
-    engine = load_engine(name, **kwargs)
-    info = engine_info(engine)
-    log.info("engine: %s on %s (%s)", info["name"], info["device"], info["settings"])
-    try:
-        with Grader(processes=cfg["grading"]["processes"],
-                    timeout=cfg["grading"]["timeout"]) as grader:
-            outcomes, stats = run_shard(
-                traces, engine, prompt_head=prompt.head, config=config,
-                grade=lambda gold, solution: grader.grade(normalize_reference(gold), solution),
-                count_tokens=prompt.count_tokens, think_close=model["think_close"],
-                progress_path=progress, show_progress=show_progress)
-    finally:
-        shutdown = getattr(engine, "shutdown", None)  # vLLM's engine processes
-        if callable(shutdown):
-            shutdown()
+    with open_engine(name, **kwargs) as engine, \
+            Grader(processes=cfg["grading"]["processes"],
+                   timeout=cfg["grading"]["timeout"]) as grader:
+        info = engine_info(engine)
+        log.info("engine: %s on %s (%s)", info["name"], info["device"], info["settings"])
+        outcomes, stats = run_shard(
+            traces, engine, prompt_head=prompt.head, config=config,
+            grade=lambda gold, solution: grader.grade(normalize_reference(gold), solution),
+            count_tokens=prompt.count_tokens, think_close=model["think_close"],
+            progress_path=progress, show_progress=show_progress)
 
     revised = []
     for trace, outcome in zip(traces, outcomes):
@@ -88,7 +77,7 @@ def run_search_stage(cfg: dict[str, Any], input_path: str | Path, output: str | 
         row["reasoning"], row["solution"] = outcome.reasoning, outcome.solution
         row["search"] = outcome.stats()
         revised.append(row)
-    write_jsonl(rollout_log, (dict(vars(r), seeds=list(r.seeds)) for o in outcomes for r in o.log))
+    write_jsonl(rollout_log, (rollout_to_dict(r) for o in outcomes for r in o.log))
     write_jsonl(output, revised)
     progress.unlink(missing_ok=True)  # the outputs now hold everything it had
 
@@ -104,5 +93,6 @@ def run_search_stage(cfg: dict[str, Any], input_path: str | Path, output: str | 
                "reasoning_tokens_after": sum(o.reasoning_tokens_after for o in searched),
                "generated_tokens_per_s": round(stats.tokens_per_second, 1),
                "output": str(output), "rollout_log": str(rollout_log)}
-    skipped = [f"trace {o.trace_id!r}: {o.skip_reason}" for o in outcomes if o.skip_reason]
-    return SearchStageResult(summary=summary, engine=info, skipped=skipped)
+    return StageResult(
+        outputs={"revised": output, "rollouts": Path(rollout_log)}, summary=summary, engine=info,
+        warnings=[f"trace {o.trace_id!r}: {o.skip_reason}" for o in outcomes if o.skip_reason])

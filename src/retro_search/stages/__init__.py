@@ -1,0 +1,36 @@
+"""The pipeline's stages, one module each: a function that takes the stage's resolved settings
+and its explicit input and output paths, does the work, and returns what it wrote.
+
+    task, tiny_model     the miniature task's files; a tiny local model
+    sample               questions -> a model's own responses (one shard)
+    prepare              raw or sampled traces -> the graded, filtered, decontaminated pool
+    shard                the pool -> shard i of n
+    search               one shard -> revised traces and the rollout log
+    merge                the shards -> one revised set, its rollout log and statistics
+    sft_data, sft        traces -> the student's training rows -> the fine-tuned student
+    evaluate             a model -> generations and metrics per benchmark (one shard); merge
+    summarize            metrics and search statistics -> tables, plots, summary.json
+
+The command line (`retro_search.cli` and the `*_cli` modules) only maps flags to these calls and
+prints what they return; the workflow's rules call the command line with every declared input
+and output by name. Heavy imports (torch, transformers, vLLM, math-verify, pandas) happen inside
+the functions, so importing a stage module is cheap.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class StageResult:
+    """What a stage wrote (`outputs`, by name), counts for its log (`summary`, printed as one
+    JSON line), the engine that ran (`engine`, for the manifest) and `warnings` (one line
+    each, printed with the summary)."""
+
+    outputs: dict[str, Path] = field(default_factory=dict)
+    summary: dict[str, Any] = field(default_factory=dict)
+    engine: dict[str, Any] | None = None
+    warnings: list[str] = field(default_factory=list)

@@ -1,0 +1,22 @@
+"""The shard stage: shard i of n of the prepared pool, round robin (traces i, i + n, i + 2n, ...),
+so a pool sorted by source or length still gives shards of similar cost."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from retro_search.stages import StageResult
+
+
+def run(input_path: str | Path, output: str | Path, index: int, num_shards: int) -> StageResult:
+    from retro_search.artifacts import read_jsonl, write_jsonl
+
+    if not isinstance(num_shards, int) or num_shards < 1:
+        raise ValueError(f"num_shards must be an integer of at least 1, got {num_shards!r}")
+    if not 0 <= index < num_shards:
+        raise ValueError(f"--index must be in 0..{num_shards - 1}, got {index}")
+    rows = list(read_jsonl(input_path))
+    count = write_jsonl(output, rows[index::num_shards])
+    return StageResult(outputs={"shard": Path(output)},
+                       summary={"shard": index, "num_shards": num_shards, "traces": count,
+                                "of": len(rows), "output": str(output)})

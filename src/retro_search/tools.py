@@ -1,0 +1,71 @@
+"""The standalone commands that are not pipeline stages, each a function over explicit paths:
+`normalize` (raw traces -> records), `segment` (steps, thoughts, boundaries of each trace) and
+`grade` (rows with a reference and a response -> graded rows). Each returns a line for the log."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+
+def normalize(source: str, output: str | Path, *, format: str = "r1", split: str = "train",
+              name: str | None = None, limit: int | None = None,
+              quarantine: str | Path | None = None) -> str:
+    """Records of a raw source; bad records stop the call, or go to `quarantine` when given."""
+    from retro_search.artifacts import write_records
+    from retro_search.readers import load_traces
+
+    report = load_traces(source, format=format, split=split, limit=limit, name=name,
+                         on_bad_record="quarantine" if quarantine else "error",
+                         quarantine_path=quarantine)
+    write_records(report.records, output)
+    return report.summary()
+
+
+def segment(input_path: str | Path, output: str | Path, *, format: str = "records",
+            keywords: Sequence[str] | None = None) -> str:
+    from retro_search.artifacts import write_jsonl
+    from retro_search.readers import read_traces
+    from retro_search.segmentation import DEFAULT_KEYWORDS, segment as split_trace
+
+    keywords = tuple(keywords) if keywords else DEFAULT_KEYWORDS
+    rows = []
+    for trace in read_traces(input_path, format):
+        seg = split_trace(trace.reasoning, keywords)
+        rows.append({"id": trace.id, "steps": seg.num_steps, "thoughts": seg.num_thoughts,
+                     "boundaries": seg.num_boundaries,
+                     # boundary i sits right before step boundary_steps[i - 1] (0-based step index)
+                     "boundary_steps": list(seg.thought_starts[1:]),
+                     "thought_lengths": [len(t) for t in seg.thoughts()]})
+    write_jsonl(output, rows)
+    return f"segmented {len(rows)} traces -> {output}"
+
+
+def grade(input_path: str | Path, output: str | Path, *, gold_field: str = "gold",
+          response_field: str = "response", processes: int | None = None,
+          timeout: float = 10.0, progress: bool = True) -> str:
+    """Each row with `correct`, `extracted` and `grade_error` added. A row without either field,
+    or with a reference math-verify cannot read, is an error naming the row and the field,
+    raised before any grading."""
+    from retro_search.artifacts import read_jsonl, write_jsonl
+    from retro_search.grading import Grader, normalize_reference
+
+    rows = list(read_jsonl(input_path))
+    pairs = []
+    for number, row in enumerate(rows, 1):
+        for field in (gold_field, response_field):
+            if field not in row:
+                raise ValueError(f"{input_path}: row {number} (id={row.get('id')!r}) "
+                                 f"has no field {field!r}")
+        try:
+            gold = normalize_reference(row[gold_field])
+        except ValueError as err:
+            raise ValueError(f"{input_path}: row {number} (id={row.get('id')!r}), "
+                             f"field {gold_field!r}: {err}") from None
+        pairs.append((gold, str(row[response_field])))
+    with Grader(processes=processes, timeout=timeout) as grader:
+        grades = grader.grade_many(pairs, progress=progress)
+    for row, result in zip(rows, grades):
+        row.update(correct=result.correct, extracted=result.extracted, grade_error=result.error)
+    write_jsonl(output, rows)
+    return f"graded {len(rows)} rows: {sum(g.correct for g in grades)} correct -> {output}"
