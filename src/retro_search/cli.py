@@ -7,7 +7,6 @@ Each subcommand reads files, calls the package, and writes its outputs atomicall
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
@@ -64,10 +63,7 @@ def cmd_search(args: argparse.Namespace) -> int:
                         input_format=args.format, limit=args.limit,
                         show_progress=not args.no_progress)
     args.engine_info = result.engine  # the manifest says which engine ran
-    print(json.dumps(result.summary), file=sys.stderr)
-    for line in result.warnings:
-        print(f"retro-search search: {line}", file=sys.stderr)
-    return 0
+    return result.report(args.command)
 
 
 # --- prepare, shard ---------------------------------------------------------------------------
@@ -99,8 +95,7 @@ def cmd_shard(args: argparse.Namespace) -> int:
     elif num_shards is None:
         raise ValueError("give --num-shards N, or --config with num_shards")
     result = shard.run(args.input, args.output, args.index, num_shards)
-    print(json.dumps(result.summary), file=sys.stderr)
-    return 0
+    return result.report(args.command)
 
 
 # --- audit ---------------------------------------------------------------------------------

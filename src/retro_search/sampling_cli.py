@@ -8,8 +8,6 @@ imports stay inside the command.
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 from pathlib import Path
 from typing import Sequence
 
@@ -108,10 +106,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
                         quarantine=quarantine, chunk_size=args.chunk_size,
                         show_progress=not args.no_progress)
     args.engine_info = result.engine  # the manifest says which engine ran
-    for warning in result.warnings:
-        print(f"retro-search sample: {warning}", file=sys.stderr)
-    print(json.dumps(result.summary), file=sys.stderr)
-    return 0
+    return result.report(args.command)
 
 
 def register(sub) -> None:

@@ -6,8 +6,6 @@ The work is `retro_search.stages.task`'s; this module maps the command's flags t
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 
 from retro_search.stages.task import OUTPUTS
 
@@ -39,8 +37,7 @@ def cmd_task(args: argparse.Namespace) -> int:
                for name, path in task.outputs_in(args.output_dir).items()}
     vars(args).update(outputs)  # the manifest hashes each, defaults included
     result = task.run(section, outputs)
-    print(json.dumps(result.summary), file=sys.stderr)
-    return 0
+    return result.report(args.command)
 
 
 def register(sub) -> None:

@@ -9,7 +9,6 @@ stays instant.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import TYPE_CHECKING
 
@@ -59,10 +58,7 @@ def _stderr(line: str) -> None:
 
 def _report(args: argparse.Namespace, result: StageResult) -> int:
     args.engine_info = result.engine  # the manifest says which engine ran
-    print(json.dumps(result.summary), file=sys.stderr)
-    for line in result.warnings:
-        print(f"retro-search {args.command}: {line}", file=sys.stderr)
-    return 0
+    return result.report(args.command)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:

@@ -11,8 +11,6 @@ matplotlib are imported inside them, so `retro-search --help` stays instant.
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 
 MERGE_DESCRIPTION = """\
 Concatenate the revised shards of one Retro-Search run (in the order given) into one file, and
@@ -68,11 +66,8 @@ Example (two arms, two benchmarks):
 def cmd_merge(args: argparse.Namespace) -> int:
     from retro_search.stages import merge
 
-    result = merge.run(args.inputs, args.rollouts, args.output, args.rollout_log, args.stats)
-    for warning in result.warnings:
-        print(f"retro-search merge: warning: {warning}", file=sys.stderr)
-    print(json.dumps(result.summary), file=sys.stderr)
-    return 0
+    return merge.run(args.inputs, args.rollouts, args.output, args.rollout_log,
+                     args.stats).report(args.command)
 
 
 def cmd_summarize(args: argparse.Namespace) -> int:
@@ -82,8 +77,7 @@ def cmd_summarize(args: argparse.Namespace) -> int:
                            search_stats=args.search_stats, revised=args.revised,
                            rollouts=args.rollouts, title=args.title,
                            original_arm=args.original_arm, retro_arm=args.retro_arm)
-    print(json.dumps(result.summary), file=sys.stderr)
-    return 0
+    return result.report(args.command)
 
 
 # --- parser ----------------------------------------------------------------------------------

@@ -8,8 +8,6 @@ Both read the `student` and `sft` sections of a stage config (`--config STAGE.ya
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 from pathlib import Path
 
 OVERRIDES_HELP = (
@@ -31,8 +29,7 @@ def cmd_sft_data(args: argparse.Namespace) -> int:
     student, settings = load_settings(args.config, args.overrides)
     args.dropped = args.dropped or str(dropped_path(args.output))  # the manifest hashes it
     result = sft_data.run(student, settings, args.input, args.output, args.dropped)
-    print(json.dumps(result.summary), file=sys.stderr)
-    return 0
+    return result.report(args.command)
 
 
 def cmd_sft(args: argparse.Namespace) -> int:
@@ -44,8 +41,7 @@ def cmd_sft(args: argparse.Namespace) -> int:
         return sft.launch(settings, args.train, args.output_dir, processes=args.processes,
                           config=args.config, overrides=args.overrides)
     result = sft.run(student, settings, args.train, args.output_dir)
-    print(json.dumps(result.summary), file=sys.stderr)
-    return 0
+    return result.report(args.command)
 
 
 def register(sub) -> None:

@@ -19,6 +19,8 @@ the functions, so importing a stage module is cheap.
 
 from __future__ import annotations
 
+import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,9 +30,17 @@ from typing import Any
 class StageResult:
     """What a stage wrote (`outputs`, by name), counts for its log (`summary`, printed as one
     JSON line), the engine that ran (`engine`, for the manifest) and `warnings` (one line
-    each, printed with the summary)."""
+    each, printed before the summary)."""
 
     outputs: dict[str, Path] = field(default_factory=dict)
     summary: dict[str, Any] = field(default_factory=dict)
     engine: dict[str, Any] | None = None
     warnings: list[str] = field(default_factory=list)
+
+    def report(self, command: str) -> int:
+        """Print the warnings ("retro-search COMMAND: ...") and the summary to stderr, the
+        job's log; returns 0, the command's exit status."""
+        for line in self.warnings:
+            print(f"retro-search {command}: {line}", file=sys.stderr)
+        print(json.dumps(self.summary), file=sys.stderr)
+        return 0

@@ -46,4 +46,4 @@ def run(inputs: Sequence[str | Path], rollouts: Sequence[str | Path], output: st
                "accepted": stats["rollouts"]["accepted"],
                "reasoning_token_change_pct": stats["reasoning_tokens"]["relative_change_pct"],
                "output": str(output), "stats": str(stats_path)}
-    return StageResult(outputs=outputs, summary=summary, warnings=list(stats["warnings"]))
+    return StageResult(outputs=outputs, summary=summary, warnings=[f"warning: {w}" for w in stats["warnings"]])
