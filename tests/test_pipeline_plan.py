@@ -190,3 +190,22 @@ def test_the_demo_trains_its_reasoner_which_samples_searches_and_is_the_student(
 def test_a_reasoner_path_without_a_reasoner_section_is_refused():
     with pytest.raises(ValueError, match="no `reasoner` section"):
         build_plan(CONFIG, ["traces_demo"], ["model.path=reasoner"])
+
+
+def test_an_edited_benchmark_copy_readdresses_prepare_and_eval_and_a_missing_one_stops_the_plan(
+        tmp_path, monkeypatch):
+    import shutil
+
+    shutil.copytree(CONFIG.parent / "data" / "benchmarks", tmp_path / "data" / "benchmarks")
+    monkeypatch.chdir(tmp_path)  # data_dir is relative to where the workflow runs
+    base, = build_plan(CONFIG, ["traces_demo"]).experiments
+    assert "data/benchmarks/math500.jsonl" in base.stages["eval:base"].config["input_files"]
+    gold = tmp_path / "data" / "benchmarks" / "math500.jsonl"
+    gold.write_text(gold.read_text().replace('"answer": "', '"answer": "9', 1))
+    edited, = build_plan(CONFIG, ["traces_demo"]).experiments
+    assert ids(base, ["tiny_model"]) == ids(edited, ["tiny_model"])
+    for role in ("prepare", "search", "eval:base", "eval:retro_search", "summary"):
+        assert base.stages[role].id != edited.stages[role].id, role
+    gold.unlink()
+    with pytest.raises(ValueError, match=r"data/benchmarks/math500.jsonl does not exist"):
+        build_plan(CONFIG, ["traces_demo"])

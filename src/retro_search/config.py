@@ -171,6 +171,22 @@ def check_sections(cfg: dict[str, Any]) -> None:
     check_section(EvalSettings, "eval", cfg["eval"])
 
 
+def expand_sweep(overrides: list[str]) -> list[list[str]]:
+    """Hydra multirun syntax: `search.rollouts=1,2,4` -> one override list per value
+    (cartesian product over every swept key). Quoted values are not split."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(list(overrides))
+    runs: list[list[str]] = [[]]
+    for override in parsed:
+        if override.is_sweep_override():
+            values = list(override.sweep_string_iterator())
+            runs = [run + [f"{override.get_key_element()}={v}"] for run in runs for v in values]
+        else:
+            runs = [run + [override.input_line] for run in runs]
+    return runs
+
+
 WORKFLOW_KEYS = ("experiment", "overrides", "config_dir")  # Snakemake's --config KEY=VALUE
 
 

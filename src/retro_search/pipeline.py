@@ -43,6 +43,7 @@ one engine start per job instead of one per benchmark.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import re
@@ -133,22 +134,6 @@ def compose(config_dir: str | Path, experiment: str, overrides: Iterable[str] = 
     return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
 
 
-def expand_sweep(overrides: list[str]) -> list[list[str]]:
-    """Hydra multirun syntax: `search.rollouts=1,2,4` -> one override list per value
-    (cartesian product over every swept key). Quoted values are not split."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    parsed = OverridesParser.create().parse_overrides(list(overrides))
-    runs: list[list[str]] = [[]]
-    for override in parsed:
-        if override.is_sweep_override():
-            values = list(override.sweep_string_iterator())
-            runs = [run + [f"{override.get_key_element()}={v}"] for run in runs for v in values]
-        else:
-            runs = [run + [override.input_line] for run in runs]
-    return runs
-
-
 def eval_shard_counts(section: dict[str, Any]) -> dict[str, int]:
     """Shards of each benchmark of an `eval` config section, in `eval.benchmarks` order:
     `num_shards_per_benchmark[name]`, else `num_shards` (`EvalSettings.shards_for` in a job).
@@ -165,6 +150,39 @@ def eval_shard_counts(section: dict[str, Any]) -> dict[str, int]:
             key = (f"num_shards_per_benchmark.{name}" if name in per_benchmark else "num_shards")
             raise ValueError(f"eval.{key} must be an integer of at least 1, got {count!r}")
     return counts
+
+
+@functools.lru_cache(maxsize=None)
+def _sha256(path: str, mtime_ns: int, size: int) -> str:
+    from retro_search.provenance import sha256_file
+
+    return sha256_file(Path(path))
+
+
+def input_files(benchmarks: Iterable[str], data_dir: str | None, data_dirs: dict[str, str],
+                results: str, source: str | None = None, key: str = "eval") -> dict[str, str]:
+    """sha256 of every local file a stage reads from outside the pipeline, by path: the local
+    copies of its benchmarks (`data_dir`, or `data_dirs[name]`) and a local `data.source` (a file
+    or a folder of files). Part of the stage's key, so an edited gold answer makes a new stage
+    instead of passing unnoticed. A benchmark made by a stage (the task's arith) is keyed by that
+    stage; one from the hub by its id. A missing copy is refused here, before any job runs."""
+    from retro_search.evaluation.benchmarks import get_benchmark
+
+    paths = []
+    for name in benchmarks:
+        folder = data_dirs.get(name, data_dir)
+        if folder is None or str(folder).startswith(f"{results}/"):
+            continue
+        path = Path(folder) / get_benchmark(name).local_file
+        if not path.is_file():
+            where = f"{key}.data_dirs.{name}" if name in data_dirs else f"{key}.data_dir"
+            raise ValueError(f"{where}: {path} does not exist (the local copy of benchmark "
+                             f"{name!r}); null reads it from the hub")
+        paths.append(path)
+    if source and Path(source).exists():
+        source = Path(source)
+        paths += sorted(p for p in source.rglob("*") if p.is_file()) if source.is_dir() else [source]
+    return {str(p): _sha256(str(p), p.stat().st_mtime_ns, p.stat().st_size) for p in paths}
 
 
 def eval_benchmark_dir(section: dict[str, Any], benchmark: str) -> str:
@@ -285,7 +303,12 @@ def plan_experiment(name: str, cfg: dict, results: str = "results") -> Experimen
                                                     decontamination["benchmarks"])
     prepare = stage("prepare", "prepare", data_label,
                     {"data": cfg["data"], "grading": cfg["grading"],
-                     "decontamination": decontamination}, prepare_up + decontamination_up)
+                     "decontamination": decontamination,
+                     "input_files": input_files(
+                         decontamination["benchmarks"], decontamination.get("data_dir"),
+                         decontamination.get("data_dirs") or {}, results,
+                         source=cfg["data"].get("source"), key="data.decontamination")},
+                    prepare_up + decontamination_up)
     shard = stage("shard", "shard", data_label,
                   {"num_shards": cfg["pipeline"]["num_shards"]}, [prepare])
     model, model_up = model_ref("model")
@@ -303,6 +326,8 @@ def plan_experiment(name: str, cfg: dict, results: str = "results") -> Experimen
         raise ValueError(f"pipeline.arms: unknown arm(s) {sorted(unknown)}; known: {list(ARMS)}")
     # One eval stage per arm over every benchmark: its jobs load the engine once for all of them.
     evaluation, eval_up = with_task(evaluation, cfg["eval"]["benchmarks"])
+    eval_files = input_files(evaluation["benchmarks"], evaluation.get("data_dir"),
+                             evaluation.get("data_dirs") or {}, results)
     evals = []
     for arm in arms:
         if arm == "base":
@@ -317,8 +342,8 @@ def plan_experiment(name: str, cfg: dict, results: str = "results") -> Experimen
             model_dir, upstream = sft.path("model"), [sft]
         evals.append(stage(
             f"eval:{arm}", "eval", f"{arm}-{student_label}",
-            {"eval": evaluation, "engine": cfg["engine"],
-             "student": student, "model_dir": model_dir, "arm": arm},
+            {"eval": evaluation, "engine": cfg["engine"], "student": student,
+             "model_dir": model_dir, "arm": arm, "input_files": eval_files},
             [*upstream, *eval_up]))
     stage("summary", "summary", name, {"arms": arms}, [merge, *evals])
     return Experiment(name, cfg, stages)
@@ -347,6 +372,8 @@ def build_plan(config_dir: str | Path, experiments: Iterable[str], overrides: It
                results: str = "results") -> Plan:
     """All stages of every requested experiment (x every point of a sweep), deduplicated."""
     planned, by_dir = [], {}
+    from retro_search.config import expand_sweep
+
     runs = expand_sweep(list(overrides))
     for experiment in experiments:
         for run in runs:

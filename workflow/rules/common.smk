@@ -90,6 +90,16 @@ def model_inputs(kind):
     return inputs
 
 
+def local_files(kind):
+    """The files from outside the pipeline a stage reads (local benchmark copies, a local
+    data.source), whose sha256 its config holds (pipeline.input_files)."""
+
+    def files(wildcards):
+        return sorted(stage(kind, wildcards).config.get("input_files", {}))
+
+    return files
+
+
 def task_files(kind, name):
     """A file of the miniature task stage when the stage reads it (else nothing)."""
 

@@ -86,6 +86,7 @@ rule prepare:
         source=prepare_source,
         samples=prepare_samples,
         heldout=task_files("prepare", "heldout.jsonl"),  # decontamination against it
+        local=local_files("prepare"),  # benchmark copies, a local data.source
     output:
         traces="results/prepare/{sid}/traces.jsonl",
         stats="results/prepare/{sid}/stats.json",

@@ -9,6 +9,7 @@ rule eval:
         runtime_yaml=ancient("results/eval/{sid}/runtime.yaml"),  # read with config.yaml, not a reason to rerun
         model=eval_model_input,
         heldout=task_files("eval", "heldout.jsonl"),  # the benchmark arith, when evaluated
+        benchmarks=local_files("eval"),  # local benchmark copies
     output:
         # one subfolder per benchmark: generations.parquet, metrics.json
         shard=directory("results/eval/{sid}/shard-{i}"),
