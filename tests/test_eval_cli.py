@@ -221,6 +221,19 @@ def test_eval_command_end_to_end_with_the_tiny_model(tiny_model_dir, tmp_path):
 
 @needs_data
 @pytest.mark.slow
+def test_a_stage_config_names_the_model_once_and_a_bare_call_must_name_it(tiny_model_dir,
+                                                                         tmp_path, capsys):
+    stage = tiny_cpu_stage(tmp_path, limit=1)
+    assert main(["eval", "--benchmark", "amc23", "--output-dir", str(tmp_path / "none"),
+                 "--config", str(stage), "--no-progress"]) == 2
+    assert "give --model M, or --config with a model_dir" in capsys.readouterr().err
+    stage.write_text(stage.read_text() + f"model_dir: {tiny_model_dir}\n")
+    assert main(["eval", "--benchmark", "amc23", "--output-dir", str(tmp_path / "eval"),
+                 "--config", str(stage), "--no-progress"]) == 0
+    metrics = json.loads((tmp_path / "eval" / "amc23" / "metrics.json").read_text())
+    assert metrics["model"] == tiny_model_dir
+
+
 def test_one_call_over_several_benchmarks_writes_what_separate_calls_write(tiny_model_dir,
                                                                           tmp_path):
     stage = tiny_cpu_stage(tmp_path, limit=3)

@@ -28,10 +28,9 @@ rule eval:
         gpu=engine_gpus("eval"),
         slurm_partition=engine_partition("eval"),
     params:
-        model=lambda wildcards: stage("eval", wildcards).config["model_dir"],
         upstream=upstream_flags("eval"),
     shell:
-        "python -m retro_search.cli --manifest {output.manifest} {params.upstream} eval --model {params.model}"
+        "python -m retro_search.cli --manifest {output.manifest} {params.upstream} eval"
         " --output-dir {output.shard} --config {input.config} eval.shard={wildcards.i} > {log} 2>&1"
 
 

@@ -66,6 +66,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from retro_search.stages import evaluate
 
     settings, engine_section = load_eval_config(args.config, args.overrides)
+    if args.model is None:  # the workflow's stage config names the model it evaluates
+        from retro_search.config import load_config_dict
+
+        args.model = load_config_dict(args.config).get("model_dir")
+        if not args.model:
+            raise ValueError("give --model M, or --config with a model_dir (a stage config)")
     misplaced = [name for name in args.benchmarks or () if "=" in name]
     if misplaced:  # --benchmarks takes every word after it
         raise ValueError(f"--benchmarks: {misplaced} look like overrides; put KEY=VALUE "
@@ -88,9 +94,10 @@ def register(sub) -> None:
     p = sub.add_parser("eval", help="sample a model on math benchmarks; grade; write metrics",
                        description=DESCRIPTION, epilog=EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True,
+    p.add_argument("--model", default=None,
                    help="evaluated model: local folder or hub id (also its tokenizer and chat "
-                        "template unless eval.tokenizer is set)")
+                        "template unless eval.tokenizer is set); default: the model_dir of "
+                        "--config, a stage config")
     p.add_argument("--benchmarks", nargs="+", action="extend", default=None, metavar="NAME",
                    help="benchmarks to evaluate (default: eval.benchmarks): math500, aime24, "
                         "aime25, amc23, olympiadbench, gsm8k, minerva_math, gaokao2023en; "
