@@ -150,14 +150,16 @@ def test_without_data_dir_the_hub_copy_is_read_with_its_field_names(monkeypatch)
 
     calls = []
 
-    def fake_load_dataset(path, name=None, split=None):
-        calls.append((path, name, split))
+    def fake_load_dataset(path, name=None, split=None, revision=None):
+        calls.append((path, name, split, revision))
         return [{"problem": "Find x.", "answer": 7, "id": "I-1"},
                 {"problem": "Find y." + INSTRUCTION_SUFFIX, "answer": "012", "id": "I-2"}]
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
     problems = load_problems("aime25")
     bench = BENCHMARKS["aime25"]
-    assert calls == [(bench.hub_id, bench.hub_config, bench.split)]
+    assert calls == [(bench.hub_id, bench.hub_config, bench.split, None)]
+    load_problems("aime25", revision="0123abc")  # a pinned commit reaches the hub call
+    assert calls[-1] == (bench.hub_id, bench.hub_config, bench.split, "0123abc")
     assert [(p.id, p.question, p.gold) for p in problems] == [("I-1", "Find x.", "7"),
                                                                ("I-2", "Find y.", "12")]

@@ -209,3 +209,18 @@ def test_an_edited_benchmark_copy_readdresses_prepare_and_eval_and_a_missing_one
     gold.unlink()
     with pytest.raises(ValueError, match=r"data/benchmarks/math500.jsonl does not exist"):
         build_plan(CONFIG, ["traces_demo"])
+
+
+def test_a_pinned_hub_revision_is_part_of_the_key_of_every_stage_that_reads_it():
+    seven = "self_improve_r1_distill_7b"
+    base, = build_plan(CONFIG, [seven]).experiments
+    pinned, = build_plan(CONFIG, [seven], ["+eval.hub_revisions.math500=0123abc"]).experiments
+    # prepare decontaminates against math500, every arm is evaluated on it
+    for role in ("prepare", "eval:base", "eval:original", "eval:retro_search"):
+        assert base.stages[role].id != pinned.stages[role].id, role
+    assert base.stages["sample"].id == pinned.stages["sample"].id
+    questions, = build_plan(CONFIG, [seven], ["data.sample.revision=0123abc"]).experiments
+    assert questions.stages["sample"].id != base.stages["sample"].id
+    assert questions.stages["sample"].config["sample"]["revision"] == "0123abc"
+    with pytest.raises(ValueError, match=r"eval.hub_revisions: unknown benchmark\(s\) \['math5'\]"):
+        build_plan(CONFIG, [seven], ["+eval.hub_revisions.math5=0123abc"])

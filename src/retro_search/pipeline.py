@@ -296,6 +296,7 @@ def plan_experiment(name: str, cfg: dict, results: str = "results") -> Experimen
     # so evaluating fewer reruns no search or training), else against eval.benchmarks.
     decontamination = {"data_dir": cfg["eval"].get("data_dir"),
                        "data_dirs": cfg["eval"].get("data_dirs", {}),
+                       "hub_revisions": cfg["eval"].get("hub_revisions", {}),
                        **cfg["data"].get("decontamination", {})}
     decontamination["benchmarks"] = (decontamination.get("benchmarks")
                                      or cfg["eval"]["benchmarks"])

@@ -153,7 +153,8 @@ def load_questions(source: str | Path, *, format: Any = "problem_answer", split:
                    quarantine_path: str | Path | None = None,
                    source_dataset: str | None = None,
                    check_answer: Callable[[str], Any] | None = None,
-                   num_shards: int = 1, shard: int = 0) -> LoadReport:
+                   num_shards: int = 1, shard: int = 0,
+                   revision: str | None = None) -> LoadReport:
     """The questions of a source (see `readers.load_traces` for sources, ids, `limit` and bad
     records), or of shard `shard` of `num_shards`: the records at positions shard, shard +
     num_shards, ... of the source (round robin, so shards of a source sorted by difficulty cost
@@ -166,5 +167,5 @@ def load_questions(source: str | Path, *, format: Any = "problem_answer", split:
             raw, qmap, position=position, source_dataset=dataset, check_answer=check_answer),
         id_field=qmap.id if isinstance(qmap.id, str) else "id", split=split, name=name,
         limit=limit, on_bad_record=on_bad_record, quarantine_path=quarantine_path,
-        source_dataset=source_dataset,
+        source_dataset=source_dataset, revision=revision,
         select=None if num_shards == 1 else (lambda position: position % num_shards == shard))

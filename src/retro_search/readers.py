@@ -234,13 +234,15 @@ def load_traces(source: str | Path, *, format: str | FieldMap | Mapping = "r1",
                 split: str = "train", data_files=None, source_dataset: str | None = None,
                 on_bad_record: Literal["error", "quarantine"] = "error",
                 quarantine_path: str | Path | None = None, limit: int | None = None,
-                name: str | None = None, cache_dir: str | Path | None = None) -> LoadReport:
+                name: str | None = None, cache_dir: str | Path | None = None,
+                revision: str | None = None) -> LoadReport:
     """Load and normalise the traces of one source.
 
     `source`: a local .jsonl/.json/.parquet file, a folder (its files of those types, sorted,
     not recursive) or a glob of them; "json"/"parquet" with `data_files`; otherwise a hub
     dataset id, loaded with `datasets.load_dataset(source, name, split=split,
-    data_files=data_files)` (`split` must stay "train" for local files). Every row goes through
+    data_files=data_files, revision=revision)` (`revision`: a commit, so the data cannot change
+    under an experiment; None: the latest) (`split` must stay "train" for local files). Every row goes through
     `datasets`, so a column mixing ints and floats reads as floats and a key absent from some
     rows reads as null.
 
@@ -261,7 +263,8 @@ def load_traces(source: str | Path, *, format: str | FieldMap | Mapping = "r1",
             raw, fmap, position=position, source_dataset=dataset),
         id_field=fmap.id if isinstance(fmap.id, str) else "id", split=split,
         data_files=data_files, source_dataset=source_dataset, on_bad_record=on_bad_record,
-        quarantine_path=quarantine_path, limit=limit, name=name, cache_dir=cache_dir)
+        quarantine_path=quarantine_path, limit=limit, name=name, cache_dir=cache_dir,
+        revision=revision)
 
 
 def read_traces(path: str | Path, format: str = "records",
@@ -279,7 +282,8 @@ def load_normalised(source: str | Path, normalise: Callable[[Any, int, str], Any
                     on_bad_record: Literal["error", "quarantine"] = "error",
                     quarantine_path: str | Path | None = None, limit: int | None = None,
                     name: str | None = None, cache_dir: str | Path | None = None,
-                    select: Callable[[int], bool] | None = None) -> LoadReport:
+                    select: Callable[[int], bool] | None = None,
+                    revision: str | None = None) -> LoadReport:
     """Read every raw record of a source and normalise it with `normalise(raw, position,
     source_dataset)`, which returns an object with an `id` or raises `RecordError`.
 
@@ -315,7 +319,8 @@ def load_normalised(source: str | Path, normalise: Callable[[Any, int, str], Any
     seen: dict[str, int] = {}
     total = quarantined = 0
     rows = raw_rows(files, source, name=name, split=split, data_files=data_files,
-                 cache_dir=str(cache_dir) if cache_dir else None, streaming=limit is not None)
+                 cache_dir=str(cache_dir) if cache_dir else None, streaming=limit is not None,
+                 revision=revision)
     with quarantine as bad:
         for position, (label, row_index, raw) in enumerate(islice(rows, limit)):
             if select is not None and not select(position):

@@ -52,7 +52,8 @@ class SampleSettings:
     questions: a hub dataset id, or a local .jsonl/.json/.parquet file, folder or glob.
     format: where a record keeps the question and answer (`questions.resolve_question_format`:
         a preset such as "math_solution", a trace preset such as "r1_response", or a mapping).
-    split, name: the hub split and config name. limit: read at most this many records.
+    split, name, revision: the hub split, config name and commit (None: the latest, unpinned).
+    limit: read at most this many records.
     on_bad_record: "quarantine" (bad records, e.g. an answer the grader cannot read, go to the
         shard's quarantine file with their reason) or "error" (the first one stops the job).
     n: samples per question. temperature, top_p, max_tokens (new tokens per response), seed:
@@ -66,6 +67,7 @@ class SampleSettings:
     format: Any = "problem_answer"
     split: str = "train"
     name: str | None = None
+    revision: str | None = None
     limit: int | None = None
     on_bad_record: str = "quarantine"
     n: int = 1

@@ -44,14 +44,15 @@ def local_files(source: str, data_files) -> list[Path] | None:
 
 
 def raw_rows(files: list[Path] | None, source: str, *, name, split, data_files, cache_dir,
-          streaming: bool) -> Iterator[tuple[str, int, dict]]:
-    """(source label, row within it, raw row) for every record of the source, in order."""
+             streaming: bool, revision: str | None = None) -> Iterator[tuple[str, int, dict]]:
+    """(source label, row within it, raw row) for every record of the source, in order; a hub
+    dataset at `revision` (a commit; None: the latest)."""
     import datasets  # heavy import (about 1.5 s): only when data is actually loaded
 
     if files is None:
         # streaming when a limit is set: the first N rows of a large hub set without downloading it
         ds = datasets.load_dataset(source, name, split=split, data_files=data_files,
-                                   cache_dir=cache_dir, streaming=streaming)
+                                   cache_dir=cache_dir, streaming=streaming, revision=revision)
         for row_index, row in enumerate(ds):
             yield f"{source}[{split}]", row_index, row
         return

@@ -153,14 +153,15 @@ def _read_local(path: Path) -> list[dict[str, Any]]:
     return list(read_jsonl(path))
 
 
-def _read_hub(benchmark: Benchmark) -> list[dict[str, Any]]:
+def _read_hub(benchmark: Benchmark, revision: str | None = None) -> list[dict[str, Any]]:
     if not benchmark.hub_id:
         raise ValueError(f"{benchmark.name}: has no hub copy; give its folder "
                          f"(eval.data_dirs.{benchmark.name}, or eval.data_dir)")
     from datasets import load_dataset  # lazy: heavy, and only needed without a data_dir
 
     try:
-        dataset = load_dataset(benchmark.hub_id, benchmark.hub_config, split=benchmark.split)
+        dataset = load_dataset(benchmark.hub_id, benchmark.hub_config, split=benchmark.split,
+                               revision=revision)
     except Exception as err:  # noqa: BLE001 - offline, unknown id, ...: say which benchmark
         raise ValueError(f"{benchmark.name}: cannot load hub dataset {benchmark.hub_id!r} "
                          f"(config {benchmark.hub_config!r}, split {benchmark.split!r}): {err}. "
@@ -227,12 +228,12 @@ def problems_from_records(benchmark: Benchmark, records: Iterable[dict[str, Any]
 
 
 def load_problems(benchmark: str | Benchmark, data_dir: str | Path | None = None,
-                  limit: int | None = None) -> list[Problem]:
+                  limit: int | None = None, revision: str | None = None) -> list[Problem]:
     """The problems of `benchmark` (a name or an entry), in file order, at most `limit` of them.
 
     With `data_dir`, from `data_dir / benchmark.local_file` (relative paths are relative to the
     current directory); without, from the hub (`hub_id`, `hub_config`, `split`, with
-    `hub_overrides` applied). Raises ValueError naming the benchmark, record and field for a bad
+    `hub_overrides` applied) at `revision` (a commit; None: the latest). Raises ValueError naming the benchmark, record and field for a bad
     record, FileNotFoundError for a missing local file.
     """
     bench = get_benchmark(benchmark)
@@ -242,5 +243,5 @@ def load_problems(benchmark: str | Benchmark, data_dir: str | Path | None = None
         records: Sequence[dict[str, Any]] = _read_local(Path(data_dir) / bench.local_file)
     else:
         bench = bench.for_hub()
-        records = _read_hub(bench)
+        records = _read_hub(bench, revision)
     return problems_from_records(bench, records, limit)

@@ -33,6 +33,9 @@ class EvalSettings:
         Relative paths are relative to the current directory.
     data_dirs: the folder of each benchmark named here, over `data_dir` (the demo's `arith`
         problems are made by the pipeline, which fills this in).
+    hub_revisions: the hub commit of each benchmark named here that is read from the hub, so
+        its problems cannot change under an experiment (part of the stages' keys); others are
+        read at the latest commit, which the key does not see.
     limit: at most this many problems per benchmark (the first ones); None = all.
     limit_per_benchmark: the limit of each benchmark named here, over `limit` (None = all).
     n_samples: samples per problem, unless `n_samples_per_benchmark` names the benchmark.
@@ -60,6 +63,7 @@ class EvalSettings:
     benchmarks: list[str] = field(default_factory=lambda: list(MATH_BENCHMARKS))
     data_dir: str | None = None
     data_dirs: dict[str, str] = field(default_factory=dict)
+    hub_revisions: dict[str, str] = field(default_factory=dict)
     limit: int | None = None
     limit_per_benchmark: dict[str, Optional[int]] = field(default_factory=dict)
     n_samples: int = 1
@@ -107,7 +111,7 @@ class EvalSettings:
                               for k, v in self.limit_per_benchmark.items())]:
             if limit is not None and limit < 1:
                 raise ValueError(f"eval.{name} must be at least 1 or null, got {limit}")
-        for key in ("data_dirs", "limit_per_benchmark"):
+        for key in ("data_dirs", "limit_per_benchmark", "hub_revisions"):
             unknown = sorted(set(getattr(self, key)) - set(BENCHMARKS))
             if unknown:
                 raise ValueError(f"eval.{key}: unknown benchmark(s) {unknown}")

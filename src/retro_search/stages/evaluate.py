@@ -41,7 +41,7 @@ def _benchmark_metrics(shard: BenchmarkShard, rows: list[dict[str, Any]], settin
         "source": (str(Path(settings.data_dir_for(bench.name)) / bench.local_file)
                    if settings.data_dir_for(bench.name)
                    else f"hub:{bench.hub_id}" + (f"/{bench.hub_config}" if bench.hub_config else "")
-                   + f"[{bench.split}]"),
+                   + f"[{bench.split}]@{settings.hub_revisions.get(bench.name, 'latest')}"),
         "limit": settings.limit_for(bench.name), "num_shards": settings.shards_for(bench.name),
         "shard": settings.shard, "engine": engine, "decoding": settings.decoding(),
         "user_template": bench.prompt_template or settings.user_template,
@@ -87,7 +87,8 @@ def _shards(settings: EvalSettings, model: str, names: list[str], log: Log
     shards = []
     for bench in covered:  # every benchmark is read before the engine loads: bad data fails fast
         problems = shard_problems(load_problems(bench, settings.data_dir_for(bench.name),
-                                                settings.limit_for(bench.name)),
+                                                settings.limit_for(bench.name),
+                                                revision=settings.hub_revisions.get(bench.name)),
                                   settings.shards_for(bench.name), settings.shard)
         if not problems:
             raise ValueError(f"{bench.name}: no problems to evaluate "

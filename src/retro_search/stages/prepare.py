@@ -172,6 +172,7 @@ def run(cfg: Mapping[str, Any], outputs: Mapping[str, str | Path],
             raise ValueError("--samples given, but the config reads data.source, not data.sample")
         report = load_traces(data["source"], format=data["format"],
                              split=data.get("split", "train"), name=data.get("name"),
+                             revision=data.get("revision"),
                              limit=data.get("limit"), source_dataset=data.get("label"),
                              on_bad_record=data.get("on_bad_record", "quarantine"),
                              quarantine_path=out["quarantine"])
@@ -193,7 +194,8 @@ def run(cfg: Mapping[str, Any], outputs: Mapping[str, str | Path],
 
         dirs = decontam.get("data_dirs") or {}
         questions = [p.question for name in decontam["benchmarks"]
-                     for p in load_problems(name, data_dir=dirs.get(name, decontam.get("data_dir")))]
+                     for p in load_problems(name, data_dir=dirs.get(name, decontam.get("data_dir")),
+                                            revision=(decontam.get("hub_revisions") or {}).get(name))]
         decontaminator = Decontaminator.from_questions(questions, decontam.get("ngram", 8))
     kept, filtered, filter_reasons = filter_traces(
         records, grades, drop_incorrect=data.get("drop_incorrect", True),

@@ -57,7 +57,7 @@ def run(settings, model: dict[str, Any], engine_section: dict[str, Any], *, shar
 
     report = load_questions(
         settings.questions, format=settings.format, split=settings.split, name=settings.name,
-        limit=settings.limit, on_bad_record=settings.on_bad_record,
+        revision=settings.revision, limit=settings.limit, on_bad_record=settings.on_bad_record,
         quarantine_path=quarantine if settings.on_bad_record == "quarantine" else None,
         check_answer=normalize_reference, num_shards=settings.num_shards, shard=shard)
     if settings.on_bad_record == "error":
