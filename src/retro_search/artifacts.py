@@ -1,6 +1,6 @@
 """Artifact files: the one atomic write every stage uses, and the read and write functions of the
 file types stages exchange (JSON lines, JSON, YAML, text, trace records, search outcomes and
-rollouts, eval metrics).
+rollouts, eval generations and metrics).
 
 Every write goes to a temp file beside its target, is fsynced and renamed over the target: a
 reader (or a resumed job, or Snakemake after a crash) sees the old file or the complete new one,
@@ -21,9 +21,9 @@ from retro_search.records import RecordError, TraceRecord
 from retro_search.search_types import Rollout, SearchOutcome
 
 __all__ = ["atomic_open", "atomic_path", "json_safe", "outcome_from_dict", "outcome_to_dict",
-           "read_eval_metrics", "read_json", "rollout_from_dict", "rollout_to_dict", "read_jsonl", "read_records",
+           "read_eval_metrics", "read_generations", "read_json", "rollout_from_dict", "rollout_to_dict", "read_jsonl", "read_records",
            "readable_mode", "write_json", "write_jsonl", "write_records", "write_text",
-           "write_yaml"]
+           "write_generations", "write_yaml"]
 
 
 def readable_mode() -> int:
@@ -210,6 +210,35 @@ def outcome_to_dict(outcome: SearchOutcome) -> dict[str, Any]:
 
 def outcome_from_dict(row: dict[str, Any]) -> SearchOutcome:
     return SearchOutcome(**{**row, "log": [rollout_from_dict(r) for r in row["log"]]})
+
+
+# ----------------------------------------------------------------------------- eval rows
+
+# The columns of an eval stage's generations.parquet, in order, with their Arrow types.
+GENERATION_COLUMNS = {"benchmark": "string", "problem_id": "string", "sample": "int64",
+                      "seed": "int64", "question": "string", "gold": "string",
+                      "response": "string", "reasoning_closed": "bool", "extracted": "string",
+                      "correct": "bool", "grade_error": "string", "num_tokens": "int64",
+                      "finish_reason": "string", "model": "string"}
+
+
+def write_generations(path: str | Path, rows: list[dict[str, Any]]) -> None:
+    """One row per generation, typed by GENERATION_COLUMNS (a row missing one is a KeyError)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    types = {"string": pa.string(), "int64": pa.int64(), "bool": pa.bool_()}
+    schema = pa.schema([(name, types[kind]) for name, kind in GENERATION_COLUMNS.items()])
+    table = pa.Table.from_pylist([{c: row[c] for c in GENERATION_COLUMNS} for row in rows],
+                                 schema=schema)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+
+
+def read_generations(path: str | Path) -> list[dict[str, Any]]:
+    import pyarrow.parquet as pq
+
+    return pq.read_table(path).to_pylist()
 
 
 # ----------------------------------------------------------------------------- eval metrics

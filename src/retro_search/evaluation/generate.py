@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Protocol, Sequence
 
+from retro_search.artifacts import GENERATION_COLUMNS
 from retro_search.engines.base import Engine, GenerationRequest, GenerationResult
 from retro_search.evaluation.benchmarks import Problem
 from retro_search.evaluation.config import EvalSettings
@@ -26,10 +27,7 @@ __all__ = ["COLUMNS", "BenchmarkShard", "build_requests", "evaluate_benchmark",
            "evaluate_benchmarks", "grade_rows", "prompt_renderer", "run_requests", "sample_seed",
            "shard_problems", "split_solution", "stream_results"]
 
-# Columns of generations.parquet, in order.
-COLUMNS = ("benchmark", "problem_id", "sample", "seed", "question", "gold", "response",
-           "reasoning_closed", "extracted", "correct", "grade_error", "num_tokens",
-           "finish_reason", "model")
+COLUMNS = tuple(GENERATION_COLUMNS)  # of generations.parquet, in order
 
 
 class _Grader(Protocol):

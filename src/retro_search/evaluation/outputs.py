@@ -2,7 +2,7 @@
 
 One call with `--output-dir OUT` writes, for every benchmark it evaluates,
 
-    OUT/<benchmark>/generations.parquet   one row per generation (`generate.COLUMNS`)
+    OUT/<benchmark>/generations.parquet   one row per generation (`artifacts.GENERATION_COLUMNS`)
     OUT/<benchmark>/metrics.json          the benchmark's metrics and the settings behind them
 
 each file atomically (a temp file beside it, then a rename).
@@ -26,38 +26,14 @@ import shutil
 from pathlib import Path
 from typing import Any, Sequence
 
-from retro_search.artifacts import atomic_path, write_json
+from retro_search.artifacts import write_generations, write_json
 from retro_search.evaluation.config import EvalSettings
-from retro_search.evaluation.generate import COLUMNS, BenchmarkShard
+from retro_search.evaluation.generate import BenchmarkShard
 
-__all__ = ["GENERATIONS", "METRICS", "EvalProgress", "eval_context", "read_generations",
-           "write_generations"]
+__all__ = ["GENERATIONS", "METRICS", "EvalProgress", "eval_context"]
 
 GENERATIONS = "generations.parquet"
 METRICS = "metrics.json"
-
-
-def write_generations(path: Path, rows: list[dict[str, Any]]) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    schema = pa.schema([("benchmark", pa.string()), ("problem_id", pa.string()),
-                        ("sample", pa.int64()), ("seed", pa.int64()), ("question", pa.string()),
-                        ("gold", pa.string()), ("response", pa.string()),
-                        ("reasoning_closed", pa.bool_()), ("extracted", pa.string()),
-                        ("correct", pa.bool_()), ("grade_error", pa.string()),
-                        ("num_tokens", pa.int64()), ("finish_reason", pa.string()),
-                        ("model", pa.string())])
-    assert tuple(schema.names) == COLUMNS
-    table = pa.Table.from_pylist([{c: row[c] for c in COLUMNS} for row in rows], schema=schema)
-    with atomic_path(path) as tmp:
-        pq.write_table(table, tmp)
-
-
-def read_generations(path: str | Path) -> list[dict[str, Any]]:
-    import pyarrow.parquet as pq
-
-    return pq.read_table(path).to_pylist()
 
 
 def _model_files(model: str) -> list[tuple[str, int, int]] | None:

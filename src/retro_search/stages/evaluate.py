@@ -154,7 +154,7 @@ def merge(settings: EvalSettings, generations: Sequence[str | Path],
     `metrics`. Raises ValueError unless `metrics` are shards 0..n-1 of n of one benchmark."""
     from retro_search.artifacts import read_json, write_json
     from retro_search.evaluation.metrics import summarize_benchmark
-    from retro_search.evaluation.outputs import read_generations, write_generations
+    from retro_search.artifacts import read_generations, write_generations
 
     shards = [read_json(path) for path in metrics]
     benchmarks = {s["benchmark"] for s in shards}
