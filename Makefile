@@ -25,8 +25,9 @@ install: $(VENV)/.installed
 test: install
 	$(BIN)/pytest -q
 
-# The demo experiment end to end (config/experiment/demo.yaml): tiny model, shipped demo traces,
-# Retro-Search, SFT of both arms, evaluation on the 8 benchmarks, summary table and plots.
+# The demo experiment end to end (config/experiment/demo.yaml), a miniature of the paper: a tiny
+# reasoning model trained on the miniature task samples its own traces, Retro-Searches them, is
+# fine-tuned on original vs revised traces, and the three arms are evaluated; table and plots.
 demo: install
 	HF_HUB_OFFLINE=1 PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --cores all
 	@echo "Summary table: results/experiments/demo/results.md"
