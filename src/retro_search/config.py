@@ -206,10 +206,8 @@ def unknown_override_error(err: Exception, experiment: str, overrides: Iterable[
     line naming the key and a close match of the keys that exist (a typo is the usual cause)."""
     match = re.match(r"Could not override '([^']+)'", str(err))
     if not match:
-        cause = err.__cause__
-        key = getattr(cause, "full_key", None)
-        if isinstance(cause, OmegaConfBaseException) and key:  # a schema refused a value
-            return ValueError(f"{key}: {str(cause).splitlines()[0]}")
+        if isinstance(err.__cause__, OmegaConfBaseException):  # a schema refused a value
+            return config_error(err.__cause__)
         return ValueError(str(err).splitlines()[0])
     key = match.group(1)
     section, _, name = key.rpartition(".")

@@ -43,7 +43,6 @@ one engine start per job instead of one per benchmark.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
 import json
 import re
@@ -152,13 +151,6 @@ def eval_shard_counts(section: dict[str, Any]) -> dict[str, int]:
     return counts
 
 
-@functools.lru_cache(maxsize=None)
-def _sha256(path: str, mtime_ns: int, size: int) -> str:
-    from retro_search.provenance import sha256_file
-
-    return sha256_file(Path(path))
-
-
 def input_files(benchmarks: Iterable[str], data_dir: str | None, data_dirs: dict[str, str],
                 results: str, source: str | None = None, key: str = "eval") -> dict[str, str]:
     """sha256 of every local file a stage reads from outside the pipeline, by path: the local
@@ -167,6 +159,7 @@ def input_files(benchmarks: Iterable[str], data_dir: str | None, data_dirs: dict
     instead of passing unnoticed. A benchmark made by a stage (the task's arith) is keyed by that
     stage; one from the hub by its id. A missing copy is refused here, before any job runs."""
     from retro_search.evaluation.benchmarks import get_benchmark
+    from retro_search.provenance import hash_paths
 
     paths = []
     for name in benchmarks:
@@ -180,9 +173,8 @@ def input_files(benchmarks: Iterable[str], data_dir: str | None, data_dirs: dict
                              f"{name!r}); null reads it from the hub")
         paths.append(path)
     if source and Path(source).exists():
-        source = Path(source)
-        paths += sorted(p for p in source.rglob("*") if p.is_file()) if source.is_dir() else [source]
-    return {str(p): _sha256(str(p), p.stat().st_mtime_ns, p.stat().st_size) for p in paths}
+        paths.append(source)  # a folder: every file in it (provenance.hash_paths)
+    return {entry["path"]: entry["sha256"] for entry in hash_paths(paths)}
 
 
 def eval_benchmark_dir(section: dict[str, Any], benchmark: str) -> str:
