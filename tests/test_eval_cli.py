@@ -2,6 +2,7 @@
 metrics), and `retro-search eval` end to end with the tiny model: one call over several
 benchmarks, sharding, merging, and resuming a killed call."""
 
+import hashlib
 import json
 import os
 import shutil
@@ -428,7 +429,11 @@ def test_eval_of_a_hub_model_records_its_id_and_cached_revision_in_the_manifest(
     assert run.returncode == 0, run.stderr[-3000:]
 
     recorded = json.loads(manifest.read_text())
-    assert recorded["hub_models"] == [{"id": "retro-search-test/tiny", "revision": sha}]
+    [hub] = recorded["hub_models"]
+    assert (hub["id"], hub["commit"]) == ("retro-search-test/tiny", sha)
+    # the weights pinned by content (a copied snapshot: its files' sha256)
+    weights = repo / "snapshots" / sha / "model.safetensors"
+    assert hub["files"]["model.safetensors"] == hashlib.sha256(weights.read_bytes()).hexdigest()
     assert not any("retro-search-test" in entry["path"] or str(hf_home) in entry["path"]
                    for entry in recorded["inputs"])
     assert {Path(e["path"]).name for e in recorded["outputs"]} == {"generations.parquet",

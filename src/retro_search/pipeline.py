@@ -62,6 +62,13 @@ SFT_DATA_KEYS = ("max_length", "drop_overlong", "eos_token")
 # The prompt format eval takes from the student when eval.<key> is null.
 EVAL_PROMPT_KEYS = ("user_template", "system_prompt", "think_open", "think_close")
 
+def stage_hash(kind: str, config: dict[str, Any], upstream_ids: list[str]) -> str:
+    """The hash in a stage directory's name: its kind, its config (config.yaml) and the ids of
+    its upstream stages. The audit recomputes it from what a folder holds."""
+    payload = {"kind": kind, "config": config, "upstream": list(upstream_ids)}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:10]
+
+
 @dataclass
 class Stage:
     kind: str
@@ -78,9 +85,7 @@ class Stage:
 
     @cached_property  # asked for on every path lookup Snakemake makes; fixed once planned
     def hash(self) -> str:
-        payload = {"kind": self.kind, "config": self.config,
-                   "upstream": [u.id for u in self.upstream]}
-        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:10]
+        return stage_hash(self.kind, self.config, [u.id for u in self.upstream])
 
     @property
     def id(self) -> str:

@@ -1,15 +1,30 @@
 """Manifests: how every artifact was made (ARCHITECTURE.md, property 3).
 
-A manifest is a JSON file beside a stage's outputs. It records the sha256 of every input and
-output file, the ids of the upstream artifacts, the code (git commit, dirty flag and a hash of the
-uncommitted diff), package versions, the models and seeds named in the stage config, the hub
-models a stage read by id (id and resolved commit, see `hub_model`), the host, GPU, SLURM job and
-start/end times. `retro_search.audit` checks a chain of them.
+A manifest is a JSON file beside a stage's outputs. It records:
+
+- the sha256 of every output file, and of every input: the files the stage read, its
+  `config.yaml` (always, whether or not the job was given it), the files from outside the
+  pipeline named in its config (`input_files`), a local model folder's weights;
+- its upstream stages by id and the sha256 of each of their manifests, so a manifest pins the
+  chain behind it: an upstream stage rerun or edited afterwards is seen from downstream;
+- the code: the sha256 of each module of the package the job had loaded when it finished (so a
+  README-only commit changes nothing recorded and an edit to `search.py` changes what search
+  recorded), plus git commit and dirty flag for the reader;
+- the environment: a full package freeze of the interpreter's site folders (and its hash), where
+  those folders are (the audit reads the freeze there again), and the sha256 of the environment
+  files (`envs/*.yaml`, `requirements/*.lock`, `pyproject.toml`);
+- models: those named in the config (id, revision), hub models resolved to the commit the local
+  Hugging Face cache holds with the hash of each file (`hub_model`), seeds;
+- host, Python, GPUs, engine, SLURM job id, start and end time and the command: recorded, never
+  compared (they differ between two honest runs).
+
+`retro_search.audit` verifies a chain of them.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import platform
@@ -27,9 +42,13 @@ from retro_search.artifacts import write_json
 log = logging.getLogger(__name__)
 
 MANIFEST_SUFFIX = "manifest.json"
-PACKAGES = ("retro-search", "torch", "transformers", "tokenizers", "datasets", "trl", "accelerate",
-            "vllm", "math-verify", "hydra-core", "snakemake", "pandas", "numpy")
-REPO_ROOT = Path(__file__).resolve().parents[2]
+PACKAGE_DIR = Path(__file__).resolve().parent
+REPO_ROOT = PACKAGE_DIR.parents[1]
+# What defines the software environment besides the installed packages (relative to REPO_ROOT).
+ENVIRONMENT_FILES = ("envs/*.yaml", "requirements/*.lock", "pyproject.toml")
+# Beside a stage's artifacts, not part of them: its config (hashed as an input instead), its
+# runtime settings (rewritten by a runtime override, recorded inside the manifest) and manifests.
+STAGE_FILES = ("config.yaml", "runtime.yaml")
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -74,29 +93,62 @@ def _git(*args: str) -> str | None:
         return None
 
 
+def loaded_modules() -> dict[str, str]:
+    """sha256 of each source file of this package that the process has imported, by its path
+    from the package's parent (`retro_search/search.py`): the code a stage ran, whatever git
+    says (uncommitted edits and untracked modules included)."""
+    found = {}
+    for module in list(sys.modules.values()):
+        file = getattr(module, "__file__", None)
+        if not file:
+            continue
+        path = Path(file).resolve()
+        if path.is_relative_to(PACKAGE_DIR) and path.suffix == ".py" and path.is_file():
+            found[path.relative_to(PACKAGE_DIR.parent).as_posix()] = sha256_file(path)
+    return dict(sorted(found.items()))
+
+
 def code_version() -> dict[str, Any]:
-    """The code that runs: git commit, whether tracked files differ from it, and a hash of that
-    difference (so two runs of the same uncommitted code compare equal)."""
+    """The code that ran: each loaded module's hash (what the audit compares), and the git
+    commit and whether tracked files differed from it (for the reader)."""
     commit = _git("rev-parse", "HEAD")
-    diff = _git("diff", "HEAD", "--", "src", "workflow", "Snakefile", "config", "pyproject.toml")
+    status = _git("status", "--porcelain", "--", "src", "workflow", "Snakefile", "config",
+                  "envs", "requirements", "pyproject.toml")
     try:
         version = metadata.version("retro-search")
     except metadata.PackageNotFoundError:
         version = None
     return {"package_version": version,
             "git_commit": commit.strip() if commit else None,
-            "dirty": bool(diff),
-            "diff_sha256": hashlib.sha256(diff.encode()).hexdigest() if diff else None}
+            "dirty": bool(status.strip()) if status is not None else None,
+            "modules": loaded_modules()}
 
 
-def package_versions() -> dict[str, str]:
-    found = {}
-    for name in PACKAGES:
-        try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
-    return found
+def site_dirs() -> list[str]:
+    """The folders this interpreter imports installed packages from."""
+    return [p for p in sys.path if p and Path(p).name in ("site-packages", "dist-packages")
+            and Path(p).is_dir()]
+
+
+def package_freeze(sites: Iterable[str] | None = None) -> dict[str, str]:
+    """name -> version of every distribution installed in `sites` (default: `site_dirs()`)."""
+    sites = list(site_dirs() if sites is None else sites)
+    freeze = {}
+    for dist in metadata.distributions(path=sites):
+        name = dist.metadata["Name"]
+        if name:
+            freeze.setdefault(re.sub(r"[-_.]+", "-", name).lower(), dist.version)
+    return dict(sorted(freeze.items()))
+
+
+def freeze_sha256(freeze: dict[str, str]) -> str:
+    return hashlib.sha256(json.dumps(freeze, sort_keys=True).encode()).hexdigest()
+
+
+def environment_files(root: Path = REPO_ROOT) -> dict[str, str]:
+    """sha256 of the files that define the environment, by path from the checkout's root."""
+    files = sorted({f for pattern in ENVIRONMENT_FILES for f in root.glob(pattern) if f.is_file()})
+    return {f.relative_to(root).as_posix(): sha256_file(f) for f in files}
 
 
 def gpu_names() -> list[str]:
@@ -131,17 +183,20 @@ HUB_ID = re.compile(r"[A-Za-z0-9_][\w.-]*(/[A-Za-z0-9_][\w.-]*)?")
 
 
 def hub_model(name: str, revision: str | None = None,
-              cache_dir: str | Path | None = None) -> dict[str, str | None]:
-    """The model input `name` as a hub model: {"id": name, "revision": commit sha or None}.
+              cache_dir: str | Path | None = None) -> dict[str, Any]:
+    """The model input `name` as a hub model: {"id", "revision" (as asked, None = main),
+    "commit" (what it resolved to, or None), "files" (path in the snapshot -> blob hash)}.
 
     Rule: an input that names a model and does not exist on disk is a hub id when it looks like
     one (HUB_ID: `name` or `org/name`, no leading `.`/`/`, at most one `/`); anything else is a
-    missing local path (FileNotFoundError). The revision recorded is the commit the local Hugging
-    Face cache (`cache_dir`, default HF_HUB_CACHE, i.e. HF_HOME/hub) resolves `revision` (default
-    main) to: refs/<revision> -> snapshots/<sha>, the files the stage loaded. Only the cache is
-    read, so it works with HF_HUB_OFFLINE=1. An id the cache does not hold (an engine that
-    downloads elsewhere) is recorded with revision None and a warning: the manifest is written
-    after the stage's work, which must not be lost over a missing commit.
+    missing local path (FileNotFoundError). The commit is the one the local Hugging Face cache
+    (`cache_dir`, default HF_HUB_CACHE, i.e. HF_HOME/hub) resolves `revision` to: refs/<revision>
+    -> snapshots/<sha>, the files the stage loaded. Each snapshot file links to a blob named by
+    its content hash (sha256 for weights and other LFS files, the git blob sha1 for small ones),
+    so the weights are pinned without reading them again. Only the cache is read, so it works
+    with HF_HUB_OFFLINE=1. An id the cache does not hold (an engine that downloads elsewhere) is
+    recorded without a commit, with a warning: the manifest is written after the stage's work,
+    which must not be lost over a missing commit (the audit names it as unverified).
     """
     from huggingface_hub import try_to_load_from_cache
 
@@ -152,13 +207,32 @@ def hub_model(name: str, revision: str | None = None,
     found = try_to_load_from_cache(name, "config.json", revision=revision, cache_dir=cache_dir)
     if not isinstance(found, str):  # None, or the cache's "known not to exist" marker
         log.warning("model %r is not a local path and not in the Hugging Face cache "
-                    "(HF_HUB_CACHE / HF_HOME): recorded as a hub id without a revision", name)
-        return {"id": name, "revision": None}
-    return {"id": name, "revision": Path(found).parent.name}
+                    "(HF_HUB_CACHE / HF_HOME): recorded as a hub id without a commit", name)
+        return {"id": name, "revision": revision, "commit": None, "files": {}}
+    snapshot = Path(found).parent
+    files = {f.relative_to(snapshot).as_posix(): _blob_hash(f)
+             for f in sorted(snapshot.rglob("*")) if f.is_file()}
+    return {"id": name, "revision": revision, "commit": snapshot.name, "files": files}
+
+
+def _blob_hash(file: Path) -> str:
+    """A snapshot file's content hash: the name of the cache blob it links to, or, in a cache
+    without links (a copied snapshot), its sha256."""
+    blob = Path(os.path.realpath(file))
+    return blob.name if blob.parent.name == "blobs" else sha256_file(file)
 
 
 def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def upstream_entry(stage_dir: str | Path) -> dict[str, Any]:
+    """An upstream stage as a manifest names it: id, path, and the sha256 of each of its
+    manifests as they are when this stage finishes."""
+    stage_dir = Path(stage_dir)
+    return {"id": f"{stage_dir.parent.name}/{stage_dir.name}", "path": str(stage_dir),
+            "manifests": {m.name: sha256_file(m)
+                          for m in sorted(stage_dir.glob(f"*{MANIFEST_SUFFIX}"))}}
 
 
 def write_manifest(path: str | Path, *, stage: str, config_file: str | Path | None,
@@ -168,39 +242,50 @@ def write_manifest(path: str | Path, *, stage: str, config_file: str | Path | No
                    engine: dict[str, Any] | None = None) -> dict:
     """Write the manifest of a finished stage job to `path` (atomically) and return it.
 
+    `config_file` defaults to the `config.yaml` beside `path`, which is always hashed.
     `model_inputs` are inputs that name a model: a local folder is hashed with the other inputs;
-    a hub id is recorded under `hub_models` as id + resolved revision (see `hub_model`).
-    `engine`: which generation engine ran the job (`engines.engine_info`), where one did."""
+    a hub id is recorded under `hub_models` (see `hub_model`), at the revision its config
+    section asks for. `engine`: which generation engine ran the job (`engines.engine_info`)."""
     import yaml  # pyyaml comes with omegaconf
 
     from retro_search.runtime import runtime_file_beside
 
     path = Path(path)
-    config = yaml.safe_load(Path(config_file).read_text()) if config_file else {}
+    if config_file is None and (path.parent / "config.yaml").is_file():
+        config_file = path.parent / "config.yaml"
+    config = (yaml.safe_load(Path(config_file).read_text()) if config_file else None) or {}
     # The runtime settings the job ran with (not hashed: they change no output, runtime.py).
     runtime_file = runtime_file_beside(config_file)
     runtime = yaml.safe_load(runtime_file.read_text()) if runtime_file else None
-    models, seeds = _models_and_seeds(config or {})
-    model_inputs = [m for m in model_inputs if m]
+    models, seeds = _models_and_seeds(config)
+    revisions = {m["id"]: m["revision"] for m in models.values()}
+    model_inputs = [str(m) for m in model_inputs if m]
     local_models = [m for m in model_inputs if Path(m).exists()]
-    hub_models = [hub_model(str(m)) for m in model_inputs if not Path(m).exists()]
-    input_paths = list(inputs) + local_models + ([config_file] if config_file else [])
+    hub_models = [hub_model(m, revisions.get(m)) for m in model_inputs if not Path(m).exists()]
+    # Files from outside the pipeline the stage read (benchmark copies, a local data source):
+    # their hashes are in the config (the stage's key); hashing them here lets the audit see a
+    # later edit.
+    outside = sorted((config.get("input_files") or {}))
+    input_paths = [*inputs, *local_models, *outside, *([config_file] if config_file else [])]
+    freeze = package_freeze()
     manifest = {
         "stage": stage,
+        "kind": path.parent.parent.name,
         "artifact_id": f"{path.parent.parent.name}/{path.parent.name}",
         "config_file": str(config_file) if config_file else None,
         "runtime": runtime,
-        "inputs": hash_paths(p for p in input_paths if p),
+        "inputs": hash_paths(dict.fromkeys(str(p) for p in input_paths if p)),
         "outputs": hash_paths(p for p in outputs if p),
-        "upstream": [{"id": f"{Path(u).parent.name}/{Path(u).name}", "path": str(u)}
-                     for u in upstream],
+        "upstream": [upstream_entry(u) for u in upstream],
         "code": code_version(),
-        "packages": package_versions(),
+        "environment": {"python": platform.python_version(), "prefix": sys.prefix,
+                        "sites": site_dirs(), "packages_sha256": freeze_sha256(freeze),
+                        "files": environment_files()},
+        "packages": freeze,
         "models": models,
         "hub_models": hub_models,
         "seeds": seeds,
         "host": platform.node(),
-        "python": platform.python_version(),
         "gpus": gpu_names(),
         "engine": engine,
         "slurm_job_id": os.environ.get("SLURM_JOB_ID"),

@@ -64,8 +64,9 @@ rule experiment_index:
         index="results/experiments/{name}/index.json",
         readme="results/experiments/{name}/README.md",
         table="results/experiments/{name}/results.md",
+        manifest="results/experiments/{name}/manifest.json",
     log:
-        "results/experiments/{name}/index.log",
+        "results/experiments/{name}/logs/index.log",
     params:
         index=lambda wildcards: json.dumps(experiment_by_name(wildcards.name).index()),
     run:

@@ -1,6 +1,7 @@
 """An experiment's front page, `results/experiments/NAME/`: `index.json` (which stage directory
 holds each artifact), `results.md` (a copy of the summary's table, where a reader looks first;
-the audit checks the original) and `README.md` (both, readable)."""
+the audit checks both) and `README.md` (both, readable), with a manifest like a stage's, whose
+upstream is every stage of the index: the audit of the experiment starts there."""
 
 from __future__ import annotations
 
@@ -15,8 +16,11 @@ def write_experiment_index(output_dir: str | Path, index: dict[str, Any] | str,
                            table: str | Path | None = None, *,
                            log: str | Path | None = None) -> list[Path]:
     """Write the index (a dict, or its JSON as the workflow's params pass it) and, with `table`
-    (the summary stage's results.md), the table's copy; returns the files written, and lists
-    them in `log` when given."""
+    (the summary stage's results.md), the table's copy, then the manifest; returns the files
+    written (manifest aside), and lists them in `log` when given."""
+    from retro_search.provenance import MANIFEST_SUFFIX, now, write_manifest
+
+    started = now()
     if isinstance(index, str):
         index = json.loads(index)
     out = Path(output_dir)
@@ -29,6 +33,10 @@ def write_experiment_index(output_dir: str | Path, index: dict[str, Any] | str,
     lines += ["## Stages", "", "| role | stage directory |", "|---|---|"]
     lines += [f"| {s['role']} | `{s['dir']}` |" for s in index["stages"]]
     written.append(write_text(out / "README.md", "\n".join(lines) + "\n"))
+    write_manifest(out / MANIFEST_SUFFIX, stage="experiment-index", config_file=None,
+                   inputs=[table] if table else [], outputs=written,
+                   upstream=[s["dir"] for s in index["stages"]], started=started,
+                   command=["snakemake rule experiment_index"])
     if log:
         write_text(log, "".join(f"{path}\n" for path in written))
     return written
