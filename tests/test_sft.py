@@ -58,6 +58,14 @@ def straight_run(tmp_path_factory, tiny_model_dir, train_file) -> Path:
     return out
 
 
+def _artifacts(run: Path) -> dict[str, bytes]:
+    """The bytes of what the stage's manifest hashes: every file under model/ (by relative path)
+    and train_metrics.json."""
+    files = {str(path.relative_to(run)): path.read_bytes()
+             for path in sorted((run / "model").rglob("*")) if path.is_file()}
+    return {**files, "train_metrics.json": (run / "train_metrics.json").read_bytes()}
+
+
 def _weights(model_dir: Path) -> dict:
     from safetensors.torch import load_file
 
@@ -132,9 +140,13 @@ def test_training_writes_a_loadable_model_that_moved_and_the_losses(straight_run
     metrics = json.loads((straight_run / "train_metrics.json").read_text())
     assert [e["step"] for e in metrics["log"]] == [1, 2, 3, 4]
     assert all(e["loss"] > 0 for e in metrics["log"])
-    assert metrics["global_step"] == 4 and metrics["resumed_from"] is None
-    assert metrics["num_input_tokens_seen"] > 0 and metrics["session_runtime_s"] > 0
+    assert metrics["global_step"] == 4 and metrics["num_input_tokens_seen"] > 0
     assert metrics["bf16"] is False  # auto on CPU
+    # The session's fields go to the job's log, not into the hashed file.
+    from retro_search.sft.train import SESSION_FIELDS
+
+    assert not set(SESSION_FIELDS) & set(metrics)
+    assert not (straight_run / "model" / "training_args.bin").exists()
 
 
 class _Killed(Exception):
@@ -179,6 +191,29 @@ def test_killed_run_resumes_from_its_last_checkpoint_and_matches_a_straight_run(
         assert (resumed[name] == straight[name]).all(), name
     straight_losses = json.loads((straight_run / "train_metrics.json").read_text())["log"]
     assert [e["loss"] for e in metrics["log"]] == [e["loss"] for e in straight_losses]
+    # ... and so are the hashed outputs, the session's fields being only in the log.
+    assert _artifacts(tmp_path) == _artifacts(straight_run)
+
+
+def test_two_runs_with_the_same_seeds_write_byte_identical_model_and_metrics(
+        tmp_path, tiny_model_dir, train_file):
+    # The manifest hashes model/ and train_metrics.json: run times, the run folder's path (the
+    # pickled training arguments) or a model card would make every run's hashes differ.
+    from retro_search.sft.train import train
+    from retro_search.stages import sft
+
+    student = ModelSettings(path=tiny_model_dir)
+    first, second = tmp_path / "first", tmp_path / "second"
+    train(train_file, first, student, _settings())
+    result = sft.run(student, _settings(), train_file, second)  # the stage, as the job runs it
+
+    a, b = _artifacts(first), _artifacts(second)
+    assert sorted(a) == sorted(b)
+    assert "model/model.safetensors" in a and "model/tokenizer.json" in a
+    assert [name for name in a if a[name] != b[name]] == []
+    # The run-dependent fields are still in the job's log.
+    assert result.summary["session_runtime_s"] > 0 and result.summary["session_steps"] == 4
+    assert result.summary["resumed_from"] is None and result.summary["global_step"] == 4
 
 
 def test_incomplete_checkpoint_is_skipped_and_removed(tmp_path):

@@ -71,7 +71,8 @@ def register(sub) -> None:
         "completion only. Writes OUTPUT_DIR/checkpoints/ (resumed from the newest complete "
         "checkpoint when the command is run again, e.g. after a killed or requeued job), "
         "OUTPUT_DIR/model/ (final model + tokenizer, renamed into place when complete) and "
-        "OUTPUT_DIR/train_metrics.json (loss per logging step, runtime, steps, tokens). "
+        "OUTPUT_DIR/train_metrics.json (loss per logging step, steps, tokens; the session's "
+        "runtime is in the log). "
         "Multi-GPU: --processes N (one per GPU; the SLURM profile passes the job's GPUs) "
         "relaunches this command under `accelerate launch` with sft.accelerate_config "
         "(accelerate/deepspeed_zero3.yaml, or accelerate/fsdp.yaml).",

@@ -4,7 +4,13 @@
 
     DIR/checkpoints/checkpoint-N/   Trainer checkpoints (weights, optimizer, scheduler, RNG states)
     DIR/model/                      the final model + tokenizer (renamed into place when complete)
-    DIR/train_metrics.json          loss per logging step, runtime, steps, examples, tokens seen
+    DIR/train_metrics.json          loss per logging step, steps, examples, tokens seen
+
+DIR/model/ and DIR/train_metrics.json are the stage's hashed outputs and hold only what the run
+produced, never how it went: two runs with the same seeds (on the same machine) write them byte
+for byte alike. What differs from run to run (this session's runtime, where it resumed) is
+returned by `train` for the job's log (SESSION_FIELDS), not written; files the Trainer writes
+beside the weights that carry such things are removed from DIR/model (RUN_FILES).
 
 A run that finds a complete checkpoint in DIR/checkpoints resumes from the newest one: weights,
 optimizer, scheduler, RNG states and the position in the data all come back, so a killed or
@@ -46,6 +52,22 @@ log = logging.getLogger("retro_search.sft")
 
 _CHECKPOINT = re.compile(r"checkpoint-(\d+)")
 _COMPLETE_MARKER = "trainer_state.json"  # the Trainer writes it after weights, optimizer and RNG
+
+# What this session did rather than what the run produced: the runtime differs on every run, and
+# a killed and resumed run, whose weights and losses are a straight run's, resumed from a
+# checkpoint and ran fewer steps. `train` returns them with the metrics (the stage prints them in
+# the job's log); DIR/train_metrics.json leaves them out.
+SESSION_FIELDS = ("resumed_from", "session_steps", "session_runtime_s")
+
+# Files that `Trainer.save_model` writes (training_args.bin) or that other transformers/TRL
+# versions may write beside the weights; removed from DIR/model, which must not vary by run:
+# - training_args.bin: the pickled TrainingArguments, which hold the run folder's path (so two
+#   runs into two folders differ); nothing loads it with the model, and the settings are in the
+#   stage's config and manifest.
+# - README.md: TRL's model card ("fine-tuned version of None", framework versions, tags in set
+#   order); it tells a user nothing the manifest does not. TRL 1.16 writes it into checkpoints/.
+# - trainer_state.json: the step log with run times; train_metrics.json has the losses.
+RUN_FILES = ("training_args.bin", "README.md", "trainer_state.json")
 
 
 def last_checkpoint(checkpoints: Path, *, remove_incomplete: bool = False) -> Path | None:
@@ -175,7 +197,7 @@ def train(train_path: str | Path, output_dir: str | Path, student: ModelSettings
           settings: SFTSettings, *, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     """Train (resuming from DIR/checkpoints when possible), save DIR/model and the metrics.
 
-    Returns the metrics written to DIR/train_metrics.json.
+    Returns the metrics written to DIR/train_metrics.json and this session's SESSION_FIELDS.
     """
     output_dir = Path(output_dir)
     # Read from the launcher's environment: initialising torch.distributed here, before the
@@ -190,13 +212,17 @@ def train(train_path: str | Path, output_dir: str | Path, student: ModelSettings
 
     state = trainer.state
     # Every logged step, earlier sessions included (the log comes back with the checkpoint).
+    # Tokens: the Trainer's num_input_tokens_seen (non-padding, restored on resume), not TRL's
+    # num_tokens, which counts from 0 again in a resumed session.
     steps = [{key: entry[key] for key in ("step", "epoch", "loss", "learning_rate", "grad_norm",
-                                          "num_tokens") if key in entry}
+                                          "num_input_tokens_seen") if key in entry}
              for entry in state.log_history if "loss" in entry]
-    metrics = {
+    session = {
         "resumed_from": resume.name if resume else None,
         "session_steps": state.global_step - (_step_of(resume) if resume else 0),
-        "session_runtime_s": result.metrics.get("train_runtime"),  # this session only
+        "session_runtime_s": result.metrics.get("train_runtime"),
+    }
+    metrics = {
         "global_step": state.global_step,
         "max_steps": state.max_steps,
         "epoch": state.epoch,
@@ -216,7 +242,7 @@ def train(train_path: str | Path, output_dir: str | Path, student: ModelSettings
     }
     if trainer.is_world_process_zero():
         write_json(output_dir / "train_metrics.json", metrics)
-    return metrics
+    return {**session, **metrics}
 
 
 def _step_of(checkpoint: Path) -> int:
@@ -233,9 +259,11 @@ def _save_final_model(trainer, final: Path) -> None:
     if trainer.is_world_process_zero():
         shutil.rmtree(partial, ignore_errors=True)
     trainer.accelerator.wait_for_everyone()
-    trainer.save_model(str(partial))  # weights, config, generation config, tokenizer
+    trainer.save_model(str(partial))  # weights, config, generation config, tokenizer, RUN_FILES
     trainer.accelerator.wait_for_everyone()
     if trainer.is_world_process_zero():
+        for name in RUN_FILES:
+            (partial / name).unlink(missing_ok=True)
         old = final.with_name(f".{final.name}.old")
         shutil.rmtree(old, ignore_errors=True)
         if final.exists():

@@ -17,6 +17,9 @@ from retro_search.stages import StageResult
 if TYPE_CHECKING:
     from retro_search.sft.config import ModelSettings, SFTSettings
 
+# The job's log (the summary, printed to stderr): the session's fields (runtime, steps, resumed
+# checkpoint), which train_metrics.json leaves out so that it is the same on every run, and a
+# few of the file's.
 SUMMARY_METRICS = ("resumed_from", "session_steps", "session_runtime_s", "global_step", "epoch",
                    "mean_logged_loss", "num_input_tokens_seen")
 
