@@ -244,3 +244,31 @@ def test_the_experiment_folder_is_audited_with_its_table(chain):
     assert len(report.checked) == 4
     (folder / "results.md").write_text("| arm | acc |\n| a | 100 |\n")
     assert any(str(folder / "results.md") in p for p in problems(folder, "modified"))
+
+
+def test_a_hub_dataset_read_is_recorded_with_its_commit_and_unpinned_is_named(tmp_path,
+                                                                             monkeypatch):
+    import huggingface_hub.constants
+
+    import retro_search.provenance as provenance
+
+    monkeypatch.setattr(provenance, "_HUB_DATASETS", [])
+    refs = tmp_path / "hub" / "datasets--org--bench" / "refs"
+    refs.mkdir(parents=True)
+    (refs / "main").write_text(SHA + "\n")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    pinned = "f" * 40
+    provenance.hub_dataset_read("org/bench")            # the latest: main, as the cache has it
+    provenance.hub_dataset_read("org/other", pinned)    # a commit pins itself
+    provenance.hub_dataset_read("org/bench")            # once per dataset and revision
+    stage = tmp_path / "out"
+    manifest = write_manifest(stage / "manifest.json", stage="eval", config_file=None, inputs=[],
+                              outputs=[], upstream=[], started="t0", command=["eval"])
+    assert manifest["hub_datasets"] == [
+        {"id": "org/bench", "revision": None, "commit": SHA},
+        {"id": "org/other", "revision": pinned, "commit": pinned}]
+    report = audit(stage)
+    assert report.ok
+    hubs = [line for line in report.unverified if "hub dataset" in line]
+    assert hubs == [f"{tmp_path.name}/out: hub dataset org/bench was read unpinned "
+                    f"(latest, then {SHA})"]

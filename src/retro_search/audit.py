@@ -202,9 +202,14 @@ class _Auditor:
             if (models, seeds) != (manifest.get("models", {}), manifest.get("seeds", {})):
                 self.problem(f"modified: the models or seeds in the manifest of {name} are not "
                              f"those of {config_file}")
-        for hub in manifest.get("hub_models") or []:
-            if not hub.get("commit"):
-                self.unverified(f"{name}: hub model {hub.get('id')} recorded without a commit")
+        for kind in ("model", "dataset"):
+            for hub in manifest.get(f"hub_{kind}s") or []:
+                if not hub.get("commit"):
+                    self.unverified(f"{name}: hub {kind} {hub.get('id')} recorded without a "
+                                    "commit")
+                elif not hub.get("revision"):
+                    self.unverified(f"{name}: hub {kind} {hub.get('id')} was read unpinned "
+                                    f"(latest, then {hub['commit']})")
 
     def name(self, stage_dir: Path, manifest: dict[str, Any]) -> None:
         kind = stage_dir.parent.name

@@ -14,7 +14,8 @@ A manifest is a JSON file beside a stage's outputs. It records:
   those folders are (the audit reads the freeze there again), and the sha256 of the environment
   files (`envs/*.yaml`, `requirements/*.lock`, `pyproject.toml`);
 - models: those named in the config (id, revision), hub models resolved to the commit the local
-  Hugging Face cache holds with the hash of each file (`hub_model`), seeds;
+  Hugging Face cache holds with the hash of each file (`hub_model`), hub datasets the job read
+  with the commit they resolved to (`hub_dataset_read`), seeds;
 - host, Python, GPUs, engine, SLURM job id, start and end time and the command: recorded, never
   compared (they differ between two honest runs).
 
@@ -222,6 +223,28 @@ def _blob_hash(file: Path) -> str:
     return blob.name if blob.parent.name == "blobs" else sha256_file(file)
 
 
+# The hub datasets this process has read (`hub_dataset_read`), for its manifest.
+_HUB_DATASETS: list[dict[str, Any]] = []
+
+
+def hub_dataset_read(repo_id: str, revision: str | None = None) -> dict[str, Any]:
+    """Note that a hub dataset was loaded at `revision` (None: the latest), resolved to the commit
+    the local Hugging Face cache holds for it (refs/<revision> of datasets--ORG--NAME), or the
+    revision itself when it is a commit sha. The job's manifest lists them (`hub_datasets`)."""
+    import huggingface_hub.constants
+
+    if revision and re.fullmatch(r"[0-9a-f]{40}", revision):
+        commit = revision
+    else:
+        ref = (Path(huggingface_hub.constants.HF_HUB_CACHE)
+               / f"datasets--{repo_id.replace('/', '--')}" / "refs" / (revision or "main"))
+        commit = ref.read_text().strip() if ref.is_file() else None
+    entry = {"id": repo_id, "revision": revision, "commit": commit}
+    if entry not in _HUB_DATASETS:
+        _HUB_DATASETS.append(entry)
+    return entry
+
+
 def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
@@ -284,6 +307,7 @@ def write_manifest(path: str | Path, *, stage: str, config_file: str | Path | No
         "packages": freeze,
         "models": models,
         "hub_models": hub_models,
+        "hub_datasets": list(_HUB_DATASETS),
         "seeds": seeds,
         "host": platform.node(),
         "gpus": gpu_names(),

@@ -53,6 +53,10 @@ def raw_rows(files: list[Path] | None, source: str, *, name, split, data_files, 
         # streaming when a limit is set: the first N rows of a large hub set without downloading it
         ds = datasets.load_dataset(source, name, split=split, data_files=data_files,
                                    cache_dir=cache_dir, streaming=streaming, revision=revision)
+        if data_files is None:  # a hub repository, not local files through a builder
+            from retro_search.provenance import hub_dataset_read
+
+            hub_dataset_read(source, revision)
         for row_index, row in enumerate(ds):
             yield f"{source}[{split}]", row_index, row
         return

@@ -166,6 +166,9 @@ def _read_hub(benchmark: Benchmark, revision: str | None = None) -> list[dict[st
         raise ValueError(f"{benchmark.name}: cannot load hub dataset {benchmark.hub_id!r} "
                          f"(config {benchmark.hub_config!r}, split {benchmark.split!r}): {err}. "
                          "Set eval.data_dir to a folder with local copies instead.") from err
+    from retro_search.provenance import hub_dataset_read
+
+    hub_dataset_read(benchmark.hub_id, revision)
     return [dict(row) for row in dataset]
 
 
