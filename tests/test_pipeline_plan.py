@@ -1,5 +1,7 @@
 """The experiment plan: Hydra composition into content-addressed stages (ARCHITECTURE.md, 1-2)."""
 
+import hashlib
+import json
 from pathlib import Path
 
 import pytest
@@ -224,3 +226,27 @@ def test_a_pinned_hub_revision_is_part_of_the_key_of_every_stage_that_reads_it()
     assert questions.stages["sample"].config["sample"]["revision"] == "0123abc"
     with pytest.raises(ValueError, match=r"eval.hub_revisions: unknown benchmark\(s\) \['math5'\]"):
         build_plan(CONFIG, [seven], ["+eval.hub_revisions.math5=0123abc"])
+
+
+def test_a_local_model_folder_is_part_of_the_key_of_every_stage_that_loads_it(tmp_path,
+                                                                             monkeypatch):
+    import shutil
+
+    shutil.copytree(CONFIG.parent / "data" / "benchmarks", tmp_path / "data" / "benchmarks")
+    monkeypatch.chdir(tmp_path)
+    model = tmp_path / "checkpoints" / "reviser"
+    model.mkdir(parents=True)
+    (model / "config.json").write_text("{}")
+    weights = model / "model.safetensors"
+    weights.write_bytes(b"\0" * 64)
+    plan = lambda: build_plan(CONFIG, ["traces_demo"], [f"model.path={model}"]).experiments[0]
+    base = plan()
+    assert base.stages["search"].config["input_files"][str(weights)] == \
+        hashlib.sha256(b"\0" * 64).hexdigest()
+    assert json.loads((tmp_path / "results" / ".hash-cache.json").read_text())  # read once
+    weights.write_bytes(b"\1" * 64)  # the same size: a new time makes it read again
+    edited = plan()
+    assert base.stages["search"].id != edited.stages["search"].id
+    # the student is another (tiny) model: nothing of its arms moves
+    assert ids(base, ["prepare", "sft:original", "eval:original"]) == \
+        ids(edited, ["prepare", "sft:original", "eval:original"])

@@ -61,6 +61,8 @@ ARMS = ("base", "original", "retro_search")
 SFT_DATA_KEYS = ("max_length", "drop_overlong", "eos_token")
 # The prompt format eval takes from the student when eval.<key> is null.
 EVAL_PROMPT_KEYS = ("user_template", "system_prompt", "think_open", "think_close")
+MODEL_SECTIONS = ("model", "student")  # the sections of a stage config that name a model
+HASH_CACHE = ".hash-cache.json"  # under results/: provenance.HashCache
 
 def stage_hash(kind: str, config: dict[str, Any], upstream_ids: list[str]) -> str:
     """The hash in a stage directory's name: its kind, its config (config.yaml) and the ids of
@@ -164,7 +166,7 @@ def input_files(benchmarks: Iterable[str], data_dir: str | None, data_dirs: dict
     instead of passing unnoticed. A benchmark made by a stage (the task's arith) is keyed by that
     stage; one from the hub by its id. A missing copy is refused here, before any job runs."""
     from retro_search.evaluation.benchmarks import get_benchmark
-    from retro_search.provenance import hash_paths
+    from retro_search.provenance import HashCache, hash_paths
 
     paths = []
     for name in benchmarks:
@@ -179,7 +181,24 @@ def input_files(benchmarks: Iterable[str], data_dir: str | None, data_dirs: dict
         paths.append(path)
     if source and Path(source).exists():
         paths.append(source)  # a folder: every file in it (provenance.hash_paths)
-    return {entry["path"]: entry["sha256"] for entry in hash_paths(paths)}
+    return {entry["path"]: entry["sha256"] for entry in hash_paths(paths, HashCache(
+        Path(results) / HASH_CACHE))}
+
+
+def local_model_files(config: dict[str, Any], results: str) -> dict[str, str]:
+    """sha256 of the files of every local model folder (and tokenizer folder) a stage's model
+    sections name outside the pipeline's results: a user's checkpoint is part of the key of the
+    stages that load it, as a hub model is by its revision."""
+    from retro_search.provenance import HashCache, hash_paths
+
+    folders = [section.get(key) for name in MODEL_SECTIONS
+               if isinstance(section := config.get(name), dict) for key in ("path", "tokenizer")]
+    folders = [f for f in folders if isinstance(f, str) and not f.startswith(f"{results}/")
+               and Path(f).is_dir()]
+    if not folders:
+        return {}
+    entries = hash_paths(dict.fromkeys(folders), HashCache(Path(results) / HASH_CACHE))
+    return {entry["path"]: entry["sha256"] for entry in entries}
 
 
 def eval_benchmark_dir(section: dict[str, Any], benchmark: str) -> str:
@@ -217,6 +236,9 @@ def plan_experiment(name: str, cfg: dict, results: str = "results") -> Experimen
     stages: dict[str, Stage] = {}
 
     def stage(role: str, kind: str, label: str, config: dict, upstream: list[Stage]) -> Stage:
+        files = {**config.get("input_files", {}), **local_model_files(config, results)}
+        if files:
+            config = {**config, "input_files": dict(sorted(files.items()))}
         hashed, runtime = split_runtime(config)
         stages[role] = Stage(kind, slug(label), hashed, upstream, results, runtime)
         return stages[role]

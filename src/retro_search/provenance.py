@@ -70,7 +70,36 @@ def _is_artifact(relative: Path) -> bool:
                 or relative.parts[0] in NOT_ARTIFACTS)
 
 
-def hash_paths(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
+class HashCache:
+    """sha256 of files remembered by path, size and modification time in a JSON file, for the
+    plan: Snakemake plans again in every cluster job, and a local model's weights (tens of GB)
+    are part of the key of the stages that load them. A changed file has a new size or time,
+    so it is read again; manifests and the audit never use the cache."""
+
+    def __init__(self, file: str | Path):
+        self.file = Path(file)
+        try:
+            self.known = json.loads(self.file.read_text())
+        except (OSError, ValueError):
+            self.known = {}
+        self.dirty = False
+
+    def sha256(self, path: Path) -> str:
+        stat = path.stat()
+        key, stamp = str(path.resolve()), [stat.st_size, stat.st_mtime_ns]
+        if self.known.get(key, [None])[:2] != stamp:
+            self.known[key] = [*stamp, sha256_file(path)]
+            self.dirty = True
+        return self.known[key][2]
+
+    def save(self) -> None:
+        if self.dirty:
+            self.file.parent.mkdir(parents=True, exist_ok=True)
+            write_json(self.file, self.known)  # atomic: concurrent plans lose entries, not files
+            self.dirty = False
+
+
+def hash_paths(paths: Iterable[str | Path], cache: HashCache | None = None) -> list[dict[str, Any]]:
     """sha256 and size of each file; a folder contributes every file below it (sorted), except
     hidden files (progress and temp data) and the folders in NOT_ARTIFACTS."""
     entries = []
@@ -79,8 +108,11 @@ def hash_paths(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
                        if p.is_file() and _is_artifact(p.relative_to(path))) \
             if path.is_dir() else [path]
         for file in files:
-            entries.append({"path": str(file), "sha256": sha256_file(file),
+            entries.append({"path": str(file),
+                            "sha256": cache.sha256(file) if cache else sha256_file(file),
                             "bytes": file.stat().st_size})
+    if cache:
+        cache.save()
     return entries
 
 
