@@ -272,3 +272,24 @@ def test_a_hub_dataset_read_is_recorded_with_its_commit_and_unpinned_is_named(tm
     hubs = [line for line in report.unverified if "hub dataset" in line]
     assert hubs == [f"{tmp_path.name}/out: hub dataset org/bench was read unpinned "
                     f"(latest, then {SHA})"]
+
+
+def test_the_models_a_stage_config_names_are_pinned_in_its_manifest(tmp_path, hub_cache):
+    import yaml
+
+    model = tmp_path / "results" / "sft" / "s-1" / "model"
+    model.mkdir(parents=True)
+    (model / "model.safetensors").write_bytes(b"weights")
+    stage = tmp_path / "results" / "search" / "x"
+    stage.mkdir(parents=True)
+    (stage / "config.yaml").write_text(yaml.safe_dump({
+        "model": {"path": str(model), "revision": None, "tokenizer": None},
+        "student": {"path": "retro-search-test/tiny", "revision": "main", "tokenizer": None}}))
+    manifest = write_manifest(stage / "manifest.json", stage="search", config_file=None,
+                              inputs=[], outputs=[], upstream=[], started="t0", command=["s"])
+    assert str(model / "model.safetensors") in {e["path"] for e in manifest["inputs"]}
+    assert [(h["id"], h["revision"], h["commit"]) for h in manifest["hub_models"]] == \
+        [("retro-search-test/tiny", "main", SHA)]
+    (model / "model.safetensors").write_bytes(b"other weights")
+    assert any(f"modified: input {model / 'model.safetensors'}" in p
+               for p in audit(stage).problems)

@@ -314,7 +314,12 @@ def write_manifest(path: str | Path, *, stage: str, config_file: str | Path | No
     runtime = yaml.safe_load(runtime_file.read_text()) if runtime_file else None
     models, seeds = _models_and_seeds(config)
     revisions = {m["id"]: m["revision"] for m in models.values()}
-    model_inputs = [str(m) for m in model_inputs if m]
+    # The models the config names are what the job loaded (weights or tokenizer): pinned too.
+    named = [config.get("model_dir"), *(section.get(key) for name in ("model", "student")
+                                        if isinstance(section := config.get(name), dict)
+                                        for key in ("path", "tokenizer"))]
+    named = [m for m in named if isinstance(m, str) and (Path(m).exists() or HUB_ID.fullmatch(m))]
+    model_inputs = list(dict.fromkeys([*(str(m) for m in model_inputs if m), *named]))
     local_models = [m for m in model_inputs if Path(m).exists()]
     hub_models = [hub_model(m, revisions.get(m)) for m in model_inputs if not Path(m).exists()]
     # Files from outside the pipeline the stage read (benchmark copies, a local data source):
