@@ -293,3 +293,16 @@ def test_the_models_a_stage_config_names_are_pinned_in_its_manifest(tmp_path, hu
     (model / "model.safetensors").write_bytes(b"other weights")
     assert any(f"modified: input {model / 'model.safetensors'}" in p
                for p in audit(stage).problems)
+
+
+def test_stages_run_in_one_environment_with_different_packages_are_named(chain):
+    prepare, search, merge = chain
+    # search's job saw another torch in the same environment than prepare's (restored since)
+    for stage in (search, merge):
+        manifest = json.loads((stage / "manifest.json").read_text())
+        manifest["packages"]["torch"] = "0.0.1"
+        manifest["environment"]["packages_sha256"] = hashlib.sha256(
+            json.dumps(manifest["packages"], sort_keys=True).encode()).hexdigest()
+        (stage / "manifest.json").write_text(json.dumps(manifest))
+    lines = [p for p in problems(merge, "different environment") if " and " in p]
+    assert len(lines) == 1 and "torch" in lines[0] and "0.0.1" in lines[0], lines

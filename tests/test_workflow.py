@@ -127,17 +127,83 @@ def test_a_search_override_reruns_search_and_downstream_only(demo):
     assert counts["summarize"] == 1
 
 
-def test_audit_passes_on_the_intact_chain_and_names_a_tampered_artifact(demo):
-    audit = [sys.executable, "-m", "retro_search.cli", "audit", "results/experiments/demo"]
-    env_path = {"PYTHONPATH": str(demo / "src")}
-    ok = subprocess.run(audit, cwd=demo, capture_output=True, text=True, env={**os.environ, **env_path})
+def audit_demo(demo):
+    return subprocess.run([sys.executable, "-m", "retro_search.cli", "audit",
+                           "results/experiments/demo"], cwd=demo, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(demo / "src")})
+
+
+def test_audit_passes_on_the_intact_chain_and_reads_every_manifest(demo):
+    ok = audit_demo(demo)
     assert ok.returncode == 0, ok.stdout + ok.stderr
-    prepared = next(demo.glob("results/prepare/*/traces.jsonl"))
-    with open(prepared, "a") as fh:
-        fh.write("\n")
-    bad = subprocess.run(audit, cwd=demo, capture_output=True, text=True, env={**os.environ, **env_path})
-    assert bad.returncode == 1
-    assert "modified" in bad.stdout and str(prepared.relative_to(demo)) in bad.stdout
+    every = sorted(demo.glob("results/*/*/*manifest.json"))
+    assert f"audit: {len(every)} manifests checked" in ok.stderr, (len(every), ok.stderr)
+
+
+def _append(path, text="\n"):
+    with open(path, "a") as fh:
+        fh.write(text)
+
+
+def _edit_json(path, **values):
+    path.write_text(json.dumps({**json.loads(path.read_text()), **values}))
+
+
+def _first(demo, pattern):
+    return next(demo.glob(pattern)).relative_to(demo)
+
+
+# tamper -> (the file it touches, what the audit must say about it)
+TAMPERS = {
+    "a stage's output": ("results/prepare/*/traces.jsonl", _append, "modified: output {path}"),
+    "the experiment's table": ("results/experiments/demo/results.md", _append,
+                               "modified: output {path}"),
+    "the experiment's index": ("results/experiments/demo/index.json", _append,
+                               "modified: output {path}"),
+    "a merge config": ("results/merge/*/config.yaml", _append, "modified: input {path}"),
+    "a shard config": ("results/shard/*/config.yaml", lambda p: _append(p, "num_shards: 3\n"),
+                       "misnamed: {dir}"),
+    "a benchmark copy": ("data/benchmarks/math500.jsonl", _append, "modified: input {path}"),
+    "an extra file beside the weights": (
+        "results/sft/retro_search-*/model/config.json",
+        lambda p: (p.parent / "adapter_config.json").write_text("{}"),
+        "unexpected: {dir}/adapter_config.json"),
+    "an eval shard manifest": ("results/eval/retro_search-*/shard-1.manifest.json",
+                               lambda p: _edit_json(p, seeds={"eval": 7}), "stale: summary/"),
+    "an environment file": ("envs/core.yaml", lambda p: _append(p, "# pinned elsewhere\n"),
+                            "different environment: "),
+    "a module of the search": ("src/retro_search/search.py", lambda p: _append(p, "# edited\n"),
+                               "different code: results/search/"),
+}
+
+
+@pytest.mark.parametrize("tamper", TAMPERS)
+def test_audit_names_each_tamper(demo, tamper):
+    pattern, change, expected = TAMPERS[tamper]
+    path = _first(demo, pattern)
+    before = {f: (f.read_bytes(), f.stat()) for f in (demo / path).parent.iterdir()
+              if f.is_file()}
+    change(demo / path)
+    try:
+        bad = audit_demo(demo)
+    finally:  # put the demo back as it was, times included (Snakemake compares them)
+        for extra in set((demo / path).parent.iterdir()) - set(before):
+            extra.unlink()
+        for file, (data, stat) in before.items():
+            file.write_bytes(data)
+            os.utime(file, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert bad.returncode == 1, bad.stdout + bad.stderr
+    assert expected.format(path=path, dir=path.parent) in bad.stdout, bad.stdout
+    if tamper == "a module of the search":  # and what was made from the search
+        line = next(l for l in bad.stdout.splitlines() if l.startswith("different code"))
+        assert "made from it:" in line and "results/summary/" in line, line
+    assert audit_demo(demo).returncode == 0
+
+
+def test_a_readme_edit_flags_nothing(demo):
+    _append(demo / "README.md", "A note.\n")
+    ok = audit_demo(demo)
+    assert ok.returncode == 0, ok.stdout
 
 
 def test_report_bundles_the_results_table_search_statistics_and_plots(demo):
@@ -161,3 +227,25 @@ def test_experiment_index_shows_the_results_table(demo):
     table = (summary / "results.md").read_text()
     assert (demo / "results/experiments/demo/results.md").read_text() == table
     assert table.strip() in (demo / "results/experiments/demo/README.md").read_text()
+
+
+def test_rerun_stages_give_byte_identical_artifacts(demo):
+    # One job of each kind (the reasoner's training aside, the longest), rerun alone with the
+    # same seeds: every artifact comes out with the same bytes; only manifests' times differ.
+    # Downstream first, one at a time, so that no job runs on an input rerun before it (the
+    # demo's other jobs would then be out of date and rerun too). Last in this file.
+    targets = [_first(demo, pattern) for pattern in (
+        "results/summary/*/manifest.json", "results/eval/retro_search-*/shard-0.manifest.json",
+        "results/sft/retro_search-*/manifest.json",
+        "results/sft_data/retro_search-*/manifest.json", "results/merge/*/manifest.json",
+        "results/search/*/shard-0.manifest.json", "results/shard/*/shard-0.manifest.json",
+        "results/prepare/*/manifest.json", "results/sample/*/shard-0.manifest.json",
+        "results/task/*/manifest.json", "results/tiny_model/*/manifest.json")]
+    for target in targets:
+        before = json.loads((demo / target).read_text())
+        done = run([str(SNAKEMAKE), "--cores", "2", "--force", str(target)], demo)
+        out = done.stdout + done.stderr
+        assert job_counts(out)["total"] == 1, (target, out[-2000:])
+        after = json.loads((demo / target).read_text())
+        assert after["started"] >= before["ended"], target  # it did run again
+        assert after["outputs"] == before["outputs"], target

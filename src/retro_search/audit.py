@@ -16,7 +16,8 @@ with its class:
 - **different code**: a module of the package the stage ran is not the one checked out now
   (one line per stage, naming the modules and the stages made from it);
 - **different environment**: an environment file (`envs/`, the lock, `pyproject.toml`) differs
-  from the checkout's, or the packages installed where the stage ran differ from its freeze.
+  from the checkout's, the packages installed where the stage ran differ from its freeze, or
+  two stages ran in the same environment folder with different packages.
 
 What cannot be checked is listed apart (`unverified`) and does not fail the audit: an environment
 folder that no longer exists, a hub model recorded without a commit, manifests older than a check.
@@ -81,6 +82,8 @@ class _Auditor:
         self.upstream: dict[Path, set[Path]] = {}     # folder -> folders it was made from
         self.changed_code: dict[Path, list[str]] = {}  # folder -> modules changed since
         self.shown: dict[Path, Path] = {}              # resolved folder -> as first named
+        # environment prefix -> freeze hash -> (the first stage with it, its freeze)
+        self.freezes_seen: dict[str, dict[str, tuple[str, dict]]] = {}
 
     def sha(self, path: Path) -> str:
         key = path.resolve()
@@ -175,6 +178,8 @@ class _Auditor:
         if differ:
             self.problem(f"different environment: {name} was made with other {', '.join(differ)}"
                          " than the checkout's")
+        self.freezes_seen.setdefault(env.get("prefix"), {}).setdefault(
+            env.get("packages_sha256"), (name, manifest.get("packages") or {}))
         sites = tuple(env.get("sites") or ())
         if not sites or not all(Path(s).is_dir() for s in sites):
             self.unverified(f"{name}: the environment it ran in ({env.get('prefix')}) is not "
@@ -250,6 +255,18 @@ class _Auditor:
             self.problem(f"different code: {self.shown[stage_dir]} was made with "
                          f"{', '.join(modules)} as it was before (changed since){also}")
 
+    def environment_lines(self) -> None:
+        """Stages that ran in one environment folder with different packages: it changed
+        between their jobs (a package upgraded mid-experiment), even if it was put back since."""
+        for prefix, freezes in self.freezes_seen.items():
+            (first, then), *others = freezes.values()
+            for name, now in others:
+                differ = [f"{p} {then.get(p, 'absent')} -> {now.get(p, 'absent')}"
+                          for p in sorted(set(now) | set(then)) if now.get(p) != then.get(p)]
+                self.problem(f"different environment: {first} and {name} ran in {prefix} with "
+                             f"different packages: {'; '.join(differ[:3])}"
+                             f"{f' (+{len(differ) - 3} more)' if len(differ) > 3 else ''}")
+
     def _ancestors(self, stage_dir: Path) -> set[Path]:
         seen, queue = set(), list(self.upstream.get(stage_dir, ()))
         while queue:
@@ -276,4 +293,5 @@ def audit(target: str | Path) -> AuditReport:
         seen.add(stage_dir.resolve())
         queue += auditor.folder(stage_dir)
     auditor.code_lines()
+    auditor.environment_lines()
     return auditor.report

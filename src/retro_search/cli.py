@@ -106,9 +106,20 @@ def cmd_audit(args: argparse.Namespace) -> int:
     report = audit(args.target)
     for problem in report.problems:
         print(problem)
-    print(f"audit: {len(report.checked)} manifests checked, {len(report.problems)} problems "
-          f"-> {'OK' if report.ok else 'FAILED'}", file=sys.stderr)
+    for line in report.unverified:
+        print(f"unverified: {line}")
+    print(f"audit: {len(report.checked)} manifests checked, {len(report.problems)} problems, "
+          f"{len(report.unverified)} things not verifiable -> "
+          f"{'OK' if report.ok else 'FAILED'}", file=sys.stderr)
     return 0 if report.ok else 1
+
+
+def cmd_lineage(args: argparse.Namespace) -> int:
+    from retro_search.lineage import lineage, render_json, render_text
+
+    result = lineage(args.table, cell=args.cell)
+    print(render_json(result) if args.json else render_text(result), end="")
+    return result["exit_status"]
 
 
 # --- tiny-model ------------------------------------------------------------------------------
@@ -265,12 +276,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_shard, input_args=("input",), output_args=("output",))
 
     p = sub.add_parser("audit", help="verify the provenance chain behind an experiment",
-                       description="Walk the manifests behind an experiment index "
+                       description="Walk the manifests behind an experiment "
                        "(results/experiments/NAME), a stage directory or a results folder, and "
-                       "name every artifact that is missing, modified after it was made, or made "
-                       "by other code than the one checked out. Exit 0 when the chain is intact.")
+                       "print one line per problem: missing, modified (a file or a manifest), "
+                       "stale (made from an upstream manifest that has changed since), misnamed "
+                       "(a folder whose name is not the hash of its config and upstream), "
+                       "unexpected (a file no manifest records), different code (a package "
+                       "module changed since), different environment (packages or envs/ and "
+                       "lock files). Lines starting 'unverified:' name what could not be "
+                       "checked. Exit 0 when there is no problem, 1 otherwise. Run it from the "
+                       "folder the workflow ran in (manifests name paths relative to it).")
     p.add_argument("target", help="results/experiments/NAME, a stage directory, or results/")
     p.set_defaults(func=cmd_audit)
+
+    p = sub.add_parser("lineage", help="trace a results-table cell back to the raw input rows",
+                       description="Walk from a results table to everything behind it: for the "
+                       "cell ROW,COLUMN (or every cell), the arm's eval stage, the benchmark's "
+                       "metrics.json and generations.parquet (sha256, rows = problems x samples) "
+                       "and whether the metrics reproduce the value shown; then every stage "
+                       "the eval stage was made from, through the manifests' upstream links, "
+                       "down to the raw input rows (the task's files, the samples, prepare's "
+                       "traces, files read from outside results/): per stage its role, config "
+                       "hash and identifying values, manifests, outputs' hashes, code, "
+                       "packages, hub models and engine. Verifies by running the audit once on "
+                       "the experiment folder (else the summary stage) and attaching each "
+                       "problem to the stage it names; what could not be verified is listed "
+                       "last. Exit 0 when the audit finds no problem and every cell "
+                       "reproduces, 1 otherwise, 2 for a bad argument.")
+    p.add_argument("table", help="results/experiments/NAME/results.md (or README.md, "
+                   "index.json there), or results/summary/ID/results.md or results.csv")
+    p.add_argument("--cell", default=None, metavar="ROW,COLUMN",
+                   help="one cell, e.g. retro_search,arith/acc (columns as in the table: "
+                   "BENCH/acc, BENCH/len, average/acc; results.csv also has BENCH/se); "
+                   "default: every cell")
+    p.add_argument("--json", action="store_true", help="print the lineage as JSON")
+    p.set_defaults(func=cmd_lineage)
 
     _register_stage_commands(sub)
     return parser
