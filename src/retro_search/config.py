@@ -74,12 +74,17 @@ def search_config(cfg: dict[str, Any]) -> SearchConfig:
 
 
 def engine_kwargs(cfg: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    """Engine name and constructor arguments: the engine section plus the model paths."""
+    """Engine name and constructor arguments: the engine section plus the model paths and the
+    model's hub revision (`model.revision`: a commit, branch or tag of `model.path`), so that a
+    pinned hub model is loaded at that commit, not at the latest one. The revision is added only
+    when set: a user's engine class without a `revision` argument keeps working unpinned."""
     section = dict(cfg["engine"])
     name = section.pop("name")
     section.setdefault("model", cfg["model"]["path"])
     if cfg["model"].get("tokenizer"):
         section.setdefault("tokenizer", cfg["model"]["tokenizer"])
+    if cfg["model"].get("revision"):
+        section.setdefault("revision", cfg["model"]["revision"])
     return name, section
 
 

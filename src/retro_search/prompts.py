@@ -49,17 +49,29 @@ class PromptFormat:
         return self.count_tokens(self.response_text(reasoning, solution))
 
 
+def tokenizer_source(path: str, tokenizer: str | None = None,
+                     revision: str | None = None) -> tuple[str, str | None]:
+    """Where the tokenizer of the model at `path` (pinned to hub `revision`, None: the latest) is
+    read from: (the tokenizer's path, its revision). The model's own tokenizer is read at the
+    model's revision; a separate `tokenizer` is another repository with commits of its own, read
+    at its latest (the engines and the sft_data stage apply the same rule)."""
+    return (tokenizer, None) if tokenizer else (path, revision)
+
+
 def load_prompt_format(tokenizer_path: str, *, system_prompt: str | None = None,
                        user_template: str = "{question}", think_open: str = "<think>\n",
-                       think_close: str = "</think>", **tokenizer_kwargs: Any) -> PromptFormat:
+                       think_close: str = "</think>", revision: str | None = None,
+                       **tokenizer_kwargs: Any) -> PromptFormat:
     """A PromptFormat from a Hugging Face tokenizer (local folder or hub id) and its chat template.
 
     `user_template` wraps the question (e.g. "{question}\\nPlease reason step by step, and put
     your final answer within \\\\boxed{{}}."), `system_prompt` adds a system turn when given.
+    `revision`: the hub commit, branch or tag the tokenizer is read at (None: the latest), so that
+    the prompts of a pinned model are those of its commit (see `tokenizer_source`).
     """
     from transformers import AutoTokenizer  # lazy: keeps `import retro_search` light
 
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_path, **tokenizer_kwargs)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_path, revision=revision, **tokenizer_kwargs)
     if not getattr(tokenizer, "chat_template", None):
         raise ValueError(f"tokenizer {tokenizer_path!r} has no chat template; the revision model "
                          "must be a chat model (set model.tokenizer to one that has a template)")

@@ -37,8 +37,8 @@ def load_engine(name: str, **kwargs: Any) -> Engine:
 
     `name` is a built-in engine name, "auto", or a dotted path `package.module:ClassName` to a
     user's class implementing `generate` (and optionally `generate_async`). For "auto", `kwargs`
-    are `model`, `tokenizer`, `device` and one section per engine, `vllm` and `transformers`,
-    holding that engine's own arguments.
+    are `model`, `tokenizer`, `revision` (the model's hub commit), `device` and one section per
+    engine, `vllm` and `transformers`, holding that engine's own arguments.
     """
     if name == "auto":
         return _auto_engine(**kwargs)
@@ -89,18 +89,19 @@ def vllm_unavailable() -> str | None:
     return None
 
 
-def _auto_engine(model: str, tokenizer: str | None = None, device: str = "auto",
-                 vllm: dict[str, Any] | None = None,
+def _auto_engine(model: str, tokenizer: str | None = None, revision: str | None = None,
+                 device: str = "auto", vllm: dict[str, Any] | None = None,
                  transformers: dict[str, Any] | None = None) -> Engine:
     reason = vllm_unavailable()
     if reason is None:
         try:
-            return load_engine("vllm", model=model, tokenizer=tokenizer, **(vllm or {}))
+            return load_engine("vllm", model=model, tokenizer=tokenizer, revision=revision,
+                               **(vllm or {}))
         except Exception as err:  # noqa: BLE001 - auto means: fall back, and say why
             reason = f"vLLM failed to start: {type(err).__name__}: {err}"
     log.warning("engine auto: the transformers engine runs this job (%s)", reason)
-    return load_engine("transformers", model=model, tokenizer=tokenizer, device=device,
-                       **(transformers or {}))
+    return load_engine("transformers", model=model, tokenizer=tokenizer, revision=revision,
+                       device=device, **(transformers or {}))
 
 
 def engine_info(engine: Any) -> dict[str, Any]:

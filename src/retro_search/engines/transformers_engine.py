@@ -32,6 +32,9 @@ class TransformersEngine:
     (long traces alone: see `decoding.ContinuousBatch` for why).
 
     `model` / `tokenizer`: local directory or hub name (the tokenizer defaults to the model's).
+    `revision`: the hub commit, branch or tag of `model` (None: the latest); it applies to the
+    tokenizer too when that is the model's own, never to a separate `tokenizer`, which is another
+    repository with commits of its own.
     `device`: "auto" (CUDA when available, else CPU), "cpu", "cuda", "cuda:1" ...
     `dtype`: "auto" (the checkpoint's dtype on GPU, float32 on CPU, where bf16 matmuls are slow),
     or a torch dtype name such as "bfloat16". `num_threads` sets torch's CPU threads for the whole
@@ -41,8 +44,8 @@ class TransformersEngine:
     Prompts are tokenised without special tokens: the chat template already put them in the text.
     """
 
-    def __init__(self, model: str, tokenizer: str | None = None, device: str = "auto",
-                 dtype: str = "auto", batch_size: int = 16,
+    def __init__(self, model: str, tokenizer: str | None = None, revision: str | None = None,
+                 device: str = "auto", dtype: str = "auto", batch_size: int = 16,
                  attn_implementation: str = attention.NAME,
                  trust_remote_code: bool = False, num_threads: int | None = None,
                  max_batch_tokens: int = 4096):
@@ -60,11 +63,12 @@ class TransformersEngine:
             torch_dtype = "auto" if self.device.type == "cuda" else torch.float32
         else:
             torch_dtype = getattr(torch, dtype)
-        self.tokenizer = AutoTokenizer.from_pretrained(tokenizer or model,
-                                                       trust_remote_code=trust_remote_code)
+        self.tokenizer = AutoTokenizer.from_pretrained(
+            tokenizer or model, revision=None if tokenizer else revision,
+            trust_remote_code=trust_remote_code)
         with quiet_progress_bars():
             self.model = AutoModelForCausalLM.from_pretrained(
-                model, dtype=torch_dtype, trust_remote_code=trust_remote_code,
+                model, revision=revision, dtype=torch_dtype, trust_remote_code=trust_remote_code,
                 attn_implementation=attn_implementation)
         self.model.to(self.device).eval()
         eos = self.model.generation_config.eos_token_id

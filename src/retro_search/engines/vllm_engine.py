@@ -64,11 +64,20 @@ CPU_ARGS: dict[str, Any] = {
 }
 
 
-def engine_args_kwargs(model: str, tokenizer: str | None = None, *, on_cpu: bool = False,
-                       **engine_kwargs: Any) -> dict[str, Any]:
-    """Keyword arguments for `vllm.AsyncEngineArgs`: BASE_ARGS, CPU_ARGS on CPU, then
-    `engine_kwargs` (the config's `engine.*`), which win over both."""
-    return {"model": model, "tokenizer": tokenizer or model, **BASE_ARGS,
+def engine_args_kwargs(model: str, tokenizer: str | None = None, *, revision: str | None = None,
+                       on_cpu: bool = False, **engine_kwargs: Any) -> dict[str, Any]:
+    """Keyword arguments for `vllm.AsyncEngineArgs`: the model, its tokenizer and, for a pinned
+    hub model, its `revision` (a commit, branch or tag of `model`); then BASE_ARGS, CPU_ARGS on
+    CPU, then `engine_kwargs` (the config's `engine.*`), which win over all of them.
+
+    The model's revision is the tokenizer's too when the tokenizer is the model's own. A separate
+    `tokenizer` is another repository, with commits of its own: it is read at its latest
+    ("main"), which is said explicitly because vLLM would otherwise apply the model's revision to
+    it (its ModelConfig takes `revision` for a missing `tokenizer_revision`)."""
+    pinned: dict[str, Any] = {}
+    if revision:
+        pinned = {"revision": revision, "tokenizer_revision": "main" if tokenizer else revision}
+    return {"model": model, "tokenizer": tokenizer or model, **pinned, **BASE_ARGS,
             **(CPU_ARGS if on_cpu else {}), **engine_kwargs}
 
 
@@ -137,11 +146,13 @@ def _import_vllm():
 class VLLMEngine:
     """Generate with vLLM's async engine; see the module docstring for the design.
 
-    Arguments map to `vllm.AsyncEngineArgs` (`engine_kwargs` pass through unchanged). Call
-    `shutdown()` when done to stop the engine processes and the event-loop thread.
+    Arguments map to `vllm.AsyncEngineArgs` (see `engine_args_kwargs`; `engine_kwargs` pass
+    through unchanged); the adapter's own tokenizer is read from the same tokenizer and revision
+    as vLLM's. Call `shutdown()` when done to stop the engine processes and the event-loop thread.
     """
 
-    def __init__(self, model: str, tokenizer: str | None = None, **engine_kwargs: Any):
+    def __init__(self, model: str, tokenizer: str | None = None, revision: str | None = None,
+                 **engine_kwargs: Any):
         self._vllm = _import_vllm()
         from transformers import AutoTokenizer
         from vllm.platforms import current_platform
@@ -150,9 +161,10 @@ class VLLMEngine:
         self._final_only = RequestOutputKind.FINAL_ONLY  # one output per request, at the end
         self._check_batch_invariance()
         self.device = current_platform.device_type
-        self.engine_args = engine_args_kwargs(model, tokenizer, on_cpu=current_platform.is_cpu(),
-                                              **engine_kwargs)
-        self.tokenizer = AutoTokenizer.from_pretrained(self.engine_args["tokenizer"])
+        self.engine_args = engine_args_kwargs(model, tokenizer, revision=revision,
+                                              on_cpu=current_platform.is_cpu(), **engine_kwargs)
+        self.tokenizer = AutoTokenizer.from_pretrained(
+            self.engine_args["tokenizer"], revision=self.engine_args.get("tokenizer_revision"))
         self._vocab_texts: list[str] | None = None
         self._banned: dict[tuple[str, ...], list[list[int]]] = {}
         self._loop = asyncio.new_event_loop()

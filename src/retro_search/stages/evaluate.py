@@ -54,17 +54,26 @@ def _brief(metrics: dict[str, Any], **extra: Any) -> str:
     return json.dumps({**{k: metrics[k] for k in keys}, **extra})
 
 
-def _shards(settings: EvalSettings, model: str, names: list[str], log: Log
-            ) -> list[BenchmarkShard]:
+def model_revision(config: dict[str, Any], model: str) -> str | None:
+    """The hub revision an eval stage with config `config` loads `model` at: the student's
+    `revision` when `model` is the student's own path (the "base" arm evaluates the student as
+    published, e.g. a hub id pinned to a commit), else None: a model SFT wrote is a local folder
+    whose files are the model, and the student's revision names a commit of another repository."""
+    student = config.get("student") or {}
+    return student.get("revision") if model == student.get("path") else None
+
+
+def _shards(settings: EvalSettings, model: str, names: list[str], log: Log,
+            revision: str | None = None) -> list[BenchmarkShard]:
     """This call's shard of every benchmark in `names` that has it, each with its problems and
-    prompt renderer."""
+    prompt renderer (the chat template of `model` at `revision`, or of eval.tokenizer)."""
     from retro_search.evaluation.benchmarks import get_benchmark, load_problems
     from retro_search.evaluation.generate import (
         BenchmarkShard,
         prompt_renderer,
         shard_problems,
     )
-    from retro_search.prompts import load_prompt_format
+    from retro_search.prompts import load_prompt_format, tokenizer_source
 
     twice = sorted({name for name in names if names.count(name) > 1})
     if twice:  # two entries would share one progress entry and one output folder
@@ -81,9 +90,10 @@ def _shards(settings: EvalSettings, model: str, names: list[str], log: Log
 
     # The user template is applied by prompt_renderer (plain "{question}" replacement), so the
     # format gets "{question}". One format for every benchmark: it is the model's, not theirs.
-    prompt = load_prompt_format(settings.tokenizer or model, system_prompt=settings.system_prompt,
-                                user_template="{question}", think_open=settings.think_open,
-                                think_close=settings.think_close)
+    tokenizer, tokenizer_revision = tokenizer_source(model, settings.tokenizer, revision)
+    prompt = load_prompt_format(tokenizer, revision=tokenizer_revision,
+                                system_prompt=settings.system_prompt, user_template="{question}",
+                                think_open=settings.think_open, think_close=settings.think_close)
     shards = []
     for bench in covered:  # every benchmark is read before the engine loads: bad data fails fast
         problems = shard_problems(load_problems(bench, settings.data_dir_for(bench.name),
@@ -100,9 +110,11 @@ def _shards(settings: EvalSettings, model: str, names: list[str], log: Log
 
 
 def run(settings: EvalSettings, engine_section: dict[str, Any], model: str,
-        output_dir: str | Path, *, benchmarks: Sequence[str] | None = None,
-        progress: bool = True, log: Log | None = None) -> StageResult:
-    """Sample `model` (a local folder or hub id) on `benchmarks` (default: settings.benchmarks),
+        output_dir: str | Path, *, revision: str | None = None,
+        benchmarks: Sequence[str] | None = None, progress: bool = True,
+        log: Log | None = None) -> StageResult:
+    """Sample `model` (a local folder, or a hub id at commit, branch or tag `revision`, None: the
+    latest; see `model_revision`) on `benchmarks` (default: settings.benchmarks),
     this call's shard of each, with the engine of `engine_section`; grade, and write
     `output_dir/<benchmark>/generations.parquet` and `metrics.json`. `progress` shows progress
     bars; `log` gets one line per benchmark skipped, resumed or finished, when it happens.
@@ -116,8 +128,11 @@ def run(settings: EvalSettings, engine_section: dict[str, Any], model: str,
     from retro_search.grading import Grader
 
     log = log or (lambda line: None)
-    shards = _shards(settings, model, list(benchmarks or settings.benchmarks), log)
-    saved = EvalProgress(output_dir, eval_context(model, settings, engine_section))
+    shards = _shards(settings, model, list(benchmarks or settings.benchmarks), log, revision)
+    context = eval_context(model, settings, engine_section)
+    if revision:  # another commit of the model: benchmarks saved for one are not the other's
+        context["revision"] = revision
+    saved = EvalProgress(output_dir, context)
     todo = []
     for shard in shards:
         if saved.finished(shard):  # by an earlier, killed call with the same settings
@@ -127,7 +142,8 @@ def run(settings: EvalSettings, engine_section: dict[str, Any], model: str,
     info = None
     if todo:
         name, kwargs = engine_kwargs({"engine": engine_section,
-                                      "model": {"path": model, "tokenizer": settings.tokenizer}})
+                                      "model": {"path": model, "tokenizer": settings.tokenizer,
+                                                "revision": revision}})
         with open_engine(name, **kwargs) as engine, \
                 Grader(processes=settings.grading_processes,
                        timeout=settings.grading_timeout) as grader:

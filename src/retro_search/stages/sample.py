@@ -44,7 +44,7 @@ def run(settings, model: dict[str, Any], engine_section: dict[str, Any], *, shar
     from retro_search.config import engine_kwargs
     from retro_search.engines import engine_info, open_engine
     from retro_search.grading import normalize_reference
-    from retro_search.prompts import load_prompt_format
+    from retro_search.prompts import load_prompt_format, tokenizer_source
     from retro_search.questions import load_questions
     from retro_search.sampling import is_unclosed, plan_requests, run_samples
 
@@ -68,13 +68,12 @@ def run(settings, model: dict[str, Any], engine_section: dict[str, Any], *, shar
     print(report.summary(), file=sys.stderr)
     fingerprint = _fingerprint(settings, model, engine_section, shard, questions)
     progress = output.with_name(f".{output.name}.progress-{fingerprint}.jsonl")
-    tokenizer = model.get("tokenizer")
-    prompt = load_prompt_format(tokenizer or model["path"],
+    tokenizer, revision = tokenizer_source(model["path"], model.get("tokenizer"),
+                                           model.get("revision"))
+    prompt = load_prompt_format(tokenizer, revision=revision,
                                 system_prompt=model.get("system_prompt"),
                                 user_template=model.get("user_template") or "{question}",
-                                think_open=model["think_open"], think_close=model["think_close"],
-                                **({"revision": model["revision"]}
-                                   if model.get("revision") and not tokenizer else {}))
+                                think_open=model["think_open"], think_close=model["think_close"])
     rows, skipped, stats, info = [], [], None, None
     if questions:
         name, kwargs = engine_kwargs({"engine": engine_section, "model": model})

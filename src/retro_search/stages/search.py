@@ -38,7 +38,7 @@ def run(cfg: dict[str, Any], input_path: str | Path, output: str | Path,
     from retro_search.config import engine_kwargs, search_config
     from retro_search.engines import engine_info, open_engine
     from retro_search.grading import Grader, normalize_reference
-    from retro_search.prompts import load_prompt_format
+    from retro_search.prompts import load_prompt_format, tokenizer_source
     from retro_search.readers import read_traces
     from retro_search.scheduler import run_shard
 
@@ -47,7 +47,9 @@ def run(cfg: dict[str, Any], input_path: str | Path, output: str | Path,
     output = Path(output)
     progress = output.with_name(f".{output.name}.progress-{_fingerprint(cfg, input_path)}.jsonl")
     model = cfg["model"]
-    prompt = load_prompt_format(model["tokenizer"] or model["path"],
+    tokenizer, revision = tokenizer_source(model["path"], model.get("tokenizer"),
+                                           model.get("revision"))
+    prompt = load_prompt_format(tokenizer, revision=revision,
                                 system_prompt=model["system_prompt"],
                                 user_template=model["user_template"],
                                 think_open=model["think_open"], think_close=model["think_close"])
