@@ -25,7 +25,7 @@ class ModelSettings:
     path: str = MISSING                  # local folder or hub id of the starting weights
     label: Optional[str] = None          # short name used in stage directory names
     tokenizer: Optional[str] = None      # tokenizer (and chat template); None = `path`
-    revision: Optional[str] = None       # hub revision (commit) of `path`; recorded for provenance
+    revision: Optional[str] = None       # hub revision (commit) of `path`: every stage loads it there
     user_template: str = "{question}"    # how the question is put in the user turn
     system_prompt: Optional[str] = None  # optional system turn
     think_open: str = "<think>\n"        # reasoning opener the student expects (not added twice)
