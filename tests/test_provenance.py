@@ -306,3 +306,12 @@ def test_stages_run_in_one_environment_with_different_packages_are_named(chain):
         (stage / "manifest.json").write_text(json.dumps(manifest))
     lines = [p for p in problems(merge, "different environment") if " and " in p]
     assert len(lines) == 1 and "torch" in lines[0] and "0.0.1" in lines[0], lines
+
+
+@pytest.mark.parametrize("damage", [b"data: [unclosed\n", b"- a list\n", b"\xff\xfe bytes\n"])
+def test_a_damaged_config_or_manifest_is_a_problem_not_a_traceback(chain, damage):
+    prepare, _, merge = chain
+    (prepare / "config.yaml").write_bytes(damage)
+    assert any(str(prepare / "config.yaml") in p for p in problems(merge, "modified"))
+    (prepare / "manifest.json").write_bytes(damage)
+    assert any(str(prepare / "manifest.json") in p for p in problems(merge, "modified"))

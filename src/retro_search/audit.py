@@ -66,8 +66,12 @@ def stage_dirs_of(target: Path) -> list[Path]:
     directories of its index; a stage directory; or every folder with a manifest below a
     results folder."""
     if (target / "index.json").exists():
-        stages = json.loads((target / "index.json").read_text())["stages"]
-        return [target, *(Path(entry["dir"]) for entry in stages)]
+        try:
+            stages = [Path(entry["dir"])
+                      for entry in json.loads((target / "index.json").read_text())["stages"]]
+        except (ValueError, KeyError, TypeError):
+            stages = []  # the manifest beside it says what it should hold
+        return [target, *stages]
     if list(target.glob(f"*{MANIFEST_SUFFIX}")):
         return [target]
     return sorted({m.parent for m in target.glob(f"*/*/*{MANIFEST_SUFFIX}")})
@@ -91,6 +95,18 @@ class _Auditor:
             self._hashes[key] = sha256_file(path)
         return self._hashes[key]
 
+    def config(self, path: Path) -> dict[str, Any]:
+        """A stage's config.yaml; {} and a problem when it is not a YAML mapping (its hash
+        then fails too: damaged, not a traceback)."""
+        try:
+            config = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (ValueError, yaml.YAMLError):
+            config = None
+        if isinstance(config, dict) or config is None and not path.read_bytes().strip():
+            return config or {}
+        self.problem(f"modified: {path} is not a YAML mapping")
+        return {}
+
     def problem(self, line: str) -> None:
         if line not in self.report.problems:
             self.report.problems.append(line)
@@ -109,9 +125,14 @@ class _Auditor:
         manifests = []
         for path in sorted(stage_dir.glob(f"*{MANIFEST_SUFFIX}")):
             try:
-                manifests.append((path, json.loads(path.read_text())))
-            except json.JSONDecodeError:
+                manifest = json.loads(path.read_text(encoding="utf-8"))
+            except (ValueError, OSError):  # not UTF-8, not JSON
                 self.problem(f"modified: {path} is not valid JSON")
+                continue
+            if not isinstance(manifest, dict):
+                self.problem(f"modified: {path} is not a manifest (a JSON object)")
+                continue
+            manifests.append((path, manifest))
         if not manifests:
             self.problem(f"missing: {stage_dir} has no manifest (never finished?)")
             return []
@@ -203,7 +224,7 @@ class _Auditor:
                          "match its hash")
         config_file = manifest.get("config_file")
         if config_file and Path(config_file).is_file():
-            models, seeds = _models_and_seeds(yaml.safe_load(Path(config_file).read_text()) or {})
+            models, seeds = _models_and_seeds(self.config(Path(config_file)))
             if (models, seeds) != (manifest.get("models", {}), manifest.get("seeds", {})):
                 self.problem(f"modified: the models or seeds in the manifest of {name} are not "
                              f"those of {config_file}")
@@ -226,7 +247,7 @@ class _Auditor:
         config_file = Path(manifest["config_file"])
         if not config_file.is_file():
             return  # named missing with the manifest's inputs
-        config = yaml.safe_load(config_file.read_text()) or {}
+        config = self.config(config_file)
         ids = [u["id"].rsplit("/", 1)[-1] for u in manifest.get("upstream", [])]
         expected = stage_hash(kind, config, ids)
         if not stage_dir.name.endswith(f"-{expected}"):
