@@ -181,22 +181,25 @@ TAMPERS = {
 def test_audit_names_each_tamper(demo, tamper):
     pattern, change, expected = TAMPERS[tamper]
     path = _first(demo, pattern)
-    before = {f: (f.read_bytes(), f.stat()) for f in (demo / path).parent.iterdir()
-              if f.is_file()}
+    folder = (demo / path).parent
+    entries = set(folder.iterdir())
+    before = {f: (f.read_bytes(), f.stat()) for f in entries if f.is_file()}
     change(demo / path)
     try:
         bad = audit_demo(demo)
     finally:  # put the demo back as it was, times included (Snakemake compares them)
-        for extra in set((demo / path).parent.iterdir()) - set(before):
+        for extra in set(folder.iterdir()) - entries:
             extra.unlink()
         for file, (data, stat) in before.items():
             file.write_bytes(data)
             os.utime(file, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     assert bad.returncode == 1, bad.stdout + bad.stderr
     assert expected.format(path=path, dir=path.parent) in bad.stdout, bad.stdout
-    if tamper == "a module of the search":  # and what was made from the search
-        line = next(l for l in bad.stdout.splitlines() if l.startswith("different code"))
+    if tamper == "a module of the search":  # and what was made from it; not what came before
+        line = next(l for l in bad.stdout.splitlines() if l.startswith(expected))
         assert "made from it:" in line and "results/summary/" in line, line
+        for before_search in ("tiny_model", "task", "prepare", "shard"):
+            assert f"different code: results/{before_search}/" not in bad.stdout, bad.stdout
     assert audit_demo(demo).returncode == 0
 
 

@@ -9,11 +9,19 @@ Engines (`retro_search.engines.load_engine`), grading (`retro_search.grading`), 
 modules.
 """
 
-from retro_search.records import RecordError, TraceRecord
-from retro_search.search import TraceSearch, retro_search
-from retro_search.search_types import SearchConfig, SearchOutcome
-from retro_search.segmentation import segment
+import importlib
 
-__all__ = ["RecordError", "SearchConfig", "SearchOutcome", "TraceRecord", "TraceSearch",
-           "retro_search", "segment"]
+# Imported on first use (PEP 562): a job loads only the modules it runs, so its manifest's module
+# hashes name the code that made its output (provenance.loaded_modules), not the whole package.
+_EXPORTS = {"RecordError": "records", "TraceRecord": "records", "TraceSearch": "search",
+            "retro_search": "search", "SearchConfig": "search_types",
+            "SearchOutcome": "search_types", "segment": "segmentation"}
+
+__all__ = sorted(_EXPORTS)
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'retro_search' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"retro_search.{_EXPORTS[name]}"), name)

@@ -29,11 +29,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from retro_search.engines.base import Engine, GenerationRequest, GenerationResult
+from retro_search.engines.base import (
+    Engine,
+    GenerationRequest,
+    GenerationResult,
+    derive_seed,
+    rollout_budget,
+)
 from retro_search.formats import OT_THOUGHT_CLOSE, PRESETS, R1_CLOSE
 from retro_search.questions import Question, resolve_question_format
 from retro_search.records import RecordError, TraceRecord
-from retro_search.search import derive_seed, rollout_budget
 
 __all__ = ["SampleSettings", "sample_settings", "PlannedSample", "plan_requests", "sample_seed",
            "sample_row", "run_samples", "read_samples", "MODEL_KEYS"]

@@ -22,12 +22,16 @@ Units: `*_tokens` are tokens of the revision model's tokenizer (engine counts fo
 
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import dataclass
 from typing import Callable, Generator, Sequence
 
-from retro_search.engines.base import GenerationRequest, GenerationResult
+from retro_search.engines.base import (
+    GenerationRequest,
+    GenerationResult,
+    derive_seed,
+    rollout_budget,
+)
 from retro_search.records import TraceRecord
 from retro_search.search_types import (
     GradeFn,
@@ -42,12 +46,6 @@ from retro_search.segmentation import (
     segment_steps,
     split_steps,
 )
-
-
-def derive_seed(*parts: object) -> int:
-    """A 31-bit seed from any parts, stable across processes and Python versions (not hash())."""
-    digest = hashlib.sha256("\x1f".join(map(str, parts)).encode()).digest()
-    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
 
 
 def visit_probability(config: SearchConfig, visited: int, boundaries_left: int) -> float:
@@ -74,13 +72,6 @@ def visits_boundary(config: SearchConfig, trace_id: str, prefix_steps: int, visi
         return True
     draw = derive_seed(config.seed, trace_id, prefix_steps, "visit") / 2**31
     return draw < p
-
-
-def rollout_budget(max_tokens: int, context_length: int | None, prompt_tokens: int) -> int:
-    """Tokens a request may generate: min(max_tokens, context - prompt); may be < 1 (none)."""
-    if context_length is None:
-        return max_tokens
-    return min(max_tokens, context_length - prompt_tokens)
 
 
 def retro_search(

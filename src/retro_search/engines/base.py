@@ -74,3 +74,16 @@ class StreamingEngine(Engine, Protocol):
     """An engine that accepts requests one by one while others are running."""
 
     async def generate_async(self, request: GenerationRequest) -> GenerationResult: ...
+
+
+def derive_seed(*parts: object) -> int:
+    """A 31-bit seed from any parts, stable across processes and Python versions (not hash())."""
+    digest = hashlib.sha256("\x1f".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
+
+
+def rollout_budget(max_tokens: int, context_length: int | None, prompt_tokens: int) -> int:
+    """Tokens a request may generate: min(max_tokens, context - prompt); may be < 1 (none)."""
+    if context_length is None:
+        return max_tokens
+    return min(max_tokens, context_length - prompt_tokens)

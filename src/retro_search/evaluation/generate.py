@@ -1,7 +1,7 @@
 """Generate and grade the samples of one or several benchmarks over one engine.
 
 One request per problem x sample. Each request's seed derives from (eval seed, benchmark, problem
-id, sample index) with SHA-256 (`retro_search.search.derive_seed`), so a sample's text does not
+id, sample index) with SHA-256 (`retro_search.engines.base.derive_seed`), so a sample's text does not
 depend on which other problems, shards, limits or benchmarks a run has. The requests of every
 benchmark of a call go to the engine as one stream, in chunks of `chunk_size` (one tqdm step
 each), so the engine stays full across benchmarks; a benchmark is graded and handed back as soon
@@ -18,10 +18,14 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Protocol, Sequence
 
 from retro_search.artifacts import GENERATION_COLUMNS
-from retro_search.engines.base import Engine, GenerationRequest, GenerationResult
+from retro_search.engines.base import (
+    Engine,
+    GenerationRequest,
+    GenerationResult,
+    derive_seed,
+)
 from retro_search.evaluation.benchmarks import Problem
 from retro_search.evaluation.config import EvalSettings
-from retro_search.search import derive_seed
 
 __all__ = ["COLUMNS", "BenchmarkShard", "build_requests", "evaluate_benchmark",
            "evaluate_benchmarks", "grade_rows", "prompt_renderer", "run_requests", "sample_seed",
