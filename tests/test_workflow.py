@@ -209,6 +209,25 @@ def test_a_readme_edit_flags_nothing(demo):
     assert ok.returncode == 0, ok.stdout
 
 
+def test_lineage_walks_a_cell_of_the_demo_table_back_to_the_raw_rows(demo):
+    done = subprocess.run([sys.executable, "-m", "retro_search.cli", "lineage",
+                           "results/experiments/demo/results.md", "--cell",
+                           "retro_search,arith/acc", "--json"], cwd=demo, capture_output=True,
+                          text=True, env={**os.environ, "PYTHONPATH": str(demo / "src")})
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr
+    result = json.loads(done.stdout)
+    [cell] = result["cells"]
+    assert cell["reproduces"], cell
+    kinds = {node["kind"] for node in result["chain"]}
+    # the revised arm's model <- its training rows <- the search <- the prepared traces <- the
+    # reasoner's own samples <- the task's teacher traces and the untrained model
+    assert {"sft", "sft_data", "merge", "search", "shard", "prepare", "sample", "task",
+            "tiny_model"} <= kinds, kinds
+    raw = {Path(entry["path"]).name for entry in result["raw_inputs"]}
+    assert {"teacher_traces.jsonl", "shard-0.jsonl", "traces.jsonl"} <= raw, raw
+    assert not result["could_not_be_verified"], result["could_not_be_verified"]
+
+
 def test_report_bundles_the_results_table_search_statistics_and_plots(demo):
     import base64
 
