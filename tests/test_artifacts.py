@@ -51,8 +51,24 @@ def test_json_writes_nan_and_infinity_as_null_and_reads_back(tmp_path):
 def test_a_damaged_file_is_an_error_naming_the_file_and_line(tmp_path):
     path = tmp_path / "rows.jsonl"
     path.write_text('{"a": 1}\n{"a": \n')
-    with pytest.raises(ValueError, match=r"rows.jsonl:2: not valid JSON"):
+    with pytest.raises(ValueError, match=r"rows.jsonl line 2: not valid JSON"):
         list(read_jsonl(path))
     (tmp_path / "m.json").write_text("{")
     with pytest.raises(ValueError, match=r"m.json: not valid JSON"):
         read_json(tmp_path / "m.json")
+
+
+def test_a_line_that_is_not_utf8_or_too_deep_is_an_error_naming_the_line(tmp_path):
+    path = tmp_path / "rows.jsonl"
+    path.write_bytes(b'{"a": 1}\n{"a": "\xff"}\n')
+    with pytest.raises(ValueError, match=r"rows.jsonl line 2: not UTF-8 text \(byte 0xff"):
+        list(read_jsonl(path))
+    path.write_text('{"a": 1}\n' + "[" * 100_000 + "\n")
+    with pytest.raises(ValueError, match=r"rows.jsonl line 2: nested more than 100 levels deep"):
+        list(read_jsonl(path))
+
+
+def test_a_byte_order_mark_crlf_line_ends_and_blank_lines_are_read_as_plain_lines(tmp_path):
+    path = tmp_path / "rows.jsonl"
+    path.write_bytes(b'\xef\xbb\xbf{"a": 1}\r\n\r\n  \n{"a": 2}\r\n')
+    assert list(read_jsonl(path)) == [{"a": 1}, {"a": 2}]

@@ -53,12 +53,12 @@ def test_grade_adds_correct_and_extracted(tmp_path):
     assert out[0]["id"] == "a"  # other fields kept
 
 
-def test_grade_names_the_row_and_field_that_is_missing(tmp_path, capsys):
+def test_grade_names_the_line_and_field_that_is_missing(tmp_path, capsys):
     src = write_rows(tmp_path / "in.jsonl", [{"id": "a", "gold": "1", "response": "1"},
                                              {"id": "b", "answer": "1", "response": "1"}])
     assert main(["grade", src, str(tmp_path / "out.jsonl"), "--processes", "0"]) == 2
     err = capsys.readouterr().err
-    assert "row 2" in err and "'b'" in err and "'gold'" in err
+    assert "in.jsonl line 2" in err and "'b'" in err and "'gold'" in err
     assert not (tmp_path / "out.jsonl").exists()
 
 

@@ -141,6 +141,41 @@ def test_numeric_and_list_answers_are_stored_as_text_with_the_raw_value_kept():
         assert record.metadata["raw_answer"] == raw_answer
 
 
+def test_json_numbers_keep_the_text_the_file_writes(tmp_path, cache):
+    path = tmp_path / "numbers.jsonl"
+    path.write_text("".join(f'{{"id": "t{i}", "q": "Q?", "a": {a}, "r": "<think>x</think>y"}}\n'
+                            for i, a in enumerate(["3.10", "1e3", "-0", '[2.50, "x"]'])))
+    report = load_traces(path, format=SIMPLE, cache_dir=cache)
+    assert [r.reference_answer for r in report.records] == ["3.10", "1e3", "-0", '[2.50, "x"]']
+    assert [r.metadata["raw_answer"] for r in report.records] == [3.1, 1000.0, 0, [2.5, "x"]]
+
+
+def test_an_object_answer_is_rejected_naming_the_field():
+    with pytest.raises(RecordError, match=r"field 'a': expected an answer .*got an object"):
+        normalise(simple_row(1, a={"value": 4}))
+
+
+@pytest.mark.parametrize("answer, reason", [("\\frac{", r"1 '\{' never closed"),
+                                            ("\\boxed{}", "empty after normalisation"),
+                                            ("x}", r"a '\}' closes no '\{'")])
+def test_a_reference_the_grader_cannot_read_is_rejected(answer, reason):
+    with pytest.raises(RecordError, match=f"field 'a': the reference answer cannot be graded: "
+                                          f".*{reason}"):
+        normalise(simple_row(1, a=answer))
+
+
+def test_an_empty_file_in_a_folder_adds_nothing_in_quarantine_mode_and_is_listed(tmp_path,
+                                                                                 cache):
+    write_jsonl(tmp_path / "a.jsonl", [simple_row(0)])
+    (tmp_path / "b.jsonl").write_text("\n  \n")
+    report = load_traces(tmp_path, format=SIMPLE, on_bad_record="quarantine",
+                         quarantine_path=tmp_path / "q.jsonl", cache_dir=cache)
+    assert [r.id for r in report.records] == ["t0"] and report.empty == [str(tmp_path / "b.jsonl")]
+    assert report.summary().endswith(f"no records in {tmp_path / 'b.jsonl'}")
+    with pytest.raises(ValueError, match=r"b\.jsonl: no records"):
+        load_traces(tmp_path, format=SIMPLE, cache_dir=cache)
+
+
 def test_nan_answer_is_rejected_as_a_missing_value():
     with pytest.raises(RecordError, match="field 'a'.*missing value"):
         normalise(simple_row(1, a=float("nan")))
@@ -159,7 +194,8 @@ def test_missing_question_names_position_id_and_field():
     with pytest.raises(RecordError) as err:
         normalise(row, position=3)
     assert (err.value.position, err.value.record_id, err.value.field) == (3, "t3", "q")
-    assert "record #3, id='t3', field 'q': missing" in str(err.value)
+    assert ("record #3, id='t3', field 'q': expected a string, got nothing: missing"
+            in str(err.value))
     assert "fix FieldMap.question" in str(err.value)
 
 
@@ -220,9 +256,9 @@ def test_duplicate_ids_name_both_positions(tmp_path, cache):
         load_traces(path, format=SIMPLE, cache_dir=cache)
 
 
-def test_error_mode_names_the_file_of_the_first_bad_record(tmp_path, cache):
+def test_error_mode_names_the_file_and_line_of_the_first_bad_record(tmp_path, cache):
     path = write_jsonl(tmp_path / "bad.jsonl", [simple_row(0), simple_row(1, r="<think>x")])
-    with pytest.raises(RecordError, match=r"bad\.jsonl, record #1, id='t1', field 'r'"):
+    with pytest.raises(RecordError, match=r"bad\.jsonl line 2, record #1, id='t1', field 'r'"):
         load_traces(path, format=SIMPLE, cache_dir=cache)
 
 
@@ -380,5 +416,5 @@ def test_read_records_names_the_bad_line(tmp_path):
     path = tmp_path / "records.jsonl"
     write_records(sample_records(), path)
     path.write_text(path.read_text() + "{not json\n")
-    with pytest.raises(RecordError, match="records.jsonl line 4: invalid JSON"):
+    with pytest.raises(RecordError, match="records.jsonl line 4: not valid JSON"):
         read_records(path)

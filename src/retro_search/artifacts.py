@@ -17,13 +17,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, Iterable, Iterator
 
-from retro_search.records import RecordError, TraceRecord
+from retro_search.records import RecordError, TraceRecord, reference_problem
 from retro_search.search_types import Rollout, SearchOutcome
+from retro_search.sources import JsonLine, json_kind, json_lines
 
 __all__ = ["atomic_open", "atomic_path", "json_safe", "outcome_from_dict", "outcome_to_dict",
-           "read_eval_metrics", "read_generations", "read_json", "rollout_from_dict", "rollout_to_dict", "read_jsonl", "read_records",
-           "readable_mode", "write_json", "write_jsonl", "write_records", "write_text",
-           "write_generations", "write_yaml"]
+           "read_eval_metrics", "read_generations", "read_json", "rollout_from_dict",
+           "rollout_to_dict", "read_jsonl", "read_records", "readable_mode", "write_json",
+           "write_jsonl", "write_records", "write_text", "write_generations", "write_yaml"]
 
 
 def readable_mode() -> int:
@@ -101,20 +102,19 @@ def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> int:
     return count
 
 
+# ----------------------------------------------------------------------------- JSON lines
+# Read line by line (`sources.json_lines`): a bad line is an error naming its file and line.
+
 def read_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
-    """The rows of a JSON-lines file; a bad line is an error naming the file and line."""
-    path = Path(path)
-    with open(path, encoding="utf-8") as fh:
-        for number, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{number}: not valid JSON ({err.msg})") from None
-            if not isinstance(row, dict):
-                raise ValueError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
-            yield row
+    """The rows of a JSON-lines file; a bad line (not UTF-8, not JSON, nested too deep, not an
+    object) is a ValueError naming the file and line. Blank lines are skipped."""
+    for line in json_lines(path):
+        if line.error is None and not isinstance(line.value, dict):
+            line = JsonLine(line.number, None,
+                            f"expected a JSON object, got {json_kind(line.value)}", line.text)
+        if line.error is not None:
+            raise ValueError(f"{path} line {line.number}: {line.error}")
+        yield line.value
 
 
 def read_json(path: str | Path) -> Any:
@@ -152,38 +152,54 @@ def write_records(records: Iterable[TraceRecord], path: str | Path) -> None:
 
 _STRING_FIELDS = ("id", "question", "reference_answer", "reasoning", "solution", "source_model",
                   "source_dataset")
+# Fields a trace cannot be used without: a search needs a question, a trace to revise and a
+# reference to grade its rollouts against (the solution may be empty).
+_REQUIRED_TEXT = ("id", "question", "reference_answer", "reasoning")
 
 
 def read_records(path: str | Path) -> list[TraceRecord]:
-    """Read a JSONL file written by `write_records`; errors name the line and the field."""
+    """Read a JSONL file written by `write_records`. Every line must be a valid record: an
+    object with the record's fields as strings, `id`, `question`, `reasoning` and
+    `reference_answer` not blank, a reference the grader can read
+    (`records.reference_problem`), metadata an object, and an id no earlier line has. Anything
+    else is a `RecordError` naming the file and line, the id when known, and the field."""
     records = []
-    with open(path, encoding="utf-8") as lines:
-        for line_no, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            where = f"{path} line {line_no}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise RecordError(f"invalid JSON ({e.msg}, column {e.colno}); the file is "
-                                  "damaged or was not written by write_records",
-                                  source=where) from None
-            if not isinstance(row, dict):
-                raise RecordError(f"expected a JSON object, got {type(row).__name__}", source=where)
-            try:
-                record = TraceRecord.from_dict(row)
-            except RecordError as e:
-                raise RecordError(e.reason, record_id=e.record_id, field=e.field,
-                                  source=where) from None
-            for field in _STRING_FIELDS:
-                value = getattr(record, field)
-                if not isinstance(value, str):
-                    raise RecordError(f"expected a string, got {type(value).__name__}",
-                                      record_id=str(row.get("id")), field=field, source=where)
-            if not isinstance(record.metadata, dict):
-                raise RecordError("expected an object", record_id=record.id, field="metadata",
+    seen: dict[str, int] = {}
+    for line in json_lines(path):
+        where = f"{path} line {line.number}"
+        if line.error is not None:
+            raise RecordError(f"{line.error}; the file is damaged or was not written by "
+                              "write_records", source=where)
+        row = line.value
+        if not isinstance(row, dict):
+            raise RecordError(f"expected a JSON object, got {json_kind(row)}", source=where)
+        try:
+            record = TraceRecord.from_dict(row)
+        except RecordError as e:
+            raise RecordError(e.reason, record_id=e.record_id, field=e.field,
+                              source=where) from None
+        record_id = record.id if isinstance(record.id, str) else None
+        for field in _STRING_FIELDS:
+            value = getattr(record, field)
+            if not isinstance(value, str):
+                raise RecordError(f"expected a string, got {json_kind(value)}"
+                                  + (" (null)" if value is None else ""),
+                                  record_id=record_id, field=field, source=where)
+            if field in _REQUIRED_TEXT and not value.strip():
+                raise RecordError("empty string", record_id=record_id, field=field,
                                   source=where)
-            records.append(record)
+        if not isinstance(record.metadata, dict):
+            raise RecordError("expected an object", record_id=record.id, field="metadata",
+                              source=where)
+        problem = reference_problem(record.reference_answer)
+        if problem is not None:
+            raise RecordError(problem, record_id=record.id, field="reference_answer",
+                              source=where)
+        if record.id in seen:
+            raise RecordError(f"duplicate id: line {seen[record.id]} has the same id",
+                              record_id=record.id, field="id", source=where)
+        seen[record.id] = line.number
+        records.append(record)
     return records
 
 

@@ -23,6 +23,7 @@ from retro_search.formats import (PRESETS, RAW_ANSWER_KEY, FieldMap, check_metad
 from retro_search.readers import (LoadReport, _answer_text, _Bad, _get, _record_id, _text,
                                   load_normalised)
 from retro_search.records import RecordError
+from retro_search.sources import json_kind, plain_json
 
 __all__ = ["Question", "QuestionMap", "QUESTION_PRESETS", "resolve_question_format",
            "normalise_question", "load_questions"]
@@ -128,7 +129,7 @@ def normalise_question(raw: Mapping[str, Any], qmap: QuestionMap, *, position: i
     record_id = None
     try:
         if not isinstance(raw, Mapping):
-            raise _Bad(None, f"a record must be an object, got {type(raw).__name__}")
+            raise _Bad(None, f"a record must be an object, got {json_kind(raw)}")
         record_id = _record_id(raw, qmap.id, source_dataset=source_dataset, position=position)
         question = _text(_get(raw, qmap.question, "question"), qmap.question)
         raw_answer = _get(raw, qmap.answer, "answer")
@@ -138,8 +139,9 @@ def normalise_question(raw: Mapping[str, Any], qmap: QuestionMap, *, position: i
                 check_answer(reference)
             except ValueError as err:
                 raise _Bad(qmap.answer, f"the reference answer cannot be graded: {err}") from None
-        metadata = {key: _get(raw, path, "metadata") for key, path in qmap.metadata_items()}
-        metadata[RAW_ANSWER_KEY] = raw_answer
+        metadata = {key: plain_json(_get(raw, path, "metadata"))
+                    for key, path in qmap.metadata_items()}
+        metadata[RAW_ANSWER_KEY] = plain_json(raw_answer)
     except _Bad as bad:
         raise RecordError(bad.reason, position=position, record_id=record_id,
                           field=bad.field) from None

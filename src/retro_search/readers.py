@@ -7,15 +7,19 @@ turns a raw record into a `TraceRecord`: `reasoning` is the text between the rea
 normalises every record; bad records either stop the load or go to a quarantine file, never
 silently away. `artifacts.write_records` / `read_records` store normalised records as JSONL.
 
-Positions are 0-based and count records across the whole source (files in sorted order).
+Positions are 0-based and count records across the whole source (files in sorted order); every
+error and quarantine entry also names where the record sits ("FILE line N" for JSON Lines, see
+`sources.RawRow`). Reference answers are text exactly as the file writes them: a string as is
+(stripped), a JSON number as written ("3.10", "1e3", "-0"), never re-typed.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
 from typing import Any, Callable, Literal, Mapping
@@ -23,13 +27,15 @@ from typing import Any, Callable, Literal, Mapping
 from retro_search.formats import (ALL_MARKERS, PRESETS, RAW_ANSWER_KEY, FieldMap, resolve_format,
                                   split_response)
 from retro_search.artifacts import atomic_open, read_records
-from retro_search.records import RecordError, TraceRecord
-from retro_search.sources import local_files, raw_rows
+from retro_search.records import RecordError, TraceRecord, reference_problem
+from retro_search.sources import (JsonFloat, JsonInt, json_kind, json_text, local_files,
+                                  plain_json, raw_rows)
 
 __all__ = ["FieldMap", "PRESETS", "LoadReport", "normalise_record", "split_response",
            "load_traces", "read_traces"]
 
 _MISSING = object()
+log = logging.getLogger(__name__)
 
 
 class _Bad(Exception):
@@ -42,6 +48,13 @@ class _Bad(Exception):
 
 # ----------------------------------------------------------------------------- field access
 
+# What each FieldMap slot holds, for the message about a record without it (metadata: anything).
+_EXPECTED = {"question": "a string", "response": "a string", "reasoning": "a string",
+             "solution": "a string", "source_model": "a string",
+             "answer": "a string (or a number or list)", "id": "a string or an integer",
+             "messages": "a list of chat turns"}
+
+
 def _get(raw: Any, path: str, slot: str) -> Any:
     """The value at a dotted path; raises `_Bad` naming the path (and the `FieldMap` slot that
     holds it, so the user knows what to change) when any segment is absent."""
@@ -53,6 +66,9 @@ def _get(raw: Any, path: str, slot: str) -> Any:
         if isinstance(value, Mapping):
             value = value.get(segment, _MISSING)
             if value is _MISSING:
+                if depth == len(segments) - 1 and slot in _EXPECTED:
+                    raise _Bad(path, f"expected {_EXPECTED[slot]}, got nothing: missing, no "
+                                     f"key {segment!r} in {parent}{hint}")
                 raise _Bad(path, f"missing: no key {segment!r} in {parent}{hint}")
         elif isinstance(value, (list, tuple)):
             try:
@@ -63,7 +79,7 @@ def _get(raw: Any, path: str, slot: str) -> Any:
                 raise _Bad(path, f"missing: {parent} has {len(value)} items, no index {segment}"
                                  f"{hint}") from None
         else:
-            raise _Bad(path, f"missing: {parent} is {type(value).__name__}, not an object or list"
+            raise _Bad(path, f"missing: {parent} is {json_kind(value)}, not an object or list"
                              f"{hint}")
     return value
 
@@ -71,7 +87,7 @@ def _get(raw: Any, path: str, slot: str) -> Any:
 def _text(value: Any, field: str, *, allow_empty: bool = False) -> str:
     """A string field, stripped; non-strings and (unless allowed) blank strings are errors."""
     if not isinstance(value, str):
-        raise _Bad(field, f"expected a string, got {type(value).__name__}"
+        raise _Bad(field, f"expected a string, got {json_kind(value)}"
                           + (" (null)" if value is None else ""))
     if not allow_empty and not value.strip():
         raise _Bad(field, "empty string")
@@ -81,27 +97,34 @@ def _text(value: Any, field: str, *, allow_empty: bool = False) -> str:
 def _answer_text(value: Any, field: str) -> str:
     """The reference answer as a string, without benchmark-specific normalisation.
 
-    Strings are stripped; ints and floats go through `str()` (27.0 stays "27.0": the grader's
-    `normalize_reference` decides what that means); lists and dicts become JSON. The raw value
-    is kept in metadata["raw_answer"] either way.
+    Strings are stripped; a number read from JSON is its text as the file writes it ("3.10",
+    "1e3", "-0"), other ints and floats (parquet, hub) go through `str()` (27.0 stays "27.0":
+    the grader's `normalize_reference` decides what that means); lists become JSON (their
+    numbers as written). Objects, bools and nulls are no answer. The raw value is kept in
+    metadata["raw_answer"] either way.
     """
     if isinstance(value, bool):  # before int: bool is an int subclass, and never an answer
         raise _Bad(field, "expected an answer, got a bool; is the answer path right?")
+    if isinstance(value, (JsonInt, JsonFloat)):
+        return value.text
     if isinstance(value, float) and not math.isfinite(value):
         raise _Bad(field, f"expected an answer, got {value} (a missing value in the source?)")
     if isinstance(value, (int, float)):
         return str(value)
-    if isinstance(value, (list, dict)):
+    if isinstance(value, dict):
+        raise _Bad(field, f"expected an answer (a string, number or list), got an object "
+                          f"{json_text(value)[:60]}; is the answer path right?")
+    if isinstance(value, list):
         if not value:
-            raise _Bad(field, f"empty {type(value).__name__}")
-        return json.dumps(value, ensure_ascii=False)
+            raise _Bad(field, "empty list")
+        return json_text(value)
     return _text(value, field)
 
 
 def _id_part(value: Any, field: str) -> str:
     # Integer ids (e.g. `idx`) are common and convert exactly; floats or nulls would not.
     if isinstance(value, int) and not isinstance(value, bool):
-        return str(value)
+        return getattr(value, "text", str(value))
     if not isinstance(value, str) or not value.strip():
         raise _Bad(field, f"an id must be a non-empty string or an integer, got {value!r:.60}")
     return value
@@ -125,12 +148,12 @@ def _chat_turns(raw: Mapping, path: str) -> tuple[tuple[str, str] | None, tuple[
     """((user path, text) or None, (assistant path, text)) from a single-turn chat list."""
     turns = _get(raw, path, "messages")
     if not isinstance(turns, (list, tuple)):
-        raise _Bad(path, f"expected a list of chat turns, got {type(turns).__name__}")
+        raise _Bad(path, f"expected a list of chat turns, got {json_kind(turns)}")
     found: dict[str, list[tuple[str, str]]] = {"user": [], "assistant": []}
     for i, turn in enumerate(turns):
         where = f"{path}.{i}"
         if not isinstance(turn, Mapping):
-            raise _Bad(where, f"expected a chat turn object, got {type(turn).__name__}")
+            raise _Bad(where, f"expected a chat turn object, got {json_kind(turn)}")
         role_key = "role" if turn.get("role") is not None else "from"
         content_key = "content" if turn.get("content") is not None else "value"
         role = turn.get(role_key)
@@ -157,14 +180,16 @@ def normalise_record(raw: Mapping[str, Any], fmap: FieldMap | str, *, position: 
     "{source_dataset}:{position}". Question, answer, reasoning and solution are stripped;
     metadata gets the mapped extras plus the raw answer under "raw_answer". Raises `RecordError`
     naming the position, the id when known, and the field: a missing path, a non-string where a
-    string is required, an empty question or reasoning, a reasoning that never closes, or a chat
-    list without exactly one assistant turn.
+    string is required, an empty question or reasoning, a reasoning that never closes, a chat
+    list without exactly one assistant turn, or a reference answer the grader cannot read
+    (`records.reference_problem`: blank, `\\boxed{}`, unbalanced braces such as `\\frac{`, an
+    object).
     """
     fmap = resolve_format(fmap)
     record_id = None
     try:
         if not isinstance(raw, Mapping):
-            raise _Bad(None, f"a record must be an object, got {type(raw).__name__}")
+            raise _Bad(None, f"a record must be an object, got {json_kind(raw)}")
         record_id = _record_id(raw, fmap.id, source_dataset=source_dataset, position=position)
 
         user = assistant = None
@@ -179,6 +204,9 @@ def normalise_record(raw: Mapping[str, Any], fmap: FieldMap | str, *, position: 
 
         raw_answer = _get(raw, fmap.answer, "answer")
         reference_answer = _answer_text(raw_answer, fmap.answer)
+        problem = reference_problem(reference_answer)
+        if problem is not None:
+            raise _Bad(fmap.answer, problem)
 
         if fmap.reasoning is not None:
             reasoning = _text(_get(raw, fmap.reasoning, "reasoning"), fmap.reasoning)
@@ -200,8 +228,9 @@ def normalise_record(raw: Mapping[str, Any], fmap: FieldMap | str, *, position: 
                                  fmap.source_model)
         else:
             source_model = fmap.source_model_const or ""
-        metadata = {key: _get(raw, path, "metadata") for key, path in fmap.metadata_items()}
-        metadata[RAW_ANSWER_KEY] = raw_answer
+        metadata = {key: plain_json(_get(raw, path, "metadata"))
+                    for key, path in fmap.metadata_items()}
+        metadata[RAW_ANSWER_KEY] = plain_json(raw_answer)
     except _Bad as bad:
         raise RecordError(bad.reason, position=position, record_id=record_id,
                           field=bad.field) from None
@@ -214,19 +243,23 @@ def normalise_record(raw: Mapping[str, Any], fmap: FieldMap | str, *, position: 
 
 @dataclass
 class LoadReport:
-    """What `load_traces` read: `total` raw records = `len(records)` + `quarantined`."""
+    """What `load_traces` read: `total` raw records = `len(records)` + `quarantined`.
+    `empty`: the files (or dataset) that held no record at all, in quarantine mode."""
 
     records: list[TraceRecord]
     quarantined: int
     quarantine_path: Path | None
     total: int
     source_dataset: str = ""
+    empty: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         text = (f"{self.source_dataset or 'traces'}: "
                 f"loaded {len(self.records)} of {self.total} records")
         if self.quarantine_path is not None:
             text += f"; {self.quarantined} quarantined -> {self.quarantine_path}"
+        if self.empty:
+            text += f"; no records in {', '.join(self.empty)}"
         return text
 
 
@@ -242,20 +275,29 @@ def load_traces(source: str | Path, *, format: str | FieldMap | Mapping = "r1",
     not recursive) or a glob of them; "json"/"parquet" with `data_files`; otherwise a hub
     dataset id, loaded with `datasets.load_dataset(source, name, split=split,
     data_files=data_files, revision=revision)` (`revision`: a commit, so the data cannot change
-    under an experiment; None: the latest) (`split` must stay "train" for local files). Every row goes through
-    `datasets`, so a column mixing ints and floats reads as floats and a key absent from some
-    rows reads as null.
+    under an experiment; None: the latest) (`split` must stay "train" for local files).
+    JSON Lines files (and .json files that are not one array) are read line by line: a line that
+    is not UTF-8, not JSON, nested deeper than `artifacts.MAX_JSON_DEPTH` or not an object is a
+    bad record named by its file and line; blank lines, a UTF-8 byte-order mark and CRLF line
+    ends are fine; values are untyped (a key absent from a line is missing, a number keeps its
+    text). Parquet files and hub datasets go through `datasets`, typed by their schema.
 
     `source_dataset` defaults to the file stem (one file), the folder name (a folder, or the
     folder of the first of several files), or the hub id (with ":name" and ":split" when they
     are not the defaults); default ids are "{source_dataset}:{position}".
     `limit` caps the raw records read (good and bad together), from the start.
 
-    Bad records (see `normalise_record`; also a repeated id) raise the first `RecordError` with
-    `on_bad_record="error"`. With "quarantine" each is written to `quarantine_path` (required;
-    replaced atomically at the end of every call, so a rerun does not double it) as a JSON line
-    {"position", "id", "field", "reason", "source", "record"} and counted; the good records
-    before and after it are kept, in order.
+    Bad records (unreadable lines, see `normalise_record`; also a repeated id) raise the first
+    `RecordError` with `on_bad_record="error"`; its message names the file and line (or row),
+    the position, the id when known and the field. With "quarantine" each is written to
+    `quarantine_path` (required; replaced atomically at the end of every call, so a rerun does
+    not double it) as a JSON line {"position", "id", "field", "reason", "source" (FILE line N),
+    "line", "record" (the raw record, or the line's text when it could not be read)} and
+    counted; the good records before and after it are kept, in order.
+
+    A file (or hub split) that holds no record at all (empty, or only blank lines) is an error
+    in "error" mode; in "quarantine" mode it adds nothing and is listed in `LoadReport.empty`
+    (and its summary), since no record of it can be quarantined.
     """
     fmap = resolve_format(format)
     return load_normalised(
@@ -316,37 +358,48 @@ def load_normalised(source: str | Path, normalise: Callable[[Any, int, str], Any
     quarantine = (atomic_open(quarantine_path) if on_bad_record == "quarantine"
                   else contextlib.nullcontext())
     records: list[Any] = []
-    seen: dict[str, int] = {}
+    seen: dict[str, tuple[int, str]] = {}
+    empty: list[str] = []
     total = quarantined = 0
+
+    def on_empty(label: str) -> None:
+        if on_bad_record == "error":
+            raise ValueError(f"{label}: no records (the file is empty or holds only blank "
+                             "lines); nothing to load")
+        log.warning("%s: no records (empty file); it adds nothing", label)
+        empty.append(label)
+
     rows = raw_rows(files, source, name=name, split=split, data_files=data_files,
-                 cache_dir=str(cache_dir) if cache_dir else None, streaming=limit is not None,
-                 revision=revision)
+                    cache_dir=str(cache_dir) if cache_dir else None, streaming=limit is not None,
+                    revision=revision, on_empty=on_empty)
     with quarantine as bad:
-        for position, (label, row_index, raw) in enumerate(islice(rows, limit)):
+        for position, row in enumerate(islice(rows, limit)):
             if select is not None and not select(position):
                 continue
             total += 1
-            # Several files: say which one and where in it, since positions span all files.
-            where = label if files is None or len(files) == 1 else f"{label} row {row_index}"
             try:
-                record = normalise(raw, position, source_dataset)
+                if row.error is not None:
+                    raise RecordError(row.error, position=position)
+                record = normalise(row.value, position, source_dataset)
                 if record.id in seen:
-                    raise RecordError(f"duplicate id: record #{seen[record.id]} has the same id",
+                    first, where = seen[record.id]
+                    raise RecordError(f"duplicate id: record #{first} has the same id ({where})",
                                       position=position, record_id=record.id,
                                       field=id_field)
             except RecordError as e:
                 error = RecordError(e.reason, position=e.position, record_id=e.record_id,
-                                    field=e.field, source=where)
+                                    field=e.field, source=row.where)
                 if bad is None:
                     raise error from None
                 bad.write(json.dumps(
                     {"position": position, "id": e.record_id, "field": e.field,
-                     "reason": e.reason, "source": where, "record": raw},
+                     "reason": e.reason, "source": row.where, "line": row.line,
+                     "record": row.value if row.error is None else row.text},
                     ensure_ascii=False, default=str) + "\n")
                 quarantined += 1
                 continue
-            seen[record.id] = position
+            seen[record.id] = (position, row.where)
             records.append(record)
     return LoadReport(records=records, quarantined=quarantined,
                       quarantine_path=Path(quarantine_path) if on_bad_record == "quarantine" else None,
-                      total=total, source_dataset=source_dataset)
+                      total=total, source_dataset=source_dataset, empty=empty)

@@ -8,6 +8,7 @@ solution that follows them, without its markers. All lengths elsewhere are count
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +37,43 @@ class RecordError(ValueError):
         if field is not None:
             where.append(f"field {field!r}")
         super().__init__(f"{', '.join(where) or 'record'}: {reason}")
+
+
+# A LaTeX brace token: a double backslash (a line break, so the brace after it opens a group),
+# an escaped brace (a literal brace, no group), or a group brace.
+_BRACE_TOKEN = re.compile(r"\\\\|\\[{}]|[{}]")
+
+
+def _unbalanced_braces(text: str) -> str | None:
+    depth = 0
+    for token in _BRACE_TOKEN.findall(text):
+        if token == "{":
+            depth += 1
+        elif token == "}":
+            depth -= 1
+            if depth < 0:
+                return "a '}' closes no '{'"
+    return f"{depth} '{{' never closed" if depth else None
+
+
+def reference_problem(reference: Any) -> str | None:
+    """Why a reference answer cannot be graded, or None when it can.
+
+    The reference goes through `grading.normalize_reference` (what the grader compares against):
+    what it refuses (None, blank, a `\\boxed{}` with nothing inside, an empty list, NaN, an
+    object) is a problem, and so are braces that do not balance in the answer it reads
+    (`\\frac{`): math-verify cannot parse such a gold, and every trace would grade wrong.
+    """
+    from retro_search.grading.verify import normalize_reference
+
+    try:
+        gold = normalize_reference(reference)
+    except ValueError as err:
+        return f"the reference answer cannot be graded: {err}"
+    unbalanced = _unbalanced_braces(gold)
+    if unbalanced:
+        return f"the reference answer cannot be graded: {unbalanced} in {gold!r:.80}"
+    return None
 
 
 @dataclass

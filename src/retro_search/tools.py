@@ -11,7 +11,8 @@ from typing import Sequence
 def normalize(source: str, output: str | Path, *, format: str = "r1", split: str = "train",
               name: str | None = None, limit: int | None = None,
               quarantine: str | Path | None = None) -> str:
-    """Records of a raw source; bad records stop the call, or go to `quarantine` when given."""
+    """Records of a raw source; bad records (named by file, line and field) stop the call, or
+    go to `quarantine` when given (see `readers.load_traces`, also for an empty file)."""
     from retro_search.artifacts import write_records
     from retro_search.readers import load_traces
 
@@ -24,6 +25,10 @@ def normalize(source: str, output: str | Path, *, format: str = "r1", split: str
 
 def segment(input_path: str | Path, output: str | Path, *, format: str = "records",
             keywords: Sequence[str] | None = None) -> str:
+    """Steps, thoughts and boundaries of each trace. The input is checked whole first: a bad
+    line, a record with a blank id, question, reasoning or reference, a reference the grader
+    cannot read, or a repeated id is an error naming the file, line and field
+    (`artifacts.read_records`; a raw preset: `readers.load_traces` in error mode)."""
     from retro_search.artifacts import write_jsonl
     from retro_search.readers import read_traces
     from retro_search.segmentation import DEFAULT_KEYWORDS, segment as split_trace
@@ -44,25 +49,31 @@ def segment(input_path: str | Path, output: str | Path, *, format: str = "record
 def grade(input_path: str | Path, output: str | Path, *, gold_field: str = "gold",
           response_field: str = "response", processes: int | None = None,
           timeout: float = 10.0, progress: bool = True) -> str:
-    """Each row with `correct`, `extracted` and `grade_error` added. A row without either field,
-    or with a reference math-verify cannot read, is an error naming the row and the field,
-    raised before any grading."""
-    from retro_search.artifacts import read_jsonl, write_jsonl
+    """Each row with `correct`, `extracted` and `grade_error` added. A bad line (not UTF-8, not
+    JSON, nested too deep, not an object), a row without either field, or a reference the
+    grader cannot read (`records.reference_problem`: blank, `\\boxed{}`, `\\frac{`) is an error
+    naming the file, line, id and field, raised before any grading."""
+    from retro_search.artifacts import write_jsonl
     from retro_search.grading import Grader, normalize_reference
+    from retro_search.records import reference_problem
+    from retro_search.sources import json_kind, json_lines
 
-    rows = list(read_jsonl(input_path))
-    pairs = []
-    for number, row in enumerate(rows, 1):
+    rows, pairs = [], []
+    for line in json_lines(input_path):
+        where = f"{input_path} line {line.number}"
+        if line.error is not None:
+            raise ValueError(f"{where}: {line.error}")
+        row = line.value
+        if not isinstance(row, dict):
+            raise ValueError(f"{where}: expected a JSON object, got {json_kind(row)}")
         for field in (gold_field, response_field):
             if field not in row:
-                raise ValueError(f"{input_path}: row {number} (id={row.get('id')!r}) "
-                                 f"has no field {field!r}")
-        try:
-            gold = normalize_reference(row[gold_field])
-        except ValueError as err:
-            raise ValueError(f"{input_path}: row {number} (id={row.get('id')!r}), "
-                             f"field {gold_field!r}: {err}") from None
-        pairs.append((gold, str(row[response_field])))
+                raise ValueError(f"{where} (id={row.get('id')!r}) has no field {field!r}")
+        problem = reference_problem(row[gold_field])
+        if problem is not None:
+            raise ValueError(f"{where} (id={row.get('id')!r}), field {gold_field!r}: {problem}")
+        rows.append(row)
+        pairs.append((normalize_reference(row[gold_field]), str(row[response_field])))
     with Grader(processes=processes, timeout=timeout) as grader:
         grades = grader.grade_many(pairs, progress=progress)
     for row, result in zip(rows, grades):

@@ -1,7 +1,10 @@
 """The `prepare` stage: raw traces -> the normalised, graded, filtered training pool.
 
 1. read and normalise: traces from a file or dataset (`data.source`, readers.load_traces; bad
-   records quarantined with their reason), or the sample stage's shards (`data.sample`,
+   records, among them unreadable lines and references the grader cannot read, quarantined with
+   their reason and line, or the first one an error with `data.on_bad_record: error`; an empty
+   source file is an error in that mode and adds nothing in quarantine mode), or the sample
+   stage's shards (`data.sample`,
    sampling.read_samples; responses that never closed their reasoning are removed as
    "unclosed", unreadable ones as "malformed");
 2. grade each trace's own final answer against the reference (math-verify, worker processes);
@@ -179,6 +182,8 @@ def run(cfg: Mapping[str, Any], outputs: Mapping[str, str | Path],
         records = report.records
         read_stats = {"read": report.total, "quarantined": report.quarantined,
                       "loaded": len(records)}
+        if report.empty:
+            read_stats["empty_files"] = report.empty
         summary = report.summary()
     pairs = []
     for record in records:
