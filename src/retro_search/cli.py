@@ -186,7 +186,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default=None, help="dataset config name for hub datasets")
     p.add_argument("--limit", type=int, default=None, help="read only the first N records")
     p.add_argument("--on-bad-record", choices=["error", "quarantine"], default="error",
-                   help="stop at the first bad record (default) or move bad records to the quarantine file")
+                   help="stop at the first bad record with one line naming file, line and field "
+                        "(default), or move each bad record (a torn or non-UTF-8 line, a "
+                        "missing or mistyped field, a reference the grader cannot read, a "
+                        "repeated id) to the quarantine file with its reason and go on; an "
+                        "empty file is an error, or adds nothing in quarantine mode")
     p.add_argument("--quarantine", default=None, help="quarantine file (default: OUTPUT with .quarantine.jsonl)")
     p.set_defaults(func=cmd_normalize, input_args=("source",), output_args=("output", "quarantine"))
 
