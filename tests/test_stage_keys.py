@@ -56,8 +56,12 @@ def test_each_key_moves_exactly_the_stages_that_read_it_and_what_follows(overrid
     assert moved(SEVEN, override) == SEVEN_KEYS[override]
 
 
+# A changed device that the engine section's check accepts (engine.device: auto, cpu, cuda[:N]).
+OTHER_DEVICE = {"cpu": "cuda", "auto": "cpu", "cuda": "cpu"}
+
+
 def runtime_overrides(experiment: str) -> list[str]:
-    """One changed value for every runtime key the experiment's config has."""
+    """One changed, valid value for every runtime key the experiment's config has."""
     exp, = build_plan(CONFIG, [experiment]).experiments
     cfg, found = exp.config, []
     sections = [(section, section, cfg.get(section) or {}) for section in RUNTIME_KEYS]
@@ -72,10 +76,12 @@ def runtime_overrides(experiment: str) -> list[str]:
                 value = holder[key]
                 if isinstance(value, bool):
                     new = str(not value).lower()
+                elif isinstance(value, float) and 0 < value <= 1:  # a fraction: gpu memory
+                    new = value / 2
                 elif isinstance(value, (int, float)):
                     new = value * 2
                 else:  # a string or null
-                    new = 7 if value is None else value + "x"
+                    new = 7 if value is None else OTHER_DEVICE.get(value, value + "x")
                 found.append(f"{where}.{key}={new}")
     return found
 
@@ -139,8 +145,9 @@ def test_a_bad_value_is_refused_when_the_plan_is_built_in_one_line(override):
 
 def test_an_unknown_workflow_config_key_is_refused_with_a_close_match():
     check_workflow_config({"experiment": "demo", "overrides": "search.rollouts=2"})
-    with pytest.raises(ValueError, match=r"--config override=\.\.\.: not a setting of this "
-                                         r"workflow; did you mean overrides\?"):
+    # Snakemake would print a ValueError with a traceback: the refusal is one line, SystemExit.
+    with pytest.raises(SystemExit, match=r"^retro-search: error: --config override=\.\.\.: not a "
+                                         r"setting of this workflow; did you mean overrides\?"):
         check_workflow_config({"override": "search.rollouts=2"})
 
 
@@ -154,5 +161,8 @@ def test_eval_asks_as_the_student_was_trained_unless_told_otherwise():
                 assert evaluation[key] == student.get(key), (experiment, arm, key)
     exp, = build_plan(CONFIG, ["traces_demo"], ["eval.user_template='Q: {question}'"]).experiments
     assert exp.stages["eval:base"].config["eval"]["user_template"] == "Q: {question}"
-    with pytest.raises(ValueError, match="eval.user_template must contain '{question}'"):
+    # The student's own template is refused naming the key that was set, eval's too.
+    with pytest.raises(ValueError, match="student.user_template must contain '{question}'"):
         build_plan(CONFIG, ["traces_demo"], ["student.user_template=nothing"])
+    with pytest.raises(ValueError, match="eval.user_template must contain '{question}'"):
+        build_plan(CONFIG, ["traces_demo"], ["eval.user_template=nothing"])

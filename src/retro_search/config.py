@@ -26,11 +26,33 @@ def load_config_file(config_file: str | Path) -> DictConfig:
     of the stage's hash, see `retro_search.runtime.RUNTIME_KEYS`)."""
     from retro_search.runtime import runtime_file_beside
 
-    cfg = OmegaConf.load(config_file)
+    cfg = load_yaml(config_file)
     runtime = runtime_file_beside(config_file)
     if runtime is not None:
-        cfg = OmegaConf.merge(cfg, OmegaConf.load(runtime))
+        cfg = OmegaConf.merge(cfg, load_yaml(runtime))
     return cfg
+
+
+def load_yaml(path: str | Path) -> DictConfig:
+    """A YAML file as a config; a file that is not valid YAML is refused in one line naming it
+    and the line (ValueError), not with the parser's traceback."""
+    import yaml
+
+    try:
+        return OmegaConf.load(path)
+    except yaml.YAMLError as err:
+        raise yaml_error(err, path) from None
+
+
+def yaml_error(err: Exception, path: str | Path | None = None) -> ValueError:
+    """A YAML parser's error as one line: the file, the line (and column) and the problem."""
+    mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+    where = str(path or (mark.name if mark is not None else "a config file"))
+    if mark is not None:
+        where += f", line {mark.line + 1}, column {mark.column + 1}"
+    parts = [getattr(err, "problem", None), getattr(err, "context", None)]
+    what = " ".join(p for p in parts if p) or str(err).splitlines()[0]
+    return ValueError(f"{where}: not valid YAML ({what})")
 
 
 def load_config_dict(config_file: str | Path | None) -> dict[str, Any]:
@@ -55,7 +77,11 @@ def compose(config_file: str | Path | None = None, overrides: Sequence[str] = ()
     cfg = default_config()
     try:
         if config_file is not None:
-            cfg = OmegaConf.merge(cfg, load_config_file(config_file))
+            loaded = load_config_file(config_file)
+            if not isinstance(loaded, DictConfig):
+                raise ValueError(f"{config_file}: not a mapping of config sections (model: ..., "
+                                 "search: ...)")
+            cfg = OmegaConf.merge(cfg, loaded)
         bad = [o for o in overrides if "=" not in o]
         if bad:
             raise ValueError(f"override {bad[0]!r} is not KEY=VALUE (e.g. search.rollouts=4)")
@@ -65,7 +91,14 @@ def compose(config_file: str | Path | None = None, overrides: Sequence[str] = ()
         raise ValueError(f"config value {err.full_key} is required (set it with {err.full_key}=...)") from None
     except OmegaConfBaseException as err:
         raise config_error(err) from None
-    search_config(resolved)  # validate early, before any model is loaded
+    # Validated early, before any model is loaded: the sections the search job reads.
+    from retro_search.schemas import GradingSettings, check_engine, check_model
+    from retro_search.sft.config import ModelSettings
+
+    search_config(resolved)
+    check_model(check_section(ModelSettings, "model", resolved["model"]), "model")
+    check_section(GradingSettings, "grading", resolved["grading"])
+    check_engine(resolved["engine"])
     return resolved
 
 
@@ -77,7 +110,12 @@ def engine_kwargs(cfg: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     """Engine name and constructor arguments: the engine section plus the model paths and the
     model's hub revision (`model.revision`: a commit, branch or tag of `model.path`), so that a
     pinned hub model is loaded at that commit, not at the latest one. The revision is added only
-    when set: a user's engine class without a `revision` argument keeps working unpinned."""
+    when set: a user's engine class without a `revision` argument keeps working unpinned. The
+    section is checked first (`schemas.check_engine`), so a bad key stops the job before the
+    engine loads the model."""
+    from retro_search.schemas import check_engine
+
+    check_engine(cfg["engine"])
     section = dict(cfg["engine"])
     name = section.pop("name")
     section.setdefault("model", cfg["model"]["path"])
@@ -130,7 +168,17 @@ def config_error(err: OmegaConfBaseException) -> ValueError:
         section, _, name = key.rpartition(".")
         known = [f.name for f in dataclasses.fields(schema)]
         return ValueError(f"{key}: no such setting{close_match_hint(name, known, section + '.')}")
-    return ValueError(f"{key}: {message}")
+    return ValueError(value_message(err, key, message))
+
+
+def value_message(err: OmegaConfBaseException, key: str, message: str) -> str:
+    """A schema's refusal of a value: a scalar given for a list says how a list is written
+    (`search.keywords=Wait` -> `search.keywords=[Wait]`); else OmegaConf's first line."""
+    from omegaconf import ListConfig
+
+    if isinstance(getattr(err, "child_node", None), ListConfig):
+        return f"{key} must be a list, e.g. {key}=[{getattr(err, 'value', '...')}]"
+    return f"{key}: {message}"
 
 
 def close_match_hint(key: str, known: Sequence[str], prefix: str = "") -> str:
@@ -154,34 +202,86 @@ def check_section(schema: type, section: str, values: dict[str, Any] | None) -> 
         return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), values))
     except OmegaConfBaseException as err:
         message = str(err).splitlines()[0]
-        raise ValueError(f"{section}.{err.full_key}: {message}") from None
+        raise ValueError(value_message(err, f"{section}.{err.full_key}", message)) from None
 
 
 def check_sections(cfg: dict[str, Any]) -> None:
     """Each section a job reads, checked against the dataclass the job will build from it:
-    unknown keys (with a close match), wrong types and impossible values (ValueError)."""
+    unknown keys (with a close match), wrong types and impossible values (ValueError); the
+    engine section against what its engine takes (`schemas.check_engine`)."""
     from retro_search.evaluation.config import EvalSettings
+    from retro_search.schemas import GradingSettings, check_engine, check_model
     from retro_search.sft.config import SFTSettings, ModelSettings, check as check_sft
 
+    for section in ("search", "sft", "model", "student", "grading", "engine", "eval"):
+        if not isinstance(cfg.get(section), dict):
+            raise ValueError(f"{section}: the section is missing or not a mapping, got "
+                             f"{cfg.get(section)!r}")
     check_section(SearchConfig, "search", cfg["search"])
-    check_sft(check_section(SFTSettings, "sft", cfg["sft"]))
+    sft = check_section(SFTSettings, "sft", cfg["sft"])
+    check_sft(sft)
+    check_training(sft, "sft")
     if "reasoner" in cfg:
         try:
-            check_sft(check_section(SFTSettings, "reasoner.sft", cfg["reasoner"]["sft"]))
+            settings = check_section(SFTSettings, "reasoner.sft", cfg["reasoner"]["sft"])
+            check_sft(settings)
+            check_training(settings, "sft")
         except ValueError as err:  # check_sft names its keys sft.*
             message = str(err)
             raise ValueError(message if message.startswith("reasoner.") else
                              f"reasoner.{message}") from None
-    check_section(ModelSettings, "student", cfg["student"])
+    for section in ("model", "student"):
+        check_model(check_section(ModelSettings, section, cfg[section]), section)
+    check_section(GradingSettings, "grading", cfg["grading"])
+    check_engine(cfg["engine"])
+    check_pipeline(cfg.get("pipeline"))
     check_section(EvalSettings, "eval", cfg["eval"])
+
+
+def check_training(settings: Any, section: str) -> None:
+    """SFT values (an `SFTSettings`) that its dataclass's types allow but that would train
+    nothing or fail in the trainer, after the model has loaded."""
+    for key, low, strict in (("learning_rate", 0, True), ("num_train_epochs", 0, True),
+                             ("weight_decay", 0, False), ("max_grad_norm", 0, False)):
+        value = getattr(settings, key)
+        if value < low or (strict and value == low):
+            raise ValueError(f"{section}.{key} must be {'>' if strict else '>='} {low}, "
+                             f"got {value}")
+
+
+PIPELINE_KEYS = ("num_shards", "arms")  # config.yaml's pipeline section
+
+
+def check_pipeline(section: dict[str, Any] | None) -> None:
+    """The pipeline section (config.yaml): its keys, a shard count >= 1, and the arms as a list
+    (a string would be read letter by letter)."""
+    section = section or {}
+    for key in section:
+        if key not in PIPELINE_KEYS:
+            raise ValueError(f"pipeline.{key}: no such setting"
+                             f"{close_match_hint(key, PIPELINE_KEYS, 'pipeline.')}")
+    shards = section.get("num_shards")
+    if not isinstance(shards, int) or isinstance(shards, bool) or shards < 1:
+        raise ValueError(f"pipeline.num_shards must be an integer >= 1 (search jobs), "
+                         f"got {shards!r}")
+    arms = section.get("arms")
+    if not isinstance(arms, list):
+        raise ValueError(f"pipeline.arms must be a list, e.g. pipeline.arms=[{arms}]")
 
 
 def expand_sweep(overrides: list[str]) -> list[list[str]]:
     """Hydra multirun syntax: `search.rollouts=1,2,4` -> one override list per value
     (cartesian product over every swept key). Quoted values are not split."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
 
-    parsed = OverridesParser.create().parse_overrides(list(overrides))
+    parser, parsed = OverridesParser.create(), []
+    for override in overrides:
+        try:
+            parsed += parser.parse_overrides([override])
+        except OverrideParseException as err:
+            raise ValueError(f"override {override!r} is not KEY=VALUE in Hydra's syntax "
+                             f"({str(err).splitlines()[0]})") from None
     runs: list[list[str]] = [[]]
     for override in parsed:
         if override.is_sweep_override():
@@ -193,16 +293,51 @@ def expand_sweep(overrides: list[str]) -> list[list[str]]:
 
 
 WORKFLOW_KEYS = ("experiment", "overrides", "config_dir")  # Snakemake's --config KEY=VALUE
+# The Hydra root the Snakefile reads unless --config config_dir=DIR: config/ of the checkout
+# whose src/ the Snakefile imports this package from.
+CHECKOUT = Path(__file__).resolve().parents[2]
 
 
 def check_workflow_config(config: dict[str, Any]) -> None:
-    """Snakemake's `--config` keys: an unknown one (e.g. `override=`, a typo of `overrides=`) is
-    refused instead of silently ignored."""
-    for key in config:
-        if key not in WORKFLOW_KEYS:
-            raise ValueError(f"--config {key}=...: not a setting of this workflow"
-                             f"{close_match_hint(key, WORKFLOW_KEYS)} (experiment=NAME, "
-                             "overrides=\"KEY=VALUE ...\", config_dir=DIR)")
+    """Snakemake's `--config`, checked when the Snakefile is parsed, before the plan is built:
+    an unknown key (e.g. `override=`, a typo of `overrides=`), and every value the plan refuses
+    (a bad override, a malformed YAML file). Snakemake prints an exception raised while it parses
+    with a traceback, so a refusal stops it here with one line (SystemExit) instead.
+
+    The plan is built here once to see whether it can be, and again by the Snakefile; it takes a
+    tenth of a second (`workflow_plan` would let the Snakefile build it once)."""
+    workflow_plan(config)
+
+
+def workflow_plan(config: dict[str, Any], config_dir: str | Path | None = None):
+    """The plan of Snakemake's `--config` (`pipeline.Plan`; the Hydra root is `config_dir=` of
+    it, else `config_dir`, else the checkout's config/), or SystemExit with one line saying what
+    is refused. None when there is no Hydra root to plan from (this package was not imported
+    from a checkout): the Snakefile's own plan then says what is wrong."""
+    import shlex
+
+    import yaml
+
+    from retro_search.pipeline import build_plan
+
+    try:
+        for key in config:
+            if key not in WORKFLOW_KEYS:
+                raise ValueError(f"--config {key}=...: not a setting of this workflow"
+                                 f"{close_match_hint(key, WORKFLOW_KEYS)} (experiment=NAME, "
+                                 "overrides=\"KEY=VALUE ...\", config_dir=DIR)")
+        experiments = [e for e in str(config.get("experiment", "demo")).split(",") if e]
+        overrides = shlex.split(str(config.get("overrides", "")))
+        root = Path(config.get("config_dir") or config_dir or CHECKOUT / "config")
+        if not root.is_dir():
+            if "config_dir" in config:
+                raise ValueError(f"--config config_dir={root}: no such folder")
+            return None
+        return build_plan(root, experiments, overrides)
+    except yaml.YAMLError as err:  # a file of the Hydra root
+        raise SystemExit(f"retro-search: error: {yaml_error(err)}") from None
+    except ValueError as err:
+        raise SystemExit(f"retro-search: error: {str(err).splitlines()[0]}") from None
 
 
 def unknown_override_error(err: Exception, experiment: str, overrides: Iterable[str],
@@ -219,6 +354,13 @@ def unknown_override_error(err: Exception, experiment: str, overrides: Iterable[
     others = [o for o in overrides if not o.lstrip("+~").startswith(key + "=")]
     cfg = OmegaConf.to_container(hydra_compose("config", overrides=[f"experiment={experiment}",
                                                                     *others]))
+    if key.startswith("engine.") and isinstance(cfg.get("engine"), dict):
+        from retro_search.schemas import engine_key_error
+
+        # A key the engine would refuse is named so, not offered to be added with +.
+        problem = engine_key_error(cfg["engine"], key[len("engine."):])
+        if problem:
+            return ValueError(problem)
     node = cfg
     for part in section.split(".") if section else []:
         node = node.get(part) if isinstance(node, dict) else None

@@ -47,12 +47,24 @@ class SearchConfig:
         if not 0 < self.gamma < 1:
             # gamma = 1 gives every correct rollout the original's value: nothing is ever accepted.
             raise ValueError(f"search.gamma must be strictly between 0 and 1, got {self.gamma}")
-        if self.max_step_tokens < 1 or self.max_tokens < 1:
-            raise ValueError("search.max_tokens and search.max_step_tokens must be >= 1")
+        for key in ("max_tokens", "max_step_tokens"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"search.{key} must be >= 1 (tokens), got {getattr(self, key)}")
+        if self.temperature < 0:  # checked here, not when a request is made after the model loads
+            raise ValueError(f"search.temperature must be >= 0 (0 is greedy), "
+                             f"got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"search.top_p must be in (0, 1], got {self.top_p}")
         if self.boundary_fraction is not None and not 0 < self.boundary_fraction <= 1:
             raise ValueError(f"search.boundary_fraction must be in (0, 1], got {self.boundary_fraction}")
         if self.max_boundaries is not None and self.max_boundaries < 0:
             raise ValueError(f"search.max_boundaries must be >= 0, got {self.max_boundaries}")
+        if isinstance(self.keywords, str):  # a string would be searched letter by letter
+            raise ValueError(f"search.keywords must be a list, e.g. "
+                             f"search.keywords=[{self.keywords}]")
+        if not self.keywords or not all(isinstance(k, str) and k.strip() for k in self.keywords):
+            raise ValueError("search.keywords must be a non-empty list of non-blank words, e.g. "
+                             f"search.keywords=[Wait,Alternatively], got {list(self.keywords)}")
         object.__setattr__(self, "keywords", tuple(self.keywords))
 
 
