@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from retro_search.cli import main
-from retro_search.config import check_workflow_config
+from retro_search.config import workflow_plan
 from retro_search.pipeline import build_plan
 from retro_search.schemas import (AUTO_KEYS, BUILTIN_ENGINE_NAMES, NEAR_MISS, TRANSFORMERS_ARGS,
                                   VLLM_ARGS, check_engine, engine_key_error)
@@ -147,10 +147,10 @@ def broken_config_dir(tmp_path: Path) -> Path:
      "--config config_dir=/nonexistent/config: no such folder"),
 ])
 def test_the_workflow_refuses_its_config_in_one_line_before_the_plan(config, message):
-    """What the Snakefile checks first (`check_workflow_config`): a refusal is SystemExit with one
+    """What the Snakefile checks first (`workflow_plan`): a refusal is SystemExit with one
     line, which Snakemake prints as it is (a ValueError it would print with a traceback)."""
     with pytest.raises(SystemExit) as err:
-        check_workflow_config(config)
+        workflow_plan(config)
     line = str(err.value)
     assert line.startswith(f"retro-search: error: {message}") and "\n" not in line, line
 
@@ -158,7 +158,7 @@ def test_the_workflow_refuses_its_config_in_one_line_before_the_plan(config, mes
 def test_a_malformed_yaml_file_of_the_hydra_root_is_named_with_its_line(tmp_path):
     root = broken_config_dir(tmp_path)
     with pytest.raises(SystemExit) as err:
-        check_workflow_config({"config_dir": str(root)})
+        workflow_plan({"config_dir": str(root)})
     line = str(err.value)
     assert line.startswith(f"retro-search: error: {root / 'search' / 'miniature.yaml'}, line 5")
     assert "not valid YAML" in line and "\n" not in line

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from retro_search.config import check_workflow_config
+from retro_search.config import workflow_plan
 from retro_search.pipeline import build_plan
 from retro_search.runtime import RUNTIME_KEYS, runtime_keys_of, split_runtime
 
@@ -144,11 +144,11 @@ def test_a_bad_value_is_refused_when_the_plan_is_built_in_one_line(override):
 
 
 def test_an_unknown_workflow_config_key_is_refused_with_a_close_match():
-    check_workflow_config({"experiment": "demo", "overrides": "search.rollouts=2"})
+    workflow_plan({"experiment": "demo", "overrides": "search.rollouts=2"})
     # Snakemake would print a ValueError with a traceback: the refusal is one line, SystemExit.
     with pytest.raises(SystemExit, match=r"^retro-search: error: --config override=\.\.\.: not a "
                                          r"setting of this workflow; did you mean overrides\?"):
-        check_workflow_config({"override": "search.rollouts=2"})
+        workflow_plan({"override": "search.rollouts=2"})
 
 
 def test_eval_asks_as_the_student_was_trained_unless_told_otherwise():

@@ -298,25 +298,12 @@ WORKFLOW_KEYS = ("experiment", "overrides", "config_dir")  # Snakemake's --confi
 CHECKOUT = Path(__file__).resolve().parents[2]
 
 
-def check_workflow_config(config: dict[str, Any]) -> None:
-    """Snakemake's `--config`, checked when the Snakefile is parsed, before the plan is built:
-    an unknown key (e.g. `override=`, a typo of `overrides=`), and every value the plan refuses
-    (a bad override, a malformed YAML file). Snakemake prints an exception raised while it parses
-    with a traceback, so a refusal stops it here with one line (SystemExit) instead.
-
-    The plan is built here once to see whether it can be, and again by the Snakefile; it takes a
-    tenth of a second (`workflow_plan` would let the Snakefile build it once)."""
-    workflow_plan(config)
-
-
 def workflow_plan(config: dict[str, Any], config_dir: str | Path | None = None):
     """The plan of Snakemake's `--config` (`pipeline.Plan`; the Hydra root is `config_dir=` of
     it, else `config_dir`, else the checkout's config/), or SystemExit with one line saying what
-    is refused. None when there is no Hydra root to plan from (this package was not imported
-    from a checkout): the Snakefile's own plan then says what is wrong."""
+    is refused: Snakemake prints an exception raised while it reads the Snakefile with a
+    traceback."""
     import shlex
-
-    import yaml
 
     from retro_search.pipeline import build_plan
 
@@ -330,12 +317,9 @@ def workflow_plan(config: dict[str, Any], config_dir: str | Path | None = None):
         overrides = shlex.split(str(config.get("overrides", "")))
         root = Path(config.get("config_dir") or config_dir or CHECKOUT / "config")
         if not root.is_dir():
-            if "config_dir" in config:
-                raise ValueError(f"--config config_dir={root}: no such folder")
-            return None
+            raise ValueError(f"--config config_dir={root}: no such folder"
+                             if "config_dir" in config else f"no config folder at {root}")
         return build_plan(root, experiments, overrides)
-    except yaml.YAMLError as err:  # a file of the Hydra root
-        raise SystemExit(f"retro-search: error: {yaml_error(err)}") from None
     except ValueError as err:
         raise SystemExit(f"retro-search: error: {str(err).splitlines()[0]}") from None
 

@@ -129,10 +129,16 @@ def compose(config_dir: str | Path, experiment: str, overrides: Iterable[str] = 
 
     from retro_search import schemas
 
+    import yaml
+
     schemas.register()
     with initialize_config_dir(config_dir=str(Path(config_dir).resolve()), version_base=None):
         try:
             cfg = hydra_compose("config", overrides=[f"experiment={experiment}", *overrides])
+        except yaml.YAMLError as err:  # a file of the Hydra root
+            from retro_search.config import yaml_error
+
+            raise yaml_error(err) from None
         except ConfigCompositionException as err:
             from retro_search.config import unknown_override_error
 

@@ -1,22 +1,18 @@
 # Path helpers over the experiment plan (retro_search.pipeline). No logic beyond lookups here.
 import json
 import os
-import shlex
 import sys
 
 # Plan with this checkout's package, like the jobs (shell.prefix below), not an installed copy.
 sys.path.insert(0, f"{workflow.basedir}/src")
-from retro_search.config import check_workflow_config
-from retro_search.pipeline import build_plan, eval_benchmark_dir, eval_shard_counts
+from retro_search.config import workflow_plan
+from retro_search.pipeline import eval_benchmark_dir, eval_shard_counts
 from retro_search.report.experiment_index import write_experiment_index
 from retro_search.runtime import write_stage_file
 
-check_workflow_config(config)
-
-EXPERIMENTS = [e for e in str(config.get("experiment", "demo")).split(",") if e]
-OVERRIDES = shlex.split(str(config.get("overrides", "")))
-CONFIG_DIR = config.get("config_dir", f"{workflow.basedir}/config")  # the Hydra root
-PLAN = build_plan(CONFIG_DIR, EXPERIMENTS, OVERRIDES)
+# The experiments of --config (experiment=, overrides=, config_dir=) planned from the Hydra root;
+# a bad key or value stops Snakemake here in one line.
+PLAN = workflow_plan(config, f"{workflow.basedir}/config")
 # Every rule calls the package CLI (`python -m retro_search.cli`), importable from the source tree
 # in any environment (the venv or a rule's conda env). Set here, not in the rules' commands, so a
 # moved checkout does not change the commands Snakemake tracks.
