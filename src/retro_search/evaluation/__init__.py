@@ -5,9 +5,10 @@
 
 - `benchmarks`: the benchmark registry and `load_problems` (local copies or the hub).
 - `config`: `EvalSettings` (the `eval` config section) and `load_eval_config`.
-- `generate`: requests per problem x sample, engine calls in chunks, grading -> rows.
+- `generate`: requests per problem x sample, sent to the engine, logged, graded -> rows.
+- `engine_calls`: engine calls that survive faults: retries, time limits, failed requests.
 - `metrics`: pass@1 with standard error, pass@k, maj@k, lengths, truncation and no-answer rates.
-- `outputs`: the files an evaluation writes, and the progress folder a killed call resumes from.
+- `outputs`: the files an evaluation writes, and the progress files a killed call resumes from.
 - `cli`: the `retro-search eval` and `eval-merge` subcommands.
 
 Names are imported lazily, so `retro-search --help` does not load math-verify.

@@ -29,10 +29,17 @@ with math-verify, and write for each benchmark B
                                     settings.
 The benchmarks are --benchmarks, else eval.benchmarks. With eval.shard=i the call covers shard i
 of every benchmark that has more than i shards (eval.num_shards_per_benchmark.B, else
-eval.num_shards); `eval-merge` joins a benchmark's shards. Each benchmark is saved as soon as it
-is graded, in the hidden folder .OUTPUT_DIR.progress beside OUTPUT_DIR; a call killed midway and
-run again with the same settings skips the benchmarks saved there. When all are done, the files
-move into OUTPUT_DIR (each atomically). The prompt is the model's chat template applied to
+eval.num_shards); `eval-merge` joins a benchmark's shards. Each generation is logged as soon as
+it is in, and each benchmark saved as soon as it is graded, in the hidden folder
+.OUTPUT_DIR.progress beside OUTPUT_DIR; a call killed midway and run again with the same settings
+skips the benchmarks saved there and requests only the generations missing from the logs. When
+all are done, the files move into OUTPUT_DIR (each atomically).
+A request the engine fails (an error, a missing or invalid result) is tried 3 times; one that
+takes longer than 600 s + 0.5 s per token of eval.max_tokens fails (a batch engine that hangs is
+given up on). A failed generation is a row with finish_reason "error", graded incorrect and
+counted in metrics.json as n_errors; failed, empty and all-truncated generations are warned about.
+When more than half of a benchmark's generations fail, the command says so, promotes nothing,
+keeps the progress folder and exits with status 1: run it again once the engine works. The prompt is the model's chat template applied to
 eval.user_template, then its reasoning opener; the answer is graded in the text after the
 reasoning closer (</think>), or in the whole response when there is none. Token counts are
 generated tokens in the engine's tokenizer (the evaluated model's, or eval.tokenizer)."""
@@ -77,10 +84,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if misplaced:  # --benchmarks takes every word after it
         raise ValueError(f"--benchmarks: {misplaced} look like overrides; put KEY=VALUE "
                          "overrides before --benchmarks or after another option")
-    return _report(args, evaluate.run(settings, engine_section, args.model, args.output_dir,
-                                      benchmarks=args.benchmarks, progress=not args.no_progress,
-                                      log=_stderr,
-                                      revision=evaluate.model_revision(stage_config, args.model)))
+    try:
+        result = evaluate.run(settings, engine_section, args.model, args.output_dir,
+                              benchmarks=args.benchmarks, progress=not args.no_progress,
+                              log=_stderr,
+                              revision=evaluate.model_revision(stage_config, args.model))
+    except evaluate.EvalFailed as failed:
+        for line in str(failed).splitlines():
+            _stderr(f"retro-search eval: FAILED: {line}")
+        return 1
+    return _report(args, result)
 
 
 def cmd_eval_merge(args: argparse.Namespace) -> int:

@@ -57,7 +57,8 @@ class EvalSettings:
         i, i + s, i + 2s, ...; a call covers shard i of every benchmark with more than i shards
         (so the pipeline runs as many eval jobs per model as the largest shard count, then
         `eval-merge` per benchmark).
-    chunk_size: requests per engine call (one progress-bar step).
+    chunk_size: requests per engine call of a batch engine (`generate`); the most requests in
+        flight at once for a streaming engine (`generate_async`).
     """
 
     benchmarks: list[str] = field(default_factory=lambda: list(MATH_BENCHMARKS))

@@ -2,10 +2,17 @@
 
 One request per problem x sample. Each request's seed derives from (eval seed, benchmark, problem
 id, sample index) with SHA-256 (`retro_search.engines.base.derive_seed`), so a sample's text does not
-depend on which other problems, shards, limits or benchmarks a run has. The requests of every
-benchmark of a call go to the engine as one stream, in chunks of `chunk_size` (one tqdm step
-each), so the engine stays full across benchmarks; a benchmark is graded and handed back as soon
-as its last result is in, so a caller can write it before the next one finishes.
+depend on which other problems, shards, limits or benchmarks a run has, nor on whether it was
+generated before or after a restart. The requests of every benchmark of a call go to the engine
+as one stream (`engine_calls.settle_requests`: calls of `chunk_size` requests to a batch engine,
+at most `chunk_size` in flight to a streaming one), so the engine stays full across benchmarks;
+each generation is handed to the benchmark's log (`outputs.GenerationLog`) as soon as it is in,
+the requests already in the log are not sent again, and a benchmark is graded and handed back as
+soon as its last request is settled, so a caller can write it before the next one finishes.
+
+A request the engine could not answer (`engine_calls`: retried, then given up) becomes a row with
+finish_reason "error", an empty response, 0 tokens, correct False and grade_error
+"generation_error: <why>".
 
 The graded solution is the text after the first reasoning closer (`</think>`) when the response
 has one, else the whole response. A response that hit `max_tokens` (finish_reason "length") is
@@ -26,12 +33,21 @@ from retro_search.engines.base import (
 )
 from retro_search.evaluation.benchmarks import Problem
 from retro_search.evaluation.config import EvalSettings
+from retro_search.evaluation.engine_calls import CallLimits, CallStats, settle_requests
 
-__all__ = ["COLUMNS", "BenchmarkShard", "build_requests", "evaluate_benchmark",
+__all__ = ["COLUMNS", "ERROR", "BenchmarkShard", "build_requests", "evaluate_benchmark",
            "evaluate_benchmarks", "grade_rows", "prompt_renderer", "run_requests", "sample_seed",
            "shard_problems", "split_solution", "stream_results"]
 
 COLUMNS = tuple(GENERATION_COLUMNS)  # of generations.parquet, in order
+ERROR = "error"  # the finish_reason of a generation the engine failed to produce
+GENERATION_ERROR = "generation_error"  # how grade_error of such a row starts
+
+
+class _Log(Protocol):
+    def read(self, requests: Sequence[GenerationRequest]) -> dict[str, GenerationResult]: ...
+
+    def append(self, pairs: Sequence[tuple[GenerationRequest, GenerationResult]]) -> None: ...
 
 
 class _Grader(Protocol):
@@ -129,64 +145,129 @@ def _row(benchmark: str, problem: Problem, sample: int, request: GenerationReque
             "finish_reason": result.finish_reason, "model": model}
 
 
+def _error_row(benchmark: str, problem: Problem, sample: int, request: GenerationRequest,
+               error: str, model: str) -> dict[str, Any]:
+    """The row of a generation the engine failed to produce: graded incorrect."""
+    return {"benchmark": benchmark, "problem_id": problem.id, "sample": sample,
+            "seed": request.seed, "question": problem.question, "gold": problem.gold,
+            "response": "", "reasoning_closed": False, "extracted": None, "correct": False,
+            "grade_error": f"{GENERATION_ERROR}: {error}", "num_tokens": 0,
+            "finish_reason": ERROR, "model": model}
+
+
 def grade_rows(rows: list[dict[str, Any]], grader: _Grader, think_close: str = "</think>",
                progress: bool = False, think_open: str = "<think>\n") -> list[dict[str, Any]]:
     """Fill extracted / correct / grade_error of each row in place (and return the rows).
 
     A response whose reasoning never closed is graded with its opener put back in front (the
     prompt held it): a box written in it still counts, but the grader does not read the last
-    number of unfinished reasoning as an answer (`grading.answer_tail`)."""
-    pairs = []
+    number of unfinished reasoning as an answer (`grading.answer_tail`). Rows of failed
+    generations (finish_reason "error") are left as they are."""
+    pairs, graded = [], []
     for row in rows:
+        if row.get("finish_reason") == ERROR:
+            continue
         solution, closed = split_solution(row["response"], think_close)
         pairs.append((row["gold"], solution if closed else think_open + solution))
-    grades = grader.grade_many(pairs, progress=progress)
-    for row, grade in zip(rows, grades):
+        graded.append(row)
+    grades = grader.grade_many(pairs, progress=progress) if pairs else []
+    for row, grade in zip(graded, grades):
         row.update(extracted=grade.extracted, correct=bool(grade.correct), grade_error=grade.error)
     return rows
 
 
 def evaluate_benchmarks(shards: Sequence[BenchmarkShard], engine: Engine, settings: EvalSettings,
-                        grader: _Grader, *, model: str = "", progress: bool = True
+                        grader: _Grader, *, model: str = "", progress: bool = True,
+                        logs: Callable[[BenchmarkShard], _Log] | None = None,
+                        limits: CallLimits | None = None, stats: CallStats | None = None
                         ) -> Iterator[tuple[BenchmarkShard, list[dict[str, Any]]]]:
     """Generate `settings.samples_for(benchmark)` samples per problem of every shard and grade
     them. Yields (shard, its graded rows of generations.parquet, see COLUMNS) in the order of
-    `shards`, each as soon as its last generation is back: all requests go to the engine as one
-    stream, benchmark after benchmark, in chunks of `settings.chunk_size`. Raises ValueError for
-    a shard without problems."""
-    planned: list[tuple[BenchmarkShard, Problem, int, GenerationRequest]] = []
-    ends = []  # index in `planned` after each shard's last request
-    for shard in shards:
+    `shards`, each as soon as its last request is settled: all requests go to the engine as one
+    stream, benchmark after benchmark (`engine_calls.settle_requests` with `settings.chunk_size`
+    and `limits`; `stats` collects its counts and `stats.resumed` counts the generations found in
+    the logs). `logs(shard)`, when given, is the shard's generation log: the generations found
+    there are not requested again, and each new one is appended as soon as it is in. Raises
+    ValueError for a shard without problems, or two requests with one id."""
+    stats = stats if stats is not None else CallStats()
+    planned: list[tuple[int, Problem, int, GenerationRequest]] = []  # (shard index, ...)
+    for index, shard in enumerate(shards):
         if not shard.problems:
             raise ValueError(f"{shard.benchmark}: no problems to evaluate")
         n = settings.samples_for(shard.benchmark)
-        planned += [(shard, problem, sample, request) for problem, sample, request in
+        planned += [(index, problem, sample, request) for problem, sample, request in
                     build_requests(shard.benchmark, shard.problems, n, settings,
                                    shard.render_prompt)]
-        ends.append(len(planned))
+    by_id = {request.request_id: (index, request) for index, _, _, request in planned}
+    if len(by_id) != len(planned):
+        seen: set[str] = set()
+        twice = sorted({r.request_id for *_, r in planned
+                        if r.request_id in seen or seen.add(r.request_id)})
+        raise ValueError(f"two requests with one id (a problem id twice?): {twice[:5]}")
+    shard_logs = [logs(shard) if logs else None for shard in shards]
+    settled: dict[str, GenerationResult | str] = {}  # request id -> result, or why it failed
+    for index, log in enumerate(shard_logs):
+        if log is not None:
+            found = log.read([r for i, *_, r in planned if i == index])
+            settled.update(found)
+            stats.resumed += len(found)
+    left = [0] * len(shards)
+    todo = []
+    for index, _, _, request in planned:
+        if request.request_id not in settled:
+            left[index] += 1
+            todo.append(request)
+
+    from tqdm.auto import tqdm
+
     desc = shards[0].benchmark if len(shards) == 1 else f"{len(shards)} benchmarks"
-    results: list[GenerationResult] = []
     done = 0  # shards handed back
-    for chunk in stream_results(engine, [request for *_, request in planned],
-                                settings.chunk_size, progress, desc):
-        results.extend(chunk)
-        while done < len(shards) and ends[done] <= len(results):
-            start = ends[done - 1] if done else 0
-            rows = [_row(shard.benchmark, problem, sample, request, result,
-                         settings.think_close, model)
-                    for (shard, problem, sample, request), result
-                    in zip(planned[start:ends[done]], results[start:ends[done]])]
-            yield shards[done], grade_rows(rows, grader, settings.think_close,
-                                           progress=progress, think_open=settings.think_open)
+
+    def finished() -> Iterator[tuple[BenchmarkShard, list[dict[str, Any]]]]:
+        nonlocal done
+        while done < len(shards) and not left[done]:
+            shard = shards[done]
+            rows = []
+            for index, problem, sample, request in planned:
+                if index != done:
+                    continue
+                outcome = settled[request.request_id]
+                rows.append(_error_row(shard.benchmark, problem, sample, request, outcome, model)
+                            if isinstance(outcome, str) else
+                            _row(shard.benchmark, problem, sample, request, outcome,
+                                 settings.think_close, model))
+            yield shard, grade_rows(rows, grader, settings.think_close, progress=progress,
+                                    think_open=settings.think_open)
             done += 1
+
+    with tqdm(total=len(planned), initial=len(planned) - len(todo), disable=not progress,
+              desc=desc, unit="gen") as bar:
+        yield from finished()
+        for batch in settle_requests(engine, todo, chunk_size=settings.chunk_size,
+                                     limits=limits, stats=stats):
+            new: dict[int, list[tuple[GenerationRequest, GenerationResult]]] = {}
+            for item in batch:
+                index, request = by_id[item.request.request_id]
+                if item.result is None:
+                    settled[request.request_id] = item.error or "no result"
+                else:
+                    settled[request.request_id] = item.result
+                    new.setdefault(index, []).append((request, item.result))
+                left[index] -= 1
+            for index, pairs in new.items():
+                if shard_logs[index] is not None:
+                    shard_logs[index].append(pairs)
+            bar.update(len(batch))
+            yield from finished()
+        yield from finished()
 
 
 def evaluate_benchmark(benchmark: str, problems: Sequence[Problem], engine: Engine,
                        settings: EvalSettings, render_prompt: Callable[[str], str],
-                       grader: _Grader, *, model: str = "", progress: bool = True
-                       ) -> list[dict[str, Any]]:
+                       grader: _Grader, *, model: str = "", progress: bool = True,
+                       **kwargs: Any) -> list[dict[str, Any]]:
     """Generate `settings.samples_for(benchmark)` samples per problem and grade them: the rows
-    of generations.parquet (see COLUMNS)."""
+    of generations.parquet (see COLUMNS). `kwargs` go to `evaluate_benchmarks`."""
     (_, rows), = evaluate_benchmarks([BenchmarkShard(benchmark, problems, render_prompt)], engine,
-                                     settings, grader, model=model, progress=progress)
+                                     settings, grader, model=model, progress=progress, **kwargs)
     return rows

@@ -16,12 +16,18 @@ Definitions (per benchmark; a "row" is one generation, a problem has n rows, sam
   votes; ties go to the answer whose first vote came first. The problem counts as correct when the
   winning answer's first occurrence was graded correct. Averaged over problems.
 - mean_tokens / median_tokens: response length in tokens (the engine's count of generated tokens,
-  in the evaluated model's tokenizer), over all rows; mean_tokens_correct /
-  mean_tokens_incorrect: the same over correct / incorrect rows (None when there are none).
+  in the evaluated model's tokenizer), over the rows that were generated (not those of failed
+  generations, finish_reason "error"); mean_tokens_correct / mean_tokens_incorrect: the same
+  over correct / incorrect ones (None when there are none).
 - truncation_rate: fraction of rows with finish_reason "length" (hit max_tokens).
 - no_answer_rate: fraction of rows with no extracted answer.
 - grade_error_rate: fraction of rows whose grading reported an error other than "no_answer"
-  (a timeout, or a math-verify parse failure that fell back to string comparison).
+  (a timeout, or a math-verify parse failure that fell back to string comparison); failed
+  generations are not counted here.
+- n_errors: rows of generations the engine failed to produce (finish_reason "error"; they count
+  as incorrect everywhere above); errors: the most frequent of their messages, with counts.
+- n_empty: generated rows whose response is empty (or only whitespace).
+- n_truncated: rows with finish_reason "length".
 """
 
 from __future__ import annotations
@@ -29,10 +35,13 @@ from __future__ import annotations
 import math
 import re
 import statistics
-from collections import defaultdict
+from collections import Counter, defaultdict
 from typing import Any, Iterable, Mapping, Sequence
 
 from retro_search.grading.extract import strip_math_delimiters
+
+ERROR = "error"  # finish_reason of a generation the engine failed to produce (`generate.ERROR`)
+MAX_ERRORS_SHOWN = 5
 
 __all__ = ["answer_key", "majority_vote", "pass_at_k", "mean_with_stderr", "summarize_benchmark",
            "group_by_problem"]
@@ -121,7 +130,7 @@ def summarize_benchmark(rows: Sequence[Mapping[str, Any]], ks: Sequence[int] = (
     smallest number of samples of any problem (pass@1 and maj@1 always).
     Keys: n_problems, n_generations, n_samples, accuracy, accuracy_stderr, pass@k..., maj@k...,
     mean_tokens, median_tokens, mean_tokens_correct, mean_tokens_incorrect, truncation_rate,
-    no_answer_rate, grade_error_rate.
+    no_answer_rate, grade_error_rate, n_errors, errors, n_empty, n_truncated.
     """
     if not rows:
         raise ValueError("no rows to summarise")
@@ -151,13 +160,24 @@ def summarize_benchmark(rows: Sequence[Mapping[str, Any]], ks: Sequence[int] = (
             hits.append(1.0 if winner is not None and first_k[winner]["correct"] else 0.0)
         out[f"maj@{k}"] = _mean(hits)
 
-    tokens = [int(r["num_tokens"]) for r in rows]
+    generated = [r for r in rows if r["finish_reason"] != ERROR]
+    tokens = [int(r["num_tokens"]) for r in generated]
     out["mean_tokens"] = _mean(tokens)
-    out["median_tokens"] = float(statistics.median(tokens))
-    out["mean_tokens_correct"] = _mean([int(r["num_tokens"]) for r in rows if r["correct"]])
-    out["mean_tokens_incorrect"] = _mean([int(r["num_tokens"]) for r in rows if not r["correct"]])
+    out["median_tokens"] = float(statistics.median(tokens)) if tokens else None
+    out["mean_tokens_correct"] = _mean([int(r["num_tokens"]) for r in generated if r["correct"]])
+    out["mean_tokens_incorrect"] = _mean([int(r["num_tokens"]) for r in generated
+                                          if not r["correct"]])
     out["truncation_rate"] = sum(r["finish_reason"] == "length" for r in rows) / len(rows)
     out["no_answer_rate"] = sum(answer_key(r["extracted"]) is None for r in rows) / len(rows)
     out["grade_error_rate"] = sum(
-        bool(r.get("grade_error")) and r.get("grade_error") != "no_answer" for r in rows) / len(rows)
+        bool(r.get("grade_error")) and r.get("grade_error") != "no_answer" for r in generated
+    ) / len(rows)
+    failed = [r for r in rows if r["finish_reason"] == ERROR]
+    messages = Counter(str(r.get("grade_error") or "").partition(": ")[2] or "unknown"
+                       for r in failed)
+    out["n_errors"] = len(failed)
+    out["errors"] = dict(sorted(messages.items(), key=lambda kv: (-kv[1], kv[0]))[:MAX_ERRORS_SHOWN])
+    out["n_empty"] = sum(not str(r.get("response") or "").strip() for r in generated
+                         if "response" in r)
+    out["n_truncated"] = sum(r["finish_reason"] == "length" for r in rows)
     return out

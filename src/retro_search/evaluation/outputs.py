@@ -1,4 +1,4 @@
-"""The files `retro-search eval` writes, and the progress folder a killed call resumes from.
+"""The files `retro-search eval` writes, and the progress files a killed call resumes from.
 
 One call with `--output-dir OUT` writes, for every benchmark it evaluates,
 
@@ -7,12 +7,23 @@ One call with `--output-dir OUT` writes, for every benchmark it evaluates,
 
 each file atomically (a temp file beside it, then a rename).
 
-While the call runs, each benchmark is saved as soon as it is graded, into the hidden folder
-`.<OUT's name>.progress/` beside OUT, as `<benchmark>-<key>/` with the same two files. The key
-covers everything those outputs depend on (`EvalProgress.entry`), so a restarted call skips the
-benchmarks a killed one finished, and a call with other settings never takes them. Once every
-benchmark is saved, the files move into OUT (one rename each) and the progress folder goes.
-Finished work waits outside OUT because Snakemake deletes a job's declared outputs before it
+While the call runs, its work waits in the hidden folder `.<OUT's name>.progress/` beside OUT:
+
+- `<benchmark>-<key>.generations.jsonl` (`GenerationLog`): each generation, appended (and
+  fsynced) as soon as the engine returns it, one JSON object a line (`log_record`). The key
+  (`generation_key`) covers what a generation depends on: the model (and its files), its
+  revision, the engine section without its runtime keys (`runtime.RUNTIME_KEYS`), the decoding
+  settings (temperature, top_p, max_tokens, seed), the benchmark and its prompt template; each
+  line also carries its request's seed and a hash of its prompt. A restarted call requests only
+  the generations not found there; other settings find another file and start afresh. A torn last
+  line (the process died while writing it) is ignored and cut off before the next append. Failed
+  generations are not written: a rerun tries them again.
+- `<benchmark>-<key>/` (`EvalProgress.entry`): the benchmark's two output files, saved as soon as
+  it is graded. This key covers everything those outputs depend on, so a restarted call skips the
+  benchmarks a killed one finished.
+
+Once every benchmark is saved, the files move into OUT (one rename each) and the progress folder
+goes. Finished work waits outside OUT because Snakemake deletes a job's declared outputs before it
 reruns the job: written straight into OUT, it would not survive the kill it is meant for.
 """
 
@@ -24,13 +35,17 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from retro_search.artifacts import write_generations, write_json
+from retro_search.engines.base import GenerationRequest, GenerationResult
 from retro_search.evaluation.config import EvalSettings
-from retro_search.evaluation.generate import BenchmarkShard
 
-__all__ = ["GENERATIONS", "METRICS", "EvalProgress", "eval_context"]
+if TYPE_CHECKING:
+    from retro_search.evaluation.generate import BenchmarkShard
+
+__all__ = ["GENERATIONS", "METRICS", "EvalProgress", "GenerationLog", "eval_context",
+           "generation_key", "log_record", "prompt_hash"]
 
 GENERATIONS = "generations.parquet"
 METRICS = "metrics.json"
@@ -57,6 +72,128 @@ def eval_context(model: str, settings: EvalSettings, engine: dict[str, Any]) -> 
             "engine": engine}
 
 
+def generation_key(context: dict[str, Any], shard: BenchmarkShard) -> str:
+    """The key of one benchmark's generation log: a hash over what a generation depends on (see
+    the module docstring), not over what only grading, metrics or the run's speed depend on."""
+    from retro_search.runtime import split_runtime
+
+    decoding = context.get("eval") or {}
+    engine, _ = split_runtime({"engine": context.get("engine") or {}})
+    payload = {"model": context.get("model"), "model_files": context.get("model_files"),
+               "revision": context.get("revision"), "engine": engine["engine"],
+               "decoding": {k: decoding.get(k) for k in ("temperature", "top_p", "max_tokens",
+                                                         "seed")},
+               "benchmark": shard.benchmark, "prompt": shard.render_prompt("{question}")}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def prompt_hash(prompt: str) -> str:
+    return hashlib.sha256(prompt.encode("utf-8")).hexdigest()[:16]
+
+
+def log_record(request: GenerationRequest, result: GenerationResult) -> dict[str, Any]:
+    """One line of a generation log."""
+    return {"id": request.request_id, "seed": request.seed, "prompt": prompt_hash(request.prompt),
+            "text": result.text, "num_tokens": int(result.num_tokens),
+            "finish_reason": result.finish_reason, "stop_string": result.stop_string}
+
+
+def _result_of(record: Any) -> GenerationResult | None:
+    """The result a log line holds, or None for a line that is not one."""
+    if not isinstance(record, dict):
+        return None
+    rid, text, tokens = record.get("id"), record.get("text"), record.get("num_tokens")
+    finish, stop = record.get("finish_reason"), record.get("stop_string")
+    if not isinstance(rid, str) or not isinstance(text, str) or isinstance(tokens, bool) \
+            or not isinstance(tokens, int) or tokens < 0 or finish not in ("stop", "length") \
+            or not (stop is None or isinstance(stop, str)):
+        return None
+    return GenerationResult(rid, text, tokens, finish, stop)
+
+
+def _after_last_newline(path: Path, end: int, block: int = 1 << 16) -> int:
+    """The offset just after the last newline of the file's first `end` bytes (0: none), read
+    from the end backwards (a log of long generations runs to hundreds of MB)."""
+    with open(path, "rb") as fh:
+        position = end
+        while position > 0:
+            step = min(block, position)
+            position -= step
+            fh.seek(position)
+            found = fh.read(step).rfind(b"\n")
+            if found >= 0:
+                return position + found + 1
+    return 0
+
+
+class GenerationLog:
+    """The finished generations of one benchmark: a JSON-lines file appended as they come."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._fh = None
+
+    def read(self, requests: Sequence[GenerationRequest]) -> dict[str, GenerationResult]:
+        """The logged result of each of `requests` (by request id) whose line has its seed and
+        prompt hash. Lines that do not parse (a torn last one) or match no request are skipped;
+        a later line for the same request wins."""
+        if not self.path.is_file():
+            return {}
+        wanted = {r.request_id: r for r in requests}
+        hashes: dict[str, str] = {}
+        found: dict[str, GenerationResult] = {}
+        with open(self.path, "rb") as fh:
+            for raw in fh:
+                if not raw.endswith(b"\n"):
+                    break  # torn: the process died while writing it
+                try:
+                    record = json.loads(raw)
+                except (ValueError, RecursionError):
+                    continue
+                result = _result_of(record)
+                request = wanted.get(result.request_id) if result else None
+                if request is None or record.get("seed") != request.seed:
+                    continue
+                if request.request_id not in hashes:
+                    hashes[request.request_id] = prompt_hash(request.prompt)
+                if record.get("prompt") == hashes[request.request_id]:
+                    found[request.request_id] = result
+        return found
+
+    def _open(self):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fresh = not self.path.exists()
+        fh = open(self.path, "ab")
+        end = fh.seek(0, os.SEEK_END)
+        keep = _after_last_newline(self.path, end)
+        if keep != end:  # cut a torn last line, so that the next line does not continue it
+            fh.truncate(keep)
+            fh.seek(keep)
+        if fresh:  # the new name survives a crash too
+            dir_fd = os.open(self.path.parent, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        return fh
+
+    def append(self, pairs: Sequence[tuple[GenerationRequest, GenerationResult]]) -> None:
+        """Append one line per (request, result), then flush and fsync."""
+        if not pairs:
+            return
+        if self._fh is None:
+            self._fh = self._open()
+        self._fh.write(b"".join(json.dumps(log_record(request, result), ensure_ascii=False)
+                                .encode("utf-8") + b"\n" for request, result in pairs))
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+
 class EvalProgress:
     """The benchmarks one call has finished, kept beside `output_dir` until all are done."""
 
@@ -64,6 +201,17 @@ class EvalProgress:
         self.output_dir = Path(output_dir)
         self.dir = self.output_dir.parent / f".{self.output_dir.name}.progress"
         self.context = context
+        self._logs: dict[Path, GenerationLog] = {}
+
+    def generation_log(self, shard: BenchmarkShard) -> GenerationLog:
+        """The log of one benchmark's finished generations (one object per file per call)."""
+        path = self.dir / f"{shard.benchmark}-{generation_key(self.context, shard)}.generations.jsonl"
+        return self._logs.setdefault(path, GenerationLog(path))
+
+    def close(self) -> None:
+        """Close the generation logs' files (they stay on disk)."""
+        for generations in self._logs.values():
+            generations.close()
 
     def entry(self, shard: BenchmarkShard) -> Path:
         """The folder of one benchmark's finished outputs, named by the benchmark and a key over
@@ -95,6 +243,7 @@ class EvalProgress:
         for shard, entry in entries:
             if not self.finished(shard):
                 raise FileNotFoundError(f"{shard.benchmark}: no finished outputs in {entry}")
+        self.close()
         written = []
         for shard, entry in entries:
             folder = self.output_dir / shard.benchmark

@@ -2,11 +2,22 @@
 for all of them (`retro-search eval`); and the merge of one benchmark's shards
 (`retro-search eval-merge`).
 
-`run` covers shard `eval.shard` of every benchmark that has that many shards. Each
-benchmark is saved as soon as it is graded, beside the output folder (`evaluation.outputs`), so
-a killed call run again with the same settings skips the benchmarks it finished; the files move
-into the output folder only when all are done. `merge` joins a benchmark's shards and
-recomputes its metrics over all of them, as one unsharded call would.
+`run` covers shard `eval.shard` of every benchmark that has that many shards. Beside the output
+folder (`evaluation.outputs`), each generation is logged as soon as the engine returns it and each
+benchmark is saved as soon as it is graded, so a killed call run again with the same settings
+skips the benchmarks it finished and requests only the generations it lacks; the files move into
+the output folder only when all are done.
+
+Engine faults (`evaluation.engine_calls`): a request is retried (`retries`), has a time limit
+(`request_timeout`), and is recorded as a failed generation when it cannot be had (a row with
+finish_reason "error", graded incorrect, counted as `n_errors` in metrics.json and in the
+summary, and named in the warnings). A benchmark with more than `max_error_rate` of its
+generations failed is not saved: `run` raises `EvalFailed` once the other benchmarks are done,
+and keeps the progress files, so a rerun with a healthy engine requests only what failed.
+Empty responses, and benchmarks whose every response hit max_tokens, are warned about.
+
+`merge` joins a benchmark's shards and recomputes its metrics over all of them, as one unsharded
+call would.
 """
 
 from __future__ import annotations
@@ -23,6 +34,13 @@ if TYPE_CHECKING:
     from retro_search.evaluation.generate import BenchmarkShard
 
 Log = Callable[[str], None]
+
+ENGINE_SHUTDOWN_SECONDS = 30.0  # for an engine given up on: its shutdown may hang as it did
+
+
+class EvalFailed(RuntimeError):
+    """Most generations of some benchmark failed: nothing was promoted; the progress files keep
+    every generation that succeeded."""
 
 
 def _benchmark_metrics(shard: BenchmarkShard, rows: list[dict[str, Any]], settings: EvalSettings,
@@ -50,8 +68,54 @@ def _benchmark_metrics(shard: BenchmarkShard, rows: list[dict[str, Any]], settin
 
 def _brief(metrics: dict[str, Any], **extra: Any) -> str:
     keys = ("benchmark", "shard", "n_problems", "n", "accuracy", "accuracy_stderr", "mean_tokens",
-            "truncation_rate")
-    return json.dumps({**{k: metrics[k] for k in keys}, **extra})
+            "truncation_rate", "n_errors")
+    return json.dumps({**{k: metrics.get(k) for k in keys}, **extra})
+
+
+def _warnings(metrics: dict[str, Any]) -> list[str]:
+    """What a benchmark's metrics say went wrong: failed, empty or all-truncated generations."""
+    name, total = metrics.get("benchmark"), metrics.get("n_generations") or 0
+    errors, empty = metrics.get("n_errors") or 0, metrics.get("n_empty") or 0
+    truncated = metrics.get("n_truncated") or 0
+    max_tokens = (metrics.get("decoding") or {}).get("max_tokens")
+    lines = []
+    if errors:
+        reasons = "; ".join(f"{count} x {message}"
+                            for message, count in (metrics.get("errors") or {}).items())
+        lines.append(f"{name}: {errors} of {total} generations failed (recorded with "
+                     f"finish_reason 'error' and graded incorrect): {reasons}")
+    if empty:
+        lines.append(f"{name}: {empty} of {total} responses are empty (max_tokens={max_tokens} "
+                     "too small, or a model that stops at once?)")
+    if truncated and truncated == total - errors:
+        lines.append(f"{name}: every response hit max_tokens={max_tokens} (finish_reason "
+                     "'length'): max_tokens is likely too small")
+    return lines
+
+
+def _close(engine: Any, broken: bool, log: Log) -> None:
+    """Shut the engine down; one given up on (it may hang again) from a thread that is left
+    behind after ENGINE_SHUTDOWN_SECONDS."""
+    import threading
+
+    shutdown = getattr(engine, "shutdown", None)
+    if not callable(shutdown):
+        return
+    if not broken:
+        shutdown()
+        return
+
+    def quietly() -> None:
+        try:
+            shutdown()
+        except Exception as err:  # the engine is broken already; say so, do not mask the report
+            log(f"engine shutdown failed: {type(err).__name__}: {err}")
+
+    worker = threading.Thread(target=quietly, name="eval-engine-shutdown", daemon=True)
+    worker.start()
+    worker.join(ENGINE_SHUTDOWN_SECONDS)
+    if worker.is_alive():
+        log(f"engine did not shut down within {ENGINE_SHUTDOWN_SECONDS:g} s; left behind")
 
 
 def model_revision(config: dict[str, Any], model: str) -> str | None:
@@ -112,53 +176,94 @@ def _shards(settings: EvalSettings, model: str, names: list[str], log: Log,
 def run(settings: EvalSettings, engine_section: dict[str, Any], model: str,
         output_dir: str | Path, *, revision: str | None = None,
         benchmarks: Sequence[str] | None = None, progress: bool = True,
-        log: Log | None = None) -> StageResult:
+        log: Log | None = None, retries: int = 2, request_timeout: float | None = None,
+        max_error_rate: float = 0.5) -> StageResult:
     """Sample `model` (a local folder, or a hub id at commit, branch or tag `revision`, None: the
     latest; see `model_revision`) on `benchmarks` (default: settings.benchmarks),
     this call's shard of each, with the engine of `engine_section`; grade, and write
     `output_dir/<benchmark>/generations.parquet` and `metrics.json`. `progress` shows progress
-    bars; `log` gets one line per benchmark skipped, resumed or finished, when it happens.
+    bars; `log` gets one line per benchmark skipped, resumed, finished or failed, when it happens.
     `outputs` are keyed `<benchmark>/<file name>`; `engine` is None when every benchmark was
-    resumed and no engine loaded."""
+    resumed and no engine loaded; `warnings` name failed, empty and all-truncated generations.
+
+    `retries`: further attempts of a failed request; `request_timeout`: seconds per request
+    (None: 600 + max_tokens / 2; 0: no limit; see `engine_calls.CallLimits`); a benchmark with
+    more than `max_error_rate` of its generations failed raises EvalFailed (after the other
+    benchmarks are done), with nothing promoted and the progress kept."""
+    import retro_search.engines as engines
     from retro_search.artifacts import read_json
     from retro_search.config import engine_kwargs
-    from retro_search.engines import engine_info, open_engine
+    from retro_search.evaluation.engine_calls import CallLimits, CallStats
     from retro_search.evaluation.generate import evaluate_benchmarks
     from retro_search.evaluation.outputs import METRICS, EvalProgress, eval_context
     from retro_search.grading import Grader
 
+    if not 0 <= max_error_rate < 1:
+        raise ValueError(f"max_error_rate must be in [0, 1), got {max_error_rate}")
+    limits = CallLimits(retries=retries, request_timeout=request_timeout)
     log = log or (lambda line: None)
     shards = _shards(settings, model, list(benchmarks or settings.benchmarks), log, revision)
     context = eval_context(model, settings, engine_section)
     if revision:  # another commit of the model: benchmarks saved for one are not the other's
         context["revision"] = revision
     saved = EvalProgress(output_dir, context)
-    todo = []
+    todo, warnings, n_errors = [], [], 0
     for shard in shards:
         if saved.finished(shard):  # by an earlier, killed call with the same settings
-            log(_brief(read_json(saved.entry(shard) / METRICS), resumed=True))
+            metrics = read_json(saved.entry(shard) / METRICS)
+            log(_brief(metrics, resumed=True))
+            warnings += _warnings(metrics)
+            n_errors += metrics.get("n_errors") or 0
         else:
             todo.append(shard)
     info = None
+    stats = CallStats()
+    failed: list[str] = []
     if todo:
         name, kwargs = engine_kwargs({"engine": engine_section,
                                       "model": {"path": model, "tokenizer": settings.tokenizer,
                                                 "revision": revision}})
-        with open_engine(name, **kwargs) as engine, \
-                Grader(processes=settings.grading_processes,
-                       timeout=settings.grading_timeout) as grader:
-            info = engine_info(engine)
-            for shard, rows in evaluate_benchmarks(todo, engine, settings, grader, model=model,
-                                                   progress=progress):
-                # info["name"] is what ran, e.g. what engine.name=auto chose
-                metrics = _benchmark_metrics(shard, rows, settings, model, info["name"])
-                saved.save(shard, rows, metrics)
-                log(_brief(metrics))
+        engine = engines.load_engine(name, **kwargs)
+        try:
+            with Grader(processes=settings.grading_processes,
+                        timeout=settings.grading_timeout) as grader:
+                info = engines.engine_info(engine)
+                for shard, rows in evaluate_benchmarks(todo, engine, settings, grader,
+                                                       model=model, progress=progress,
+                                                       logs=saved.generation_log, limits=limits,
+                                                       stats=stats):
+                    # info["name"] is what ran, e.g. what engine.name=auto chose
+                    metrics = _benchmark_metrics(shard, rows, settings, model, info["name"])
+                    n_errors += metrics["n_errors"]
+                    if metrics["n_errors"] > max_error_rate * len(rows):
+                        reasons = "; ".join(f"{count} x {message}"
+                                            for message, count in metrics["errors"].items())
+                        failed.append(f"{shard.benchmark}: {metrics['n_errors']} of {len(rows)} "
+                                      f"generations failed: {reasons}")
+                        log(_brief(metrics, failed=True))
+                        continue  # not saved: its generation log keeps what succeeded
+                    saved.save(shard, rows, metrics)
+                    warnings += _warnings(metrics)
+                    log(_brief(metrics))
+        finally:
+            saved.close()
+            _close(engine, stats.broken is not None, log)
+    counts = {"n_errors": n_errors, **stats.as_dict()}
+    if failed:
+        lines = ["most generations failed, nothing promoted:", *failed]
+        if stats.broken:
+            lines.append(f"the engine was given up on: {stats.broken}")
+        lines.append(f"the {stats.generated + stats.resumed} generations that succeeded are kept "
+                     f"in {saved.dir}; run the same command again (with a working engine) to "
+                     "request only the others")
+        raise EvalFailed("\n".join(lines))
     written = saved.promote(shards)
+    if stats.broken:
+        warnings.append(f"the engine was given up on: {stats.broken}")
     summary = {"benchmarks": [s.benchmark for s in shards], "shard": settings.shard,
-               "resumed": len(shards) - len(todo), "output_dir": str(output_dir)}
+               "resumed": len(shards) - len(todo), "output_dir": str(output_dir), **counts}
     return StageResult(outputs={f"{p.parent.name}/{p.name}": p for p in written},
-                       summary=summary, engine=info)
+                       summary=summary, engine=info, warnings=warnings)
 
 
 def merge(settings: EvalSettings, generations: Sequence[str | Path],
