@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import threading
 from dataclasses import dataclass
 from typing import Callable
 
@@ -54,3 +55,54 @@ def boxed_grade(gold: str, solution: str):
     found = re.findall(r"\\boxed\{([^{}]*)\}", solution)
     extracted = found[-1] if found else None
     return SimpleGrade(correct=extracted == gold, extracted=extracted)
+
+
+class FaultyEngine(ScriptedEngine):
+    """A scripted engine with injected faults, for the scheduler's and the sampler's fault
+    handling. `fault(request, attempt)` (attempt: how many times this engine saw that request id
+    before, 0 the first time) says what happens to a request:
+
+    None      answered by the policy;
+    "raise"   the call raises RuntimeError (a batch call: the whole call);
+    "drop"    its result is left out of the batch (one result too few); streaming: a result for
+              another request id;
+    "hang"    the call never returns: a batch call blocks until `release` is set (a test sets it
+              when done, so the thread ends), a streaming request awaits forever (cancellable).
+
+    `requests` records the requests answered; `seen` counts every request received."""
+
+    def __init__(self, policy: Policy, fault: Callable[[GenerationRequest, int], str | None]):
+        super().__init__(policy)
+        self.fault = fault
+        self.seen: dict[str, int] = {}
+        self.release = threading.Event()
+
+    def _fault(self, request: GenerationRequest) -> str | None:
+        attempt = self.seen.get(request.request_id, 0)
+        self.seen[request.request_id] = attempt + 1
+        return self.fault(request, attempt)
+
+    def generate(self, requests):
+        self.calls += 1
+        faults = [self._fault(r) for r in requests]
+        if "hang" in faults:
+            self.release.wait()
+            raise RuntimeError("released after a hang")
+        if "raise" in faults:
+            raise RuntimeError(f"injected fault on {requests[faults.index('raise')].request_id!r}")
+        return [self._reply(r) for r, f in zip(requests, faults) if f != "drop"]
+
+
+class StreamingFaultyEngine(FaultyEngine):
+    async def generate_async(self, request):
+        fault = self._fault(request)
+        await asyncio.sleep(0)
+        if fault == "hang":
+            await asyncio.Event().wait()
+        if fault == "raise":
+            raise RuntimeError(f"injected fault on {request.request_id!r}")
+        result = self._reply(request)
+        if fault == "drop":
+            return GenerationResult("someone-else", result.text, result.num_tokens,
+                                    result.finish_reason, result.stop_string)
+        return result

@@ -192,6 +192,10 @@ def test_sample_names_a_bad_question_record_before_loading_the_model(tmp_path, c
     assert "id='q7'" in err and "field 'answer'" in err and "null" in err
 
 
+class Killed(BaseException):
+    """A job killed midway: not an engine fault the sampler retries (those are Exceptions)."""
+
+
 class CrashingEngine:
     """The transformers engine, failing its call number `crash_at` (a job killed midway); a
     class setting, so the run that dies and the run that resumes have the same config."""
@@ -207,7 +211,7 @@ class CrashingEngine:
     def generate(self, requests):
         self.calls += 1
         if self.calls == self.crash_at:
-            raise RuntimeError("killed")
+            raise Killed("killed")
         return self.engine.generate(requests)
 
 
@@ -217,7 +221,7 @@ def test_a_run_that_died_midway_resumes_from_its_progress_and_equals_an_uninterr
     assert main(sample_args(questions_file, reference, tiny_model_dir)) == 0
     crashing = [f"engine.name={__name__}:CrashingEngine", "--chunk-size", "3"]
     monkeypatch.setattr(CrashingEngine, "crash_at", 3)
-    with pytest.raises(RuntimeError, match="killed"):
+    with pytest.raises(Killed, match="killed"):
         main(sample_args(questions_file, out, tiny_model_dir, *crashing))
     assert not out.exists(), "a failed run leaves no declared output"
     progress, = tmp_path.glob(".out.jsonl.progress-*.jsonl")

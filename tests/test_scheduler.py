@@ -39,8 +39,9 @@ def shard(traces, engine, progress_path=None, **config):
                      show_progress=False)
 
 
-class Killed(Exception):
-    pass
+class Killed(BaseException):
+    """A kill (SIGKILL, preemption) in the middle of a call: not an engine fault to retry, so a
+    BaseException, which the scheduler's retries let through."""
 
 
 class DyingEngine(ScriptedEngine):

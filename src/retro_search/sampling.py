@@ -10,7 +10,10 @@ Self-improvement (ALGORITHM.md, "Use cases") starts here: the model answers trai
   so a sample's text depends on nothing else (not the shard, the limit or the batch);
 - `run_samples` sends them through one engine: in chunks to a batch engine (transformers), one
   by one as slots free to a streaming engine (vLLM). Every finished sample is appended to a
-  progress file; a killed run started again skips what is there;
+  progress file; a killed run started again skips what is there. Each request goes through an
+  `engines.retrying.EngineCaller` (retries with the same seed, a time limit): a sample the engine
+  could not generate becomes a row with an "error" (`failed_row`, not saved as progress, so a
+  rerun generates it again), which `read_samples` drops with reason "engine_error";
 - `sample_row` is one output row in the layout of the `samples` trace preset
   (`formats.PRESETS["samples"]`, the `r1_response` layout plus provenance), which `read_samples`
   turns into `TraceRecord`s for `prepare`: unclosed and malformed responses are dropped there with
@@ -36,12 +39,19 @@ from retro_search.engines.base import (
     derive_seed,
     rollout_budget,
 )
+from retro_search.engines.retrying import (
+    REQUEST_RETRIES,
+    REQUEST_TIMEOUT_S,
+    EngineCaller,
+    FaultStats,
+    RequestFailure,
+)
 from retro_search.formats import OT_THOUGHT_CLOSE, PRESETS, R1_CLOSE
 from retro_search.questions import Question, resolve_question_format
 from retro_search.records import RecordError, TraceRecord
 
 __all__ = ["SampleSettings", "sample_settings", "PlannedSample", "plan_requests", "sample_seed",
-           "sample_row", "run_samples", "read_samples", "MODEL_KEYS"]
+           "sample_row", "failed_row", "run_samples", "read_samples", "MODEL_KEYS"]
 
 # Keys of a model section (config/model/*.yaml); the sampler is one.
 MODEL_KEYS = ("label", "path", "tokenizer", "revision", "user_template", "system_prompt",
@@ -200,6 +210,19 @@ def sample_row(planned: PlannedSample, result: GenerationResult, *, sampler: str
             "num_tokens": int(result.num_tokens), "question_metadata": metadata}
 
 
+def failed_row(planned: PlannedSample, error: str, *, sampler: str) -> dict[str, Any]:
+    """The row of a sample the engine could not generate: the layout of `sample_row` with an
+    empty response, finish_reason "error", and the reason under "error"."""
+    question = planned.question
+    metadata = json.loads(json.dumps(question.metadata, ensure_ascii=False, default=str))
+    return {"id": planned.request.request_id, "question_id": question.id,
+            "sample": planned.sample, "position": question.position,
+            "problem": question.question, "answer": question.reference_answer,
+            "response": "", "model": sampler, "seed": planned.request.seed,
+            "finish_reason": "error", "num_tokens": 0, "question_metadata": metadata,
+            "error": error}
+
+
 # --------------------------------------------------------------------------- running, resuming
 
 @dataclass
@@ -210,6 +233,9 @@ class SampleProgress:
     generated: int = 0
     generated_tokens: int = 0
     seconds: float = 0.0
+    failed: int = 0              # samples the engine could not generate (rows with "error")
+    empty: int = 0               # generated samples with an empty text
+    faults: FaultStats | None = None  # retries, failed requests, timeouts, a broken engine
 
     @property
     def tokens_per_second(self) -> float:
@@ -234,20 +260,27 @@ def read_progress(path: Path | None) -> dict[str, dict[str, Any]]:
 
 def run_samples(planned: Sequence[PlannedSample], engine: Engine, *, sampler: str,
                 think_open: str, progress_path: Path | None = None, chunk_size: int = 256,
-                show_progress: bool = True) -> tuple[list[dict[str, Any]], SampleProgress]:
+                show_progress: bool = True, retries: int = REQUEST_RETRIES,
+                request_timeout_s: float | None = REQUEST_TIMEOUT_S
+                ) -> tuple[list[dict[str, Any]], SampleProgress]:
     """Generate every planned sample over `engine`; returns the rows in the order of `planned`
     and the run's counters. Rows found in `progress_path` are not generated again; each new
     row is appended there (flushed and fsynced) as soon as it is back. A batch engine gets
     `chunk_size` requests per `generate` call; an engine with `generate_async` gets each request
-    on its own, so no sample waits for the slowest of a chunk."""
+    on its own, so no sample waits for the slowest of a chunk. `retries` (tries after the first)
+    and `request_timeout_s` (seconds, None: no limit) bound each request (`engines.retrying`);
+    a sample given up is a `failed_row`, counted in `SampleProgress.failed`, not saved as
+    progress."""
     from tqdm.auto import tqdm
 
     ids = [p.request.request_id for p in planned]
     if len(set(ids)) != len(ids):
         raise ValueError("sample ids (question id / sample index) must be unique in a shard")
     wanted = set(ids)
-    rows = {k: v for k, v in read_progress(progress_path).items() if k in wanted}
-    stats = SampleProgress(resumed=len(rows))
+    rows = {k: v for k, v in read_progress(progress_path).items()
+            if k in wanted and not v.get("error")}
+    caller = EngineCaller(engine, retries=retries, timeout_s=request_timeout_s)
+    stats = SampleProgress(resumed=len(rows), faults=caller.stats)
     todo = [p for p in planned if p.request.request_id not in rows]
     writer = None
     if progress_path is not None:
@@ -257,15 +290,19 @@ def run_samples(planned: Sequence[PlannedSample], engine: Engine, *, sampler: st
                disable=not show_progress, dynamic_ncols=True)
     start = time.perf_counter()
 
-    def finished(pairs: Iterable[tuple[PlannedSample, GenerationResult]]) -> None:
+    def finished(pairs: Iterable[tuple[PlannedSample, GenerationResult | RequestFailure]]
+                 ) -> None:
         for item, result in pairs:
-            if result.request_id != item.request.request_id:
-                raise RuntimeError(f"engine returned {result.request_id!r} where "
-                                   f"{item.request.request_id!r} was expected")
+            if isinstance(result, RequestFailure):
+                rows[item.request.request_id] = failed_row(item, result.error, sampler=sampler)
+                stats.failed += 1  # not progress: a rerun generates it again
+                bar.update(1)
+                continue
             row = sample_row(item, result, sampler=sampler, think_open=think_open)
             rows[row["id"]] = row
             stats.generated += 1
             stats.generated_tokens += row["num_tokens"]
+            stats.empty += not result.text
             if writer is not None:
                 writer.write(json.dumps(row, ensure_ascii=False) + "\n")
             bar.update(1)
@@ -276,9 +313,9 @@ def run_samples(planned: Sequence[PlannedSample], engine: Engine, *, sampler: st
         bar.set_postfix(tok_s=f"{stats.tokens_per_second:.0f}", refresh=False)
 
     try:
-        if callable(getattr(engine, "generate_async", None)):
+        if caller.streaming:
             async def one(item: PlannedSample) -> None:
-                finished([(item, await engine.generate_async(item.request))])
+                finished([(item, await caller.generate_async(item.request))])
 
             async def stream() -> None:
                 await asyncio.gather(*(one(item) for item in todo))
@@ -287,12 +324,9 @@ def run_samples(planned: Sequence[PlannedSample], engine: Engine, *, sampler: st
         else:
             for begin in range(0, len(todo), chunk_size):
                 chunk = todo[begin:begin + chunk_size]
-                results = engine.generate([item.request for item in chunk])
-                if len(results) != len(chunk):
-                    raise RuntimeError(f"engine returned {len(results)} results for "
-                                       f"{len(chunk)} requests")
-                finished(zip(chunk, results))
+                finished(zip(chunk, caller.generate([item.request for item in chunk])))
     finally:
+        caller.close()
         bar.close()
         if writer is not None:
             writer.close()
@@ -316,7 +350,8 @@ def read_samples(paths: Sequence[str | Path], source_dataset: str
     whatever the number of shards, so the pool does not depend on how sampling was split. A
     response that never closed its reasoning (it reached max_tokens, or the model stopped
     early) is dropped as "unclosed"; one the reader cannot split (a repeated marker, empty
-    reasoning) as "malformed". Raises ValueError naming the file and line of a row that is not
+    reasoning) as "malformed"; one the engine could not generate (a `failed_row`) as
+    "engine_error". Raises ValueError naming the file and line of a row that is not
     a sample row, or an id found twice."""
     from retro_search.artifacts import read_jsonl
     from retro_search.readers import normalise_record
@@ -336,6 +371,10 @@ def read_samples(paths: Sequence[str | Path], source_dataset: str
         if row["id"] in seen:
             raise ValueError(f"{path}:{line}: sample id {row['id']!r} also in {seen[row['id']]}")
         seen[row["id"]] = f"{path}:{line}"
+        if row.get("error"):
+            reasons["engine_error"] += 1
+            dropped.append({"id": row["id"], "reason": f"engine_error: {row['error']}"})
+            continue
         if is_unclosed(str(row["response"])):
             reasons["unclosed"] += 1
             dropped.append({"id": row["id"], "reason": (

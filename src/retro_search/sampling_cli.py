@@ -27,7 +27,13 @@ With sample.num_shards=N and --shard i, the command answers the questions at pos
 (.OUTPUT.progress-<fingerprint>.jsonl, keyed by the settings and the questions); a killed run
 started again skips what it holds, and OUTPUT is written atomically at the end. Each response's
 seed derives from sample.seed, the question id and the sample index, so with the transformers
-engine a resumed run writes the same file as an uninterrupted one."""
+engine a resumed run writes the same file as an uninterrupted one.
+
+Engine faults: a request that fails is sent again with the same seed (2 more tries), one that
+runs past its time limit (6 h) is given up; a sample given up is a row with an "error" (prepare
+drops it), counted in the summary and named in the warnings. When more than half of the samples
+fail, the command writes no OUTPUT, says why in one line and exits with status 2; the progress
+file keeps what finished, and running it again generates only the rest."""
 
 EPILOG = """\
 Settings (defaults: retro_search.sampling.SampleSettings; model: retro_search.sft.config.ModelSettings):

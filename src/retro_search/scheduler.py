@@ -12,6 +12,14 @@ Crash safety: each finished trace is appended (and fsynced) to a progress file t
 declared output; a restarted run skips the traces found there. The progress file's name carries a
 fingerprint of everything that determines the results, so a run with other settings never reuses
 stale progress. Outputs are written elsewhere, atomically (see `artifacts`).
+
+Engine faults (`engines.retrying`): every request goes through an `EngineCaller`, which retries
+a request that fails (same request, same seed) and gives up on it after `retries` more tries or
+when it runs past `request_timeout_s`. The trace of a request given up ends with status
+"engine_error" (`TraceSearch.fail`: original trace unchanged, the error in `skip_reason`); the
+other traces go on and the shard completes. Such traces are not written to the progress file, so
+a rerun searches them again. A batch engine whose call hangs is given up: every trace still
+waiting fails with that reason (`ShardProgress.engine_broken`).
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ import asyncio
 import json
 import os
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
@@ -28,6 +37,13 @@ from tqdm.auto import tqdm
 
 from retro_search.artifacts import outcome_from_dict, outcome_to_dict
 from retro_search.engines.base import Engine, GenerationRequest, GenerationResult
+from retro_search.engines.retrying import (
+    REQUEST_RETRIES,
+    REQUEST_TIMEOUT_S,
+    EngineCaller,
+    FaultStats,
+    RequestFailure,
+)
 from retro_search.records import TraceRecord
 from retro_search.search import TraceSearch
 from retro_search.search_types import GradeFn, SearchConfig, SearchOutcome
@@ -43,6 +59,14 @@ class ShardProgress:
     generated_tokens: int = 0
     requests: int = 0
     seconds: float = 0.0
+    traces_failed: int = 0       # traces that ended in an engine error
+    empty_results: int = 0       # results with empty text (any request)
+    length_results: int = 0      # results that reached their token budget (any request)
+    faults: FaultStats | None = None  # retries, failed requests, timeouts, a broken engine
+
+    @property
+    def engine_broken(self) -> str | None:
+        return self.faults.broken if self.faults else None
 
     @property
     def tokens_per_second(self) -> float:
@@ -91,21 +115,29 @@ def run_shard(
     progress_path: Path | None = None,
     show_progress: bool = True,
     context_length: int | None = None,
+    retries: int = REQUEST_RETRIES,
+    request_timeout_s: float | None = REQUEST_TIMEOUT_S,
 ) -> tuple[list[SearchOutcome], ShardProgress]:
     """Search every trace; returns outcomes in the order of `traces` and the run's counters.
 
     `prompt_head(question)` gives the revision model's prompt up to its reasoning opener.
     `context_length` (tokens) bounds every request's prompt plus budget; None takes the engine's
-    `max_model_len` when it has one.
+    `max_model_len` when it has one. `retries` (tries after the first) and `request_timeout_s`
+    (seconds, None: no limit) bound each request (see `engines.retrying`); a trace whose request
+    fails ends with status "engine_error" and is not saved as progress.
     """
     if context_length is None:
         context_length = getattr(engine, "max_model_len", None)
     ids = [t.id for t in traces]
-    if len(set(ids)) != len(ids):
-        raise ValueError("trace ids in a shard must be unique")
+    duplicates = sorted(i for i, n in Counter(ids).items() if n > 1)
+    if duplicates:
+        raise ValueError(f"trace ids in a shard must be unique; found {len(duplicates)} more than "
+                         f"once: {', '.join(map(repr, duplicates[:10]))}"
+                         + (" ..." if len(duplicates) > 10 else ""))
     finished = read_progress(progress_path) if progress_path else {}
     finished = {k: v for k, v in finished.items() if k in set(ids)}
-    stats = ShardProgress(traces_resumed=len(finished))
+    caller = EngineCaller(engine, retries=retries, timeout_s=request_timeout_s)
+    stats = ShardProgress(traces_resumed=len(finished), faults=caller.stats)
     writer = _ProgressWriter(progress_path) if progress_path else None
     bar = tqdm(total=len(traces), initial=len(finished), desc="retro-search", unit="trace",
                disable=not show_progress, dynamic_ncols=True)
@@ -113,7 +145,9 @@ def run_shard(
 
     def on_finished(search: TraceSearch) -> None:
         finished[search.trace.id] = search.outcome
-        if writer:
+        if search.outcome.status == "engine_error":
+            stats.traces_failed += 1  # not progress: a rerun searches it again
+        elif writer:
             writer.append(search.outcome)
         stats.traces_done += 1
         bar.update(1)
@@ -123,6 +157,8 @@ def run_shard(
             stats.requests += 1
             stats.generated_tokens += res.num_tokens
             stats.rollouts += res.request_id.endswith("/step")
+            stats.empty_results += not res.text
+            stats.length_results += res.finish_reason == "length"
         stats.seconds = time.perf_counter() - start
         bar.set_postfix(rollouts=stats.rollouts, tok_s=f"{stats.tokens_per_second:.0f}", refresh=False)
 
@@ -134,11 +170,12 @@ def run_shard(
             if search.done:  # e.g. a wrong original answer: nothing to generate
                 on_finished(search)
         active = [s for s in searches if not s.done]
-        if callable(getattr(engine, "generate_async", None)):
-            asyncio.run(_run_streaming(active, engine, on_results, on_finished))
+        if caller.streaming:
+            asyncio.run(_run_streaming(active, caller, on_results, on_finished))
         else:
-            _run_waves(active, engine, on_results, on_finished)
+            _run_waves(active, caller, on_results, on_finished)
     finally:
+        caller.close()
         bar.close()
         if writer:
             writer.close()
@@ -146,17 +183,24 @@ def run_shard(
     return [finished[i] for i in ids], stats
 
 
-def _run_waves(active: list[TraceSearch], engine: Engine, on_results, on_finished) -> None:
+def _feed(search: TraceSearch, results: Sequence[GenerationResult | RequestFailure]) -> None:
+    """Give a trace the results of its pending requests, or fail it on the first failure."""
+    failure = next((r for r in results if isinstance(r, RequestFailure)), None)
+    if failure is not None:
+        search.fail(str(failure))
+    else:
+        search.feed(results)
+
+
+def _run_waves(active: list[TraceSearch], caller: EngineCaller, on_results, on_finished) -> None:
     while active:
         requests: list[GenerationRequest] = [req for s in active for req in s.pending]
-        results = engine.generate(requests)
-        if len(results) != len(requests):
-            raise RuntimeError(f"engine returned {len(results)} results for {len(requests)} requests")
-        on_results(results)
+        results = caller.generate(requests)
+        on_results(r for r in results if not isinstance(r, RequestFailure))
         offset, still_active = 0, []
         for search in active:
             count = len(search.pending)
-            search.feed(results[offset: offset + count])
+            _feed(search, results[offset: offset + count])
             offset += count
             if search.done:
                 on_finished(search)
@@ -165,12 +209,13 @@ def _run_waves(active: list[TraceSearch], engine: Engine, on_results, on_finishe
         active = still_active
 
 
-async def _run_streaming(active: list[TraceSearch], engine, on_results, on_finished) -> None:
+async def _run_streaming(active: list[TraceSearch], caller: EngineCaller, on_results,
+                         on_finished) -> None:
     async def drive(search: TraceSearch) -> None:
         while not search.done:
-            results = await asyncio.gather(*(engine.generate_async(r) for r in search.pending))
-            on_results(results)
-            search.feed(results)
+            results = await asyncio.gather(*(caller.generate_async(r) for r in search.pending))
+            on_results(r for r in results if not isinstance(r, RequestFailure))
+            _feed(search, results)
         on_finished(search)
 
     await asyncio.gather(*(drive(s) for s in active))

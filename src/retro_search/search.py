@@ -48,6 +48,11 @@ from retro_search.segmentation import (
 )
 
 
+class EngineFailure(Exception):
+    """A request of the trace could not be generated (the engine failed it after its retries);
+    thrown into the search by `TraceSearch.fail`. The message says which request and why."""
+
+
 def visit_probability(config: SearchConfig, visited: int, boundaries_left: int) -> float:
     """Partial revision: the chance of visiting the next boundary of the current trace.
 
@@ -93,7 +98,13 @@ def retro_search(
     (`truncated_length`), it is never continued unbanned. No request asks for fewer than one
     token: a rollout with no budget left is `truncated_length` too. A trace whose first visited
     boundary's prompt leaves no room in the context is "skipped" (`skip_reason` says why); a later
-    boundary that does not fit ends that trace's search, keeping what was accepted."""
+    boundary that does not fit ends that trace's search, keeping what was accepted. A trace with a
+    correct answer and an empty reasoning has nothing to search: "skipped" too.
+
+    Engine faults: the scheduler throws `EngineFailure` into the generator when a request of the
+    trace could not be generated (after its retries); the trace then ends with status
+    "engine_error", its original reasoning and solution unchanged, no rollouts (the rollouts of
+    its earlier boundaries are dropped with what they decided) and the error in `skip_reason`."""
     original = grade(trace.reference_answer, trace.solution)
     steps = split_steps(trace.reasoning)
     solution = trace.solution
@@ -119,37 +130,47 @@ def retro_search(
     if not original.correct:
         # Only correct traces are revised; a wrong one passes through, flagged by its status.
         return outcome("incorrect_original", trace.reasoning, 0)
+    if not trace.reasoning.strip():
+        return outcome("skipped", trace.reasoning, 0, "the reasoning is empty: nothing to search")
 
-    boundary, visit, replaced, skip_reason = 1, 0, False, None
-    log_gamma = math.log(config.gamma)
-    while boundary <= (current := segment_steps(steps, config.keywords)).num_boundaries:
-        prefix = list(steps[: current.prefix_length(boundary)])
-        boundaries_left = current.num_boundaries - boundary + 1
-        if config.max_boundaries is not None and visit >= config.max_boundaries:
-            break
-        if not visits_boundary(config, trace.id, len(prefix), visit, boundaries_left):
+    try:
+        boundary, visit, replaced, skip_reason = 1, 0, False, None
+        log_gamma = math.log(config.gamma)
+        while boundary <= (current := segment_steps(steps, config.keywords)).num_boundaries:
+            prefix = list(steps[: current.prefix_length(boundary)])
+            boundaries_left = current.num_boundaries - boundary + 1
+            if config.max_boundaries is not None and visit >= config.max_boundaries:
+                break
+            if not visits_boundary(config, trace.id, len(prefix), visit, boundaries_left):
+                boundary += 1
+                continue
+            prompt = prompt_head + join_steps(prefix) + STEP_SEPARATOR
+            prompt_tokens = count_tokens(prompt) if context_length is not None else 0
+            if rollout_budget(config.max_tokens, context_length, prompt_tokens) < 1:
+                # Later boundaries keep longer prefixes, so none of them fits either.
+                skip_reason = (f"the rollout prompt at boundary {boundary} has {prompt_tokens} "
+                               f"tokens, the engine's context holds {context_length}")
+                break
+            rollouts = yield from _visit(trace, boundary, visit, prompt, prefix,
+                                         len(steps) - len(prefix), config, grade, count_tokens,
+                                         think_close, context_length)
+            log.extend(rollouts)
+
+            best = max(rollouts, key=lambda ro: (ro.log_value if ro.log_value is not None
+                                                 else -math.inf, -ro.tokens))
+            # The trace's own rest is correct (only correct traces are searched): log V = N log g.
+            own = (len(steps) - len(prefix)) * log_gamma
+            if best.log_value is not None and best.log_value > own:
+                best.accepted, replaced = True, True
+                new_reasoning, solution = _split_continuation(best, think_close)
+                steps = prefix + split_steps(new_reasoning)
             boundary += 1
-            continue
-        prompt = prompt_head + join_steps(prefix) + STEP_SEPARATOR
-        prompt_tokens = count_tokens(prompt) if context_length is not None else 0
-        if rollout_budget(config.max_tokens, context_length, prompt_tokens) < 1:
-            # Later boundaries keep longer prefixes, so none of them fits either.
-            skip_reason = (f"the rollout prompt at boundary {boundary} has {prompt_tokens} tokens, "
-                           f"the engine's context holds {context_length}")
-            break
-        rollouts = yield from _visit(trace, boundary, visit, prompt, prefix, len(steps) - len(prefix),
-                                     config, grade, count_tokens, think_close, context_length)
-        log.extend(rollouts)
-
-        best = max(rollouts, key=lambda ro: (ro.log_value if ro.log_value is not None
-                                             else -math.inf, -ro.tokens))
-        # The trace's own rest is correct (only correct traces are searched): log V = N log gamma.
-        if best.log_value is not None and best.log_value > (len(steps) - len(prefix)) * log_gamma:
-            best.accepted, replaced = True, True
-            new_reasoning, solution = _split_continuation(best, think_close)
-            steps = prefix + split_steps(new_reasoning)
-        boundary += 1
-        visit += 1
+            visit += 1
+    except EngineFailure as err:
+        # The trace is kept as it came, whatever its earlier boundaries had accepted.
+        steps, solution = split_steps(trace.reasoning), trace.solution
+        log.clear()
+        return outcome("engine_error", trace.reasoning, 0, f"engine error: {err}")
 
     reasoning = join_steps(steps) if replaced else trace.reasoning
     if visit == 0 and skip_reason is not None:
@@ -300,6 +321,18 @@ class TraceSearch:
             raise ValueError(f"trace {self.trace.id!r}: results do not match the pending requests "
                              f"(missing {missing[:3]}, got {len(by_id)} for {len(self.pending)})")
         return self._advance([by_id[req.request_id] for req in self.pending])
+
+    def fail(self, error: str) -> None:
+        """A pending request could not be generated: the search ends with status
+        "engine_error" and `error` in its outcome (see `retro_search`)."""
+        if self.done:
+            raise RuntimeError(f"trace {self.trace.id!r}: search already finished")
+        try:
+            self._steps.throw(EngineFailure(error))
+        except StopIteration as stop:
+            self.pending, self.outcome = [], stop.value
+        else:  # the search catches EngineFailure and returns: never reached
+            raise RuntimeError(f"trace {self.trace.id!r}: the search went on after an engine error")
 
     def _advance(self, results) -> list[GenerationRequest]:
         try:

@@ -17,6 +17,11 @@ the solution too. Steps and thoughts as in `retro_search.segmentation`. Lengths,
 answer was correct (the only ones the search revises; the others pass through unchanged and would
 dilute the change). Rates are fractions in [0, 1]; relative changes are percentages.
 `search_stats_markdown(stats)` renders the result for a report.
+
+Traces with status "engine_error" (the engine failed one of their requests; they are kept as they
+came, the error in their search stats' `skip_reason`) are counted in `by_status` and listed in
+`engine_errors`, and left out of the lengths, steps and thoughts like the traces that were not
+searched: they were not searched to the end.
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ from typing import Any, Iterable, Mapping, Sequence
 __all__ = ["STATUSES", "merge_stats", "search_headline", "search_stats_markdown"]
 
 STATUSES = ("revised", "unchanged", "incorrect_original", "skipped")
+ENGINE_ERROR = "engine_error"  # in by_status only when a trace has it
+HIGH_SHARE = 0.5               # warn when at least this share of the rollouts is truncated
 
 
 def _summary(values: Sequence[float]) -> dict[str, float | None]:
@@ -76,7 +83,10 @@ def merge_stats(revised_rows: Iterable[Mapping[str, Any]],
 
     Returns a JSON-ready dict:
       traces                      number of revised rows
-      by_status                   {revised, unchanged, incorrect_original: count}
+      by_status                   {revised, unchanged, incorrect_original, skipped: count;
+                                  engine_error too when a trace has it}
+      engine_errors               {traces, examples: [{id, error}] (the first 5)}: traces whose
+                                  search an engine fault ended (kept unchanged, not in lengths)
       reasoning_tokens            over traces whose original was correct: traces, before/after
                                   {sum, mean, median}, relative_change_pct (of the sums)
       response_tokens             the same for whole responses (reasoning + closer + solution)
@@ -99,9 +109,13 @@ def merge_stats(revised_rows: Iterable[Mapping[str, Any]],
     by_status = dict.fromkeys(STATUSES, 0)
     for search in searches:
         by_status[search["status"]] = by_status.get(search["status"], 0) + 1
-    correct = [s for s in searches if s.get("original_correct")]
+    correct = [s for s in searches if s.get("original_correct") and s["status"] != ENGINE_ERROR]
+    errors = [s for s in searches if s["status"] == ENGINE_ERROR]
 
     stats: dict[str, Any] = {"traces": len(rows), "by_status": by_status,
+                             "engine_errors": {"traces": len(errors), "examples": [
+                                 {"id": s.get("trace_id"), "error": s.get("skip_reason")}
+                                 for s in errors[:5]]},
                              "reasoning_tokens": _length_block(correct, "reasoning"),
                              "response_tokens": _length_block(correct, "response")}
     for unit in ("steps", "thoughts"):
@@ -143,7 +157,8 @@ def merge_stats(revised_rows: Iterable[Mapping[str, Any]],
         groups[(row.get("source_model", ""), row.get("source_dataset", ""))].append(search)
     stats["per_source"] = []
     for (model, dataset), group in sorted(groups.items()):
-        lengths = _length_block([s for s in group if s.get("original_correct")])
+        lengths = _length_block([s for s in group if s.get("original_correct")
+                                 and s["status"] != ENGINE_ERROR])
         stats["per_source"].append({
             "source_model": model, "source_dataset": dataset, "traces": len(group),
             "revised": sum(s["status"] == "revised" for s in group),
@@ -160,6 +175,16 @@ def merge_stats(revised_rows: Iterable[Mapping[str, Any]],
     if not log and tried:
         warnings.append(f"no rollout log rows but the traces count {tried} rollouts: "
                         "per-boundary statistics are empty")
+    if errors:
+        first = errors[0]
+        warnings.append(f"{len(errors)} of {len(rows)} traces ended in engine errors and are kept "
+                        f"unchanged (status engine_error), e.g. {first.get('trace_id')!r}: "
+                        f"{first.get('skip_reason')}")
+    if tried and truncated_length >= HIGH_SHARE * tried:
+        warnings.append(f"{truncated_length} of {tried} rollouts ({truncated_length / tried:.0%}) "
+                        "reached their token budget and could never be accepted: search.max_tokens "
+                        "or search.max_step_tokens is likely too small, or the engine's context "
+                        "too short for the prompts")
     stats["warnings"] = warnings
     return stats
 
@@ -217,12 +242,16 @@ def search_stats_markdown(stats: Mapping[str, Any], *, max_boundaries: int = 20)
     reasoning, response = stats["reasoning_tokens"], stats["response_tokens"]
     rollouts, status = stats["rollouts"], stats["by_status"]
     skipped = status.get("skipped", 0)
+    failed = status.get(ENGINE_ERROR, 0)
     lines = ["# Retro-Search statistics", "",
              f"{stats['traces']} traces: {status.get('revised', 0)} revised, "
              f"{status.get('unchanged', 0)} unchanged, "
              f"{status.get('incorrect_original', 0)} with an incorrect original answer "
              "(passed through, not searched)"
-             + (f", {skipped} skipped (prompt longer than the engine's context)" if skipped else "")
+             + (f", {skipped} skipped (an empty reasoning, or a prompt longer than the engine's "
+                "context)" if skipped else "")
+             + (f", {failed} kept unchanged after an engine error (not in the lengths below)"
+                if failed else "")
              + ".", "",
              f"## Lengths ({reasoning['traces']} traces with a correct original; tokens of the "
              "revision model's tokenizer)", "",

@@ -2,7 +2,9 @@
 rollout log and its statistics (`retro-search merge`).
 
 Shards are concatenated in the order given; a trace id seen twice is an error naming both
-places, since it almost always means a shard was passed twice.
+places, since it almost always means a shard was passed twice. Traces a search lost to an engine
+error (status "engine_error") are kept, counted in the summary and the statistics
+(`engine_errors`) and named in a warning.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ def run(inputs: Sequence[str | Path], rollouts: Sequence[str | Path], output: st
         outputs["rollout_log"] = Path(rollout_log)
     write_json(stats_path, stats)
     summary = {"traces": stats["traces"], **stats["by_status"],
+               "engine_error": stats["engine_errors"]["traces"],
                "rollouts": stats["rollouts"]["tried"],
                "accepted": stats["rollouts"]["accepted"],
                "reasoning_token_change_pct": stats["reasoning_tokens"]["relative_change_pct"],

@@ -6,6 +6,13 @@ fingerprint of the settings, the sampler, the engine and the questions, so a kil
 where it stopped and a run with other settings starts afresh. Each response's seed derives from
 the settings' seed, the question id and the sample index, so a sample does not depend on the
 shard it falls in or on a resume.
+
+Engine faults (`engines.retrying`): a request is retried (`retries`, same seed) and bounded in
+time (`request_timeout_s`); a sample the engine could not generate is a row with an "error" (and
+finish_reason "error"), counted in the summary (`failed`) and named in the warnings; `prepare`
+drops it as "engine_error". When more than `max_failed_share` of the shard's samples fail, the
+stage raises `ShardFailedError` without writing its samples, so the workflow runs it again; the
+progress file keeps every finished sample and the rerun generates only the rest.
 """
 
 from __future__ import annotations
@@ -18,7 +25,17 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from retro_search.engines.retrying import (
+    MAX_FAILED_SHARE,
+    REQUEST_RETRIES,
+    REQUEST_TIMEOUT_S,
+    ShardFailedError,
+    too_many_failures,
+)
 from retro_search.stages import StageResult
+
+HIGH_SHARE = 0.5       # warn when at least this share of the samples is truncated (empty)
+SHOWN_ERRORS = 10      # failed samples named one per warning line; the rest counted
 
 # The package logger, not this module's: the engine line keeps the name it has always had.
 log = logging.getLogger("retro_search")
@@ -36,10 +53,14 @@ def _fingerprint(settings, model: dict, engine: dict, shard: int, questions) -> 
 
 def run(settings, model: dict[str, Any], engine_section: dict[str, Any], *, shard: int,
         output: str | Path, quarantine: str | Path, chunk_size: int = 256,
-        show_progress: bool = True) -> StageResult:
+        show_progress: bool = True, retries: int = REQUEST_RETRIES,
+        request_timeout_s: float | None = REQUEST_TIMEOUT_S,
+        max_failed_share: float = MAX_FAILED_SHARE) -> StageResult:
     """Sample the sampler `model` (a model section) with the engine `engine_section` on shard
     `shard` of the questions of `settings` (a `sampling.SampleSettings`); write the responses to
-    `output` and bad question records to `quarantine`, both atomically."""
+    `output` and bad question records to `quarantine`, both atomically. `retries`,
+    `request_timeout_s`, `max_failed_share`: see the module docstring; raises
+    `ShardFailedError` when the shard mostly failed."""
     from retro_search.artifacts import write_jsonl
     from retro_search.config import engine_kwargs
     from retro_search.engines import engine_info, open_engine
@@ -85,19 +106,55 @@ def run(settings, model: dict[str, Any], engine_section: dict[str, Any], *, shar
                 context_length=getattr(engine, "max_model_len", None))
             rows, stats = run_samples(planned, engine, sampler=model["path"],
                                       think_open=model["think_open"], progress_path=progress,
-                                      chunk_size=chunk_size, show_progress=show_progress)
+                                      chunk_size=chunk_size, show_progress=show_progress,
+                                      retries=retries, request_timeout_s=request_timeout_s)
+    failed = [r for r in rows if r.get("error")]
+    broken = stats.faults.broken if stats else None
+    if too_many_failures(len(failed), len(rows), max_failed_share):
+        for row in failed[:SHOWN_ERRORS]:
+            log.error("sample %r: %s", row["id"], row["error"])
+        raise ShardFailedError(
+            f"{len(failed)} of {len(rows)} samples ended in engine errors (more than "
+            f"{max_failed_share:.0%}); " + (f"{broken}; " if broken else "")
+            + f"first: sample {failed[0]['id']!r}: {failed[0]['error']}. Nothing written to "
+            f"{output}; the {len(rows) - len(failed)} finished samples are kept in {progress}, "
+            "so running the same command again generates only the rest")
     write_jsonl(output, rows)
     progress.unlink(missing_ok=True)  # the output now holds everything it had
 
+    generated = [r for r in rows if not r.get("error")]
+    faults = stats.faults if stats else None
     summary = {
         "questions": len(questions), "quarantined": report.quarantined, "skipped": len(skipped),
         "samples": len(rows), "resumed": stats.resumed if stats else 0,
+        "failed": len(failed),
         "truncated_length": sum(r["finish_reason"] == "length" for r in rows),
-        "unclosed": sum(is_unclosed(r["response"]) for r in rows),
+        "unclosed": sum(is_unclosed(r["response"]) for r in generated),
+        "empty": sum(r["response"] == model["think_open"] for r in generated),
+        "retried_requests": faults.retries if faults else 0,
+        "request_timeouts": faults.timeouts if faults else 0,
+        "engine_broken": broken is not None,
         "generated_tokens": sum(r["num_tokens"] for r in rows),
         "generated_tokens_per_s": round(stats.tokens_per_second, 1) if stats else 0.0,
         "output": str(output), "quarantine": str(quarantine)}
+    warnings = [f"question {question.id!r} skipped: {reason}" for question, reason in skipped]
+    warnings += [f"sample {r['id']!r} failed (kept as a row with its error; prepare drops it): "
+                 f"{r['error']}" for r in failed[:SHOWN_ERRORS]]
+    if len(failed) > SHOWN_ERRORS:
+        warnings.append(f"... and {len(failed) - SHOWN_ERRORS} more failed samples (rows with "
+                        "an 'error')")
+    if broken:
+        warnings.append(f"engine given up: {broken}; the samples still waiting were recorded "
+                        "as failed")
+    truncated, empty, n = summary["truncated_length"], summary["empty"], len(generated)
+    if n and truncated >= HIGH_SHARE * n:
+        warnings.append(f"{truncated} of {n} samples ({truncated / n:.0%}) reached their token "
+                        f"budget (prepare drops those that never closed their reasoning): "
+                        f"sample.max_tokens={settings.max_tokens} is likely too small for this "
+                        "model, or the engine's context (max_model_len) too short for the prompts")
+    if n and empty >= HIGH_SHARE * n:
+        warnings.append(f"{empty} of {n} samples ({empty / n:.0%}) are empty: the model ends at "
+                        "once (check the chat template, model.think_open and the tokenizer's "
+                        "end-of-sequence token)")
     return StageResult(outputs={"samples": output, "quarantine": quarantine}, summary=summary,
-                       engine=info,
-                       warnings=[f"question {question.id!r} skipped: {reason}"
-                                 for question, reason in skipped])
+                       engine=info, warnings=warnings)

@@ -4,6 +4,20 @@ engine and one grader pool (`retro-search search`, rule `retro_search`).
 Progress is kept in a hidden file beside the output whose name carries a fingerprint of the
 config and the input, so a killed run resumes where it stopped and a run with other settings
 starts afresh.
+
+Before the model loads, the input is checked: every trace id once, every reference answer one the
+grader can read (each bad one named with its trace id). A trace with an empty reasoning is
+"skipped" with that reason.
+
+Engine faults (`engines.retrying`): a request is retried (`retries`, same seed) and bounded in
+time (`request_timeout_s`); a trace whose request could not be generated ends with status
+"engine_error": it stays in the output as it came (reasoning and solution unchanged, no
+rollouts), the error in its `search.skip_reason`, counted in the summary (`engine_error`) and
+named in the warnings. When more than `max_failed_share` of the shard's traces end so, the stage
+raises `ShardFailedError` (exit status 2 on the command line) without writing its outputs, so
+the workflow runs it again; the progress file keeps every finished trace and the rerun searches
+only the rest. The summary also counts empty and length-limited results and warns when most
+rollouts reach their token budget or most results are empty.
 """
 
 from __future__ import annotations
@@ -11,14 +25,24 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from retro_search.engines.retrying import (
+    MAX_FAILED_SHARE,
+    REQUEST_RETRIES,
+    REQUEST_TIMEOUT_S,
+    ShardFailedError,
+    too_many_failures,
+)
 from retro_search.stages import StageResult
 
 log = logging.getLogger(__name__)
 
-STATUSES = ("revised", "unchanged", "incorrect_original", "skipped")
+STATUSES = ("revised", "unchanged", "incorrect_original", "skipped", "engine_error")
+HIGH_SHARE = 0.5       # warn when at least this share of rollouts (results) is truncated (empty)
+SHOWN_ERRORS = 10      # engine-error traces named one per warning line; the rest counted
 
 
 def _fingerprint(cfg: dict, input_path: str | Path) -> str:
@@ -28,12 +52,54 @@ def _fingerprint(cfg: dict, input_path: str | Path) -> str:
     return digest.hexdigest()[:12]
 
 
+def _reference_problem(reference: Any) -> str | None:
+    """Why the grader cannot read a reference answer, or None (`records.reference_problem` where
+    the package has it, else what `grading.normalize_reference` refuses: None, blank, ...)."""
+    try:
+        from retro_search.records import reference_problem
+    except ImportError:
+        from retro_search.grading import normalize_reference
+
+        try:
+            normalize_reference(reference)
+        except ValueError as err:
+            return f"the reference answer cannot be graded: {err}"
+        return None
+    return reference_problem(reference)
+
+
+def check_traces(traces, input_path: str | Path) -> None:
+    """Refuse a shard the search cannot take, before any model loads: a trace id found more than
+    once, a reference answer the grader cannot read. The error names every such trace id (the
+    first 10 and a count)."""
+    counts = Counter(t.id for t in traces)
+    repeated = [i for i, n in counts.items() if n > 1]
+    if repeated:
+        raise ValueError(f"{input_path}: {len(repeated)} trace id(s) found more than once: "
+                         f"{_some(repr(i) for i in repeated)}; trace ids must be unique in a shard")
+    bad = [(t.id, problem) for t in traces
+           if (problem := _reference_problem(t.reference_answer)) is not None]
+    if bad:
+        raise ValueError(f"{input_path}: {len(bad)} trace(s) with a bad field 'reference_answer': "
+                         + _some(f"trace {i!r}: {problem}" for i, problem in bad))
+
+
+def _some(items, shown: int = 10) -> str:
+    items = list(items)
+    more = f"; and {len(items) - shown} more" if len(items) > shown else ""
+    return "; ".join(items[:shown]) + more
+
+
 def run(cfg: dict[str, Any], input_path: str | Path, output: str | Path,
         rollout_log: str | Path, *, input_format: str = "records", limit: int | None = None,
-        show_progress: bool = True) -> StageResult:
+        show_progress: bool = True, retries: int = REQUEST_RETRIES,
+        request_timeout_s: float | None = REQUEST_TIMEOUT_S,
+        max_failed_share: float = MAX_FAILED_SHARE) -> StageResult:
     """Retro-Search every trace of `input_path` with the resolved config `cfg` (sections
     search, model, engine, grading); write the revised traces to `output` and every rollout to
-    `rollout_log`, both atomically. The warnings name each trace the search skipped."""
+    `rollout_log`, both atomically. The warnings name each trace the search skipped or lost to
+    an engine error. `retries`, `request_timeout_s` and `max_failed_share`: see the module
+    docstring; raises `ShardFailedError` when the shard mostly failed."""
     from retro_search.artifacts import rollout_to_dict, write_jsonl
     from retro_search.config import engine_kwargs, search_config
     from retro_search.engines import engine_info, open_engine
@@ -44,6 +110,7 @@ def run(cfg: dict[str, Any], input_path: str | Path, output: str | Path,
 
     config = search_config(cfg)
     traces = read_traces(input_path, input_format, limit)
+    check_traces(traces, input_path)  # before the model loads
     output = Path(output)
     progress = output.with_name(f".{output.name}.progress-{_fingerprint(cfg, input_path)}.jsonl")
     model = cfg["model"]
@@ -53,12 +120,6 @@ def run(cfg: dict[str, Any], input_path: str | Path, output: str | Path,
                                 system_prompt=model["system_prompt"],
                                 user_template=model["user_template"],
                                 think_open=model["think_open"], think_close=model["think_close"])
-    for trace in traces:  # fail on a bad reference before the model is loaded
-        try:
-            normalize_reference(trace.reference_answer)
-        except ValueError as err:
-            raise ValueError(f"{input_path}: trace {trace.id!r}, field 'reference_answer': "
-                             f"{err}") from None
     name, kwargs = engine_kwargs(cfg)
     with open_engine(name, **kwargs) as engine, \
             Grader(processes=cfg["grading"]["processes"],
@@ -69,7 +130,21 @@ def run(cfg: dict[str, Any], input_path: str | Path, output: str | Path,
             traces, engine, prompt_head=prompt.head, config=config,
             grade=lambda gold, solution: grader.grade(normalize_reference(gold), solution),
             count_tokens=prompt.count_tokens, think_close=model["think_close"],
-            progress_path=progress, show_progress=show_progress)
+            progress_path=progress, show_progress=show_progress, retries=retries,
+            request_timeout_s=request_timeout_s)
+
+    failed = [o for o in outcomes if o.status == "engine_error"]
+    if too_many_failures(len(failed), len(outcomes), max_failed_share):
+        for o in failed[:SHOWN_ERRORS]:
+            log.error("trace %r: %s", o.trace_id, o.skip_reason)
+        kept = len(outcomes) - len(failed)
+        raise ShardFailedError(
+            f"{len(failed)} of {len(outcomes)} traces ended in engine errors (more than "
+            f"{max_failed_share:.0%}); "
+            + (f"{stats.engine_broken}; " if stats.engine_broken else "")
+            + f"first: trace {failed[0].trace_id!r}: {failed[0].skip_reason}. Nothing written to "
+            f"{output}; the {kept} finished traces are kept in {progress}, so running the same "
+            "command again searches only the rest")
 
     revised = []
     for trace, outcome in zip(traces, outcomes):
@@ -83,7 +158,8 @@ def run(cfg: dict[str, Any], input_path: str | Path, output: str | Path,
     write_jsonl(output, revised)
     progress.unlink(missing_ok=True)  # the outputs now hold everything it had
 
-    searched = [o for o in outcomes if o.original_correct]
+    searched = [o for o in outcomes if o.original_correct and o.status != "engine_error"]
+    faults = stats.faults
     summary = {"traces": len(outcomes),
                **{s: sum(o.status == s for o in outcomes) for s in STATUSES},
                "resumed": stats.traces_resumed,
@@ -93,8 +169,42 @@ def run(cfg: dict[str, Any], input_path: str | Path, output: str | Path,
                "unclosed": sum(o.rollouts_unclosed for o in outcomes),
                "reasoning_tokens_before": sum(o.reasoning_tokens_before for o in searched),
                "reasoning_tokens_after": sum(o.reasoning_tokens_after for o in searched),
+               "requests": stats.requests, "empty_results": stats.empty_results,
+               "length_results": stats.length_results,
+               "retried_requests": faults.retries, "failed_requests": faults.failed,
+               "request_timeouts": faults.timeouts, "engine_broken": faults.broken is not None,
                "generated_tokens_per_s": round(stats.tokens_per_second, 1),
                "output": str(output), "rollout_log": str(rollout_log)}
     return StageResult(
         outputs={"revised": output, "rollouts": Path(rollout_log)}, summary=summary, engine=info,
-        warnings=[f"trace {o.trace_id!r}: {o.skip_reason}" for o in outcomes if o.skip_reason])
+        warnings=_warnings(outcomes, summary, stats, config))
+
+
+def _warnings(outcomes, summary: dict, stats, config) -> list[str]:
+    """One line per skipped trace and per engine-error trace (the first SHOWN_ERRORS), then what
+    went wrong shard-wide: a broken engine, most rollouts truncated, most results empty."""
+    lines = [f"trace {o.trace_id!r}: {o.skip_reason}" for o in outcomes
+             if o.skip_reason and o.status != "engine_error"]
+    failed = [o for o in outcomes if o.status == "engine_error"]
+    lines += [f"trace {o.trace_id!r} kept unchanged (status engine_error): {o.skip_reason}"
+              for o in failed[:SHOWN_ERRORS]]
+    if len(failed) > SHOWN_ERRORS:
+        lines.append(f"... and {len(failed) - SHOWN_ERRORS} more traces with status engine_error "
+                     "(see their search.skip_reason in the output)")
+    if stats.engine_broken:
+        lines.append(f"engine given up: {stats.engine_broken}; the traces still waiting were "
+                     "recorded as engine errors")
+    rollouts, truncated = summary["rollouts"], summary["truncated_length"]
+    if rollouts and truncated >= HIGH_SHARE * rollouts:
+        lines.append(f"{truncated} of {rollouts} rollouts ({truncated / rollouts:.0%}) reached "
+                     "their token budget and can never be accepted: search.max_tokens="
+                     f"{config.max_tokens} or search.max_step_tokens={config.max_step_tokens} "
+                     "is likely too small for this model, or the engine's context "
+                     "(max_model_len) too short for the prompts")
+    requests, empty = summary["requests"], summary["empty_results"]
+    if requests and empty >= HIGH_SHARE * requests:
+        lines.append(f"{empty} of {requests} engine results ({empty / requests:.0%}) were empty "
+                     "text: the model ends at once (check the chat template, model.think_open "
+                     "and the tokenizer's end-of-sequence token) or gets no tokens to write "
+                     "(max_tokens, the context length)")
+    return lines
