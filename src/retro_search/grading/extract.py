@@ -1,19 +1,30 @@
 """Find the final answer in a model's solution text.
 
-Pure string work (no sympy), so it is cheap enough to run in the parent process of a grading pool.
+Pure string work (no sympy), linear in the length of the text: every scan reads each character a
+bounded number of times, whatever the text holds (thousands of unclosed `\\boxed{`, long runs of
+`$` or `\\(`, a phrase repeated on a 400 KB line). A grading pool still runs it in its workers,
+under the per-item timeout, like the rest of the grading (`pool.Grader`).
 When `extract_answer` finds nothing, `answer_tail` picks the part of the solution that math-verify's
-own extraction then reads (in `verify.grade_tail`, inside a pool worker).
+own extraction then reads (`verify.grade_tail`).
 """
 
 from __future__ import annotations
 
 import re
+import string
+from collections.abc import Iterator
 
-__all__ = ["TAIL_CHARS", "answer_tail", "extract_answer", "last_boxed", "strip_math_delimiters"]
+__all__ = ["TAIL_CHARS", "answer_tail", "extract_answer", "last_boxed", "may_hold_answer",
+           "strip_math_delimiters"]
 
 # `\boxed` and `\fbox` both mark answers (MATH solutions use both). The look-ahead keeps
 # `\boxedfoo` (another command) from matching.
 _BOX_RE = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
+_ASCII_LETTERS = frozenset(string.ascii_letters)
+# What a brace scan looks at: a backslash and the character it escapes, or a brace.
+_BRACE_TOKEN = re.compile(r"\\.|[{}]", re.DOTALL)
+_BLANKS = re.compile(r"[ \t]*")
+_SPACE_ARGUMENT = re.compile(r"[^\s$]+")
 
 # Fallback phrases, tried in this order; within one phrase the LAST occurrence wins, because
 # reasoning traces restate candidate answers before the final one.
@@ -49,60 +60,79 @@ TAIL_CHARS = 1000
 # Something math-verify could extract: a digit (its expression patterns), or a LaTeX opener
 # (`$`, `\(`, `\[`, and its bare `[...]` pattern).
 _EXTRACTABLE = re.compile(r"[\d$\[]|\\\(")
+# Where either extraction step can start: a box command, a fallback phrase (each holds "answer" or
+# "####"), or what `_EXTRACTABLE` looks for in the tail.
+_ANSWER_CUE = re.compile(r"\\(?:boxed|fbox)|answer|####|[\d$\[]|\\\(", re.IGNORECASE)
 # Reasoning markers (R1, OpenThoughts). Unfinished reasoning has no final part to read: its last
 # number is whatever the model was computing when it stopped.
 _THINK_MARKERS = (("<think>", "</think>"), ("<|begin_of_thought|>", "<|end_of_thought|>"))
 
 
-def _braced(text: str, start: int) -> tuple[str, int] | None:
+def _braced(text: str, start: int, stop: int | None = None) -> tuple[str, int] | None:
     """Content of the brace group opening at `text[start] == "{"`, and the index after it.
 
     Escaped characters (`\\{`, `\\}`, `\\\\`) are skipped so set braces do not unbalance the group.
-    None when the group never closes (a truncated generation).
+    None when the group does not close before `stop` (default: the end of the text; a truncated
+    generation). The scan visits only backslash pairs and braces (`_BRACE_TOKEN`), in C.
     """
     depth = 0
-    i = start
-    n = len(text)
-    while i < n:
-        c = text[i]
-        if c == "\\":
-            i += 2
-            continue
-        if c == "{":
+    for m in _BRACE_TOKEN.finditer(text, start, len(text) if stop is None else stop):
+        token = m.group()
+        if token == "{":
             depth += 1
-        elif c == "}":
+        elif token == "}":
             depth -= 1
             if depth == 0:
-                return text[start + 1:i], i + 1
-        i += 1
+                return text[start + 1:m.start()], m.end()
     return None
 
 
-def _box_content(text: str, end_of_command: int) -> str | None:
-    """Argument of a box command whose name ends at `end_of_command`."""
-    i = end_of_command
-    n = len(text)
-    while i < n and text[i] in " \t":
-        i += 1
-    if i >= n:
-        return None
-    if text[i] == "{":
-        group = _braced(text, i)
-        return None if group is None else group[0]
-    if i == end_of_command:
-        return None  # `\boxedx` never happens; a letter here would be another command name
-    # Space form, `\boxed 5`: the argument runs to the next whitespace or math delimiter.
-    m = re.match(r"[^\s$]+", text[i:])
-    return m.group(0) if m else None
+def _box_commands_reversed(text: str) -> Iterator[int]:
+    """The end of each `\\boxed`/`\\fbox` command that `_BOX_RE` matches, last one first, found
+    with `str.rfind` (no two occurrences overlap: each starts with the only backslash in it)."""
+    boxed, fbox = text.rfind("\\boxed"), text.rfind("\\fbox")
+    while boxed >= 0 or fbox >= 0:
+        if boxed > fbox:
+            end = boxed + len("\\boxed")
+            boxed = text.rfind("\\boxed", 0, boxed)
+        else:
+            end = fbox + len("\\fbox")
+            fbox = text.rfind("\\fbox", 0, fbox)
+        if end < len(text) and text[end] in _ASCII_LETTERS:
+            continue  # `\boxedfoo`: another command
+        yield end
 
 
 def last_boxed(text: str) -> str | None:
     """Content of the last complete, non-empty `\\boxed`/`\\fbox` in `text` (stripped), or None.
 
     An unclosed or empty last box is skipped in favour of the previous complete one.
+
+    Linear in len(text): boxes are tried from the last one back, and the scan for the group of an
+    earlier box stops at the opening brace of the nearest later box found unclosed. That is exact:
+    both braces follow a command name or blanks, so both scans see the same characters escaped from
+    there on, and a group still open when it reaches that later brace stays open to the end (the
+    later group never comes back to its own opening depth). Without the bound, n unclosed boxes
+    cost n scans to the end of the text (20,000 of them took minutes).
     """
-    for m in reversed(list(_BOX_RE.finditer(text))):
-        content = _box_content(text, m.end())
+    n = len(text)
+    stop = n
+    for end in _box_commands_reversed(text):
+        i = _BLANKS.match(text, end).end()
+        if i >= n:
+            continue
+        if text[i] == "{":
+            group = _braced(text, i, stop)
+            if group is None:
+                stop = i
+                continue
+            content = group[0]
+        elif i == end:
+            continue  # `\boxedx` never happens; a letter here would be another command name
+        else:
+            # Space form, `\boxed 5`: the argument runs to the next whitespace or math delimiter.
+            arg = _SPACE_ARGUMENT.match(text, i)
+            content = arg.group() if arg else None
         if content is not None and content.strip():
             return content.strip()
     return None
@@ -219,3 +249,11 @@ def answer_tail(text: str) -> str | None:
             tail = tail[re.search(r"(?<!\\)\$", tail).end():]
     tail = tail.strip()
     return tail if _EXTRACTABLE.search(tail) else None
+
+
+def may_hold_answer(text: str) -> bool:
+    """False only where `extract_answer(text)` and `answer_tail(text)` are both certainly None:
+    the text holds no box command, no fallback phrase and nothing math-verify could extract
+    ("I give up.", ""). One regex search, so a grading pool settles such responses without
+    sending them to a worker."""
+    return bool(text) and _ANSWER_CUE.search(text) is not None

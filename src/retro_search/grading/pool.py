@@ -3,7 +3,9 @@
 Why not concurrent.futures/multiprocessing.Pool: neither can kill the one task that is stuck (sympy
 can spin for minutes inside one comparison, sometimes in C code that no signal interrupts). Here
 each worker holds at most one item; when an item passes its deadline its worker is terminated and
-replaced, that item alone gets Grade(False, extracted, "timeout"), and the batch goes on.
+replaced, that item alone gets Grade(False, extracted, "timeout"), and the batch goes on. All of an
+item's grading runs in its worker under that deadline, answer extraction included; the parent only
+settles, in linear time and without parsing, the items no worker needs (`verify.precheck`).
 
 Workers come from a "forkserver" whose preload imports `retro_search.grading.verify` (math_verify,
 sympy) once: forking from that clean server is safe even when the parent has threads or torch
@@ -21,13 +23,17 @@ from collections import deque
 from collections.abc import Iterable
 from multiprocessing.connection import Connection, wait
 
-from retro_search.grading.extract import answer_tail, extract_answer
-from retro_search.grading.verify import Grade, grade, grade_extracted, grade_tail
+from retro_search.grading.verify import Grade, grade, grade_response, precheck
 
 __all__ = ["Grader"]
 
 _PRELOAD = ["retro_search.grading.verify"]
 _READY = "ready"
+# Worker -> parent, besides _READY: (_EXTRACTED, index, answer) once an item's answer is known and
+# math-verify's work starts (so a timeout or a death still reports the answer), then
+# (_DONE, index, Grade).
+_EXTRACTED = "extracted"
+_DONE = "done"
 # A worker's first item gets its `timeout` only once the worker is up: the first start waits for
 # the forkserver to import sympy (seconds on a loaded machine), which is no item's fault.
 _STARTUP_TIMEOUT_S = 120.0
@@ -46,9 +52,9 @@ def _context() -> multiprocessing.context.BaseContext:
 
 
 def _worker_main(conn: Connection) -> None:
-    """Grade (index, gold, extracted, tail) messages until None or EOF: `extracted` when our
-    extraction found an answer, else math-verify's extraction on `tail`. Runs in the worker's main
-    thread, so math-verify's own SIGALRM timeouts work too."""
+    """Grade (index, gold, response) messages until None or EOF, with `verify.grade_response`:
+    extraction, then our comparison or math-verify's extraction and comparison. Runs in the
+    worker's main thread, so math-verify's own SIGALRM timeouts work too."""
     # Ctrl-C reaches the whole process group; the parent decides what to do and stops the workers.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # Lets the parent tell "failed to start" (a broken __main__ re-import, a missing module) from
@@ -61,15 +67,14 @@ def _worker_main(conn: Connection) -> None:
             return
         if msg is None:
             return
-        index, gold, extracted, tail = msg
+        index, gold, response = msg
         try:
-            if extracted is not None:
-                result = grade_extracted(gold, extracted)
-            else:  # sympy work, so here under the item's deadline, never in the parent
-                result = grade_tail(gold, tail)
-        except Exception as exc:  # noqa: BLE001 - e.g. a malformed gold; report, keep serving
-            result = Grade(False, extracted, f"{type(exc).__name__}: {exc}"[:200])
-        conn.send((index, result))
+            result = grade_response(
+                gold, response,
+                on_math_verify=lambda answer, i=index: conn.send((_EXTRACTED, i, answer)))
+        except Exception as exc:  # noqa: BLE001 - report, keep serving
+            result = Grade(False, None, f"{type(exc).__name__}: {exc}"[:200])
+        conn.send((_DONE, index, result))
 
 
 class _Worker:
@@ -105,17 +110,27 @@ class Grader:
     """Grade (gold, response) pairs in worker processes; a context manager.
 
     processes: worker count; None -> os.cpu_count(); 0 -> grade serially in this process with
-        `grade()` (no hard timeout there, only math-verify's own in the main thread).
+        `grade()` (no hard timeout there, only math-verify's own in the main thread; see below).
     timeout: seconds one item may take in a worker before the worker is killed (SIGTERM, then
         SIGKILL) and replaced; the item then gets Grade(False, extracted, "timeout").
 
-    Answers are extracted in the parent (cheap string work), so responses without an answer never
-    reach a worker and a timed-out item still reports what was extracted. When that extraction
-    finds nothing, the worker runs math-verify's own extraction on the response's end
-    (`answer_tail`, at most 1,000 characters sent), under the same deadline; such an item that
-    times out reports extracted=None. Workers start lazily, at most one per pending item, and are
-    reused across calls until `close()`; a closed Grader restarts them on the next call. Safe to
-    use from any thread; concurrent calls on one Grader are serialised.
+    Every step of an item's grading runs in its worker, under its deadline: answer extraction,
+    the comparison, and math-verify's own extraction on the response's end when ours finds
+    nothing. A worker reports the answer it extracted before math-verify's work starts, so an item
+    that times out (or whose worker dies) in that work still reports it; one that times out earlier,
+    or in math-verify's extraction, reports extracted=None. The parent only runs `precheck`
+    (linear, no parsing): a malformed gold ("unparseable gold: ..."), a response that is not a
+    str ("invalid response: ...") or one with nothing to extract ("no_answer") is settled there
+    and never reaches a worker. The whole response is sent to the worker.
+
+    processes=0 grades with `grade()` in this process: no hard timeout there, only math-verify's
+    own (in the main thread); extraction is linear in the response's length (0.08 s for a 420 KB
+    line of unclosed boxes, `benchmarks/grading_extraction.py`), so it cannot hang, but
+    `timeout` does not bound it.
+
+    Workers start lazily, at most one per pending item, and are reused across calls until
+    `close()`; a closed Grader restarts them on the next call. Safe to use from any thread;
+    concurrent calls on one Grader are serialised.
     """
 
     def __init__(self, processes: int | None = None, timeout: float = 10.0):
@@ -194,27 +209,42 @@ class Grader:
 
     def _run(self, items: list[tuple[str, str]], bar) -> list[Grade]:
         results: list[Grade | None] = [None] * len(items)
-        extracted: list[str | None] = []
-        tails: list[str | None] = []
+        extracted: list[str | None] = [None] * len(items)  # as reported by the workers
         pending: deque[int] = deque()
-        for i, (_, response) in enumerate(items):
-            answer = tail = None
-            try:
-                answer = extract_answer(response or "")
-                if answer is None:
-                    tail = answer_tail(response or "")
-            except Exception as exc:  # noqa: BLE001 - never raise on model text
-                results[i] = Grade(False, None, f"{type(exc).__name__}: {exc}"[:200])
-            extracted.append(answer)
-            tails.append(tail)
-            if results[i] is not None:
-                bar.update()
-            elif answer is None and tail is None:
-                results[i] = Grade(False, None, "no_answer")
-                bar.update()
-            else:
+        for i, (gold, response) in enumerate(items):
+            settled = precheck(gold, response)  # linear string checks, no extraction
+            if settled is None:
                 pending.append(i)
+            else:
+                results[i] = settled
+                bar.update()
         in_flight = 0
+
+        def receive(worker: _Worker) -> bool:
+            """Handle one message from a busy worker; True once its item is finished."""
+            i = worker.index
+            try:
+                msg = worker.conn.recv()
+            except (EOFError, OSError):
+                if not worker.ready:
+                    raise self._start_failure(worker) from None
+                worker.process.join(_TERMINATE_GRACE_S)
+                code = worker.process.exitcode
+                results[i] = Grade(False, extracted[i], f"worker died (exit code {code})")
+                self._replace(worker)
+                return True
+            if msg == _READY:
+                worker.ready = True
+                worker.deadline = time.monotonic() + self.timeout
+                return False
+            kind, index, value = msg
+            assert index == i, (index, i)
+            if kind == _EXTRACTED:
+                extracted[i] = value
+                return False
+            results[i] = value
+            worker.index = None
+            return True
 
         while pending or in_flight:
             want = min(self.processes, len(pending) + in_flight)
@@ -224,7 +254,7 @@ class Grader:
                 if worker.index is None and pending:
                     i = pending.popleft()
                     try:
-                        worker.conn.send((i, items[i][0], extracted[i], tails[i]))
+                        worker.conn.send((i, items[i][0], items[i][1]))
                     except OSError:
                         if not worker.ready:
                             raise self._start_failure(worker) from None
@@ -242,34 +272,24 @@ class Grader:
             next_deadline = min(w.deadline for w in busy.values())
             ready = wait(list(busy), timeout=max(0.0, next_deadline - time.monotonic()))
             for conn in ready:
-                worker = busy[conn]
-                i = worker.index
-                try:
-                    msg = conn.recv()
-                    if msg == _READY:
-                        worker.ready = True
-                        worker.deadline = time.monotonic() + self.timeout
-                        continue
-                    index, result = msg
-                except (EOFError, OSError):
-                    if not worker.ready:
-                        raise self._start_failure(worker) from None
-                    worker.process.join(_TERMINATE_GRACE_S)
-                    code = worker.process.exitcode
-                    result = Grade(False, extracted[i], f"worker died (exit code {code})")
-                    self._replace(worker)
-                else:
-                    assert index == i, (index, i)
-                    worker.index = None
-                results[i] = result
-                in_flight -= 1
-                bar.update()
+                if receive(busy[conn]):
+                    in_flight -= 1
+                    bar.update()
             now = time.monotonic()
             for worker in list(busy.values()):
                 if worker.index is not None and worker in self._workers and worker.deadline <= now:
                     if not worker.ready:
                         raise RuntimeError(f"a grading worker did not start within "
                                            f"{_STARTUP_TIMEOUT_S:.0f} s")
+                    # What it sent before the deadline still counts (its answer, or its result
+                    # if it finished just in time); then it goes.
+                    finished = False
+                    while not finished and worker in self._workers and worker.conn.poll():
+                        finished = receive(worker)
+                    if finished:
+                        in_flight -= 1
+                        bar.update()
+                        continue
                     results[worker.index] = Grade(False, extracted[worker.index], "timeout")
                     in_flight -= 1
                     bar.update()

@@ -8,10 +8,12 @@ processes import (it is the forkserver preload), so it imports math_verify/sympy
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 import re
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,10 +21,10 @@ from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, veri
 from math_verify.errors import TimeoutException
 
 from retro_search.grading.extract import (answer_tail, extract_answer, last_boxed,
-                                          strip_math_delimiters)
+                                          may_hold_answer, strip_math_delimiters)
 
-__all__ = ["Grade", "grade", "grade_extracted", "grade_tail", "normalize_reference",
-           "DEFAULT_TIMEOUT_S"]
+__all__ = ["Grade", "grade", "grade_extracted", "grade_response", "grade_tail",
+           "normalize_reference", "precheck", "DEFAULT_TIMEOUT_S"]
 
 # math-verify's own per-call limit (seconds; it uses signal.alarm, so whole seconds only).
 DEFAULT_TIMEOUT_S = 5
@@ -38,6 +40,11 @@ class Grade:
         (or a worker timed out while math-verify was still looking).
     error: None, "no_answer", "timeout", or a short "ExceptionType: message" from parsing/verifying
         (the comparison then fell back to string matching; `correct` reflects that fallback).
+        Never a match (`correct` is False): "unparseable gold: <why>" (a gold that cannot be
+        complete LaTeX, e.g. "\\frac{"; `extracted` is then None unless the caller extracted),
+        "unparseable answer: <why>" (an extracted answer cut off, e.g. "10^{") and
+        "invalid response: <type>, not a string" (a dict, list, number, bytes or None given as
+        the response); `grade`'s docstring says what each check looks at.
     """
 
     correct: bool
@@ -48,7 +55,6 @@ class Grade:
 # ---------------------------------------------------------------------------------------------
 # Reference normalisation
 
-_GSM8K_RE = re.compile(r"####\s*(.+?)\s*$", re.DOTALL)
 # "0,111" is no thousands separator (a decimal comma, or a list): it must not become 111.
 _THOUSANDS_RE = re.compile(r"-?[1-9]\d{0,2}(?:,\d{3})+(?:\.\d+)?")
 # OlympiadBench multi-answers inside one string: "$69$,$84$", "$2^{-2 / 3}$, $8$".
@@ -58,8 +64,9 @@ _DOLLAR_LIST_RE = re.compile(r"\$[^$]+\$(?:\s*,\s*\$[^$]+\$)+")
 def _normalize_text(s: str) -> str:
     s = s.strip()
     if "####" in s:
-        m = _GSM8K_RE.search(s)
-        s = m.group(1) if m else ""
+        # What follows the first "####", stripped (a regex `####\s*(.+?)\s*$` did the same in
+        # time quadratic in a run of blanks).
+        s = s.split("####", 1)[1].strip()
     elif _has_box(s):
         # Minerva: the reference is a full solution; its last box is the answer.
         s = last_boxed(s) or ""
@@ -125,8 +132,10 @@ def normalize_reference(value: Any) -> str:
 _SPACING_RE = re.compile(r"\\left(?![A-Za-z])|\\right(?![A-Za-z])|\\[!,;:](?![A-Za-z])|\s+")
 # `\{x \mid -2 \le x < 1\}` (GaoKao): math-verify reads the braces as a one-element set, but it can
 # compare the bare condition with an interval, so the set-builder wrapper is dropped.
-_SET_BUILDER_RE = re.compile(
-    r"\\\{\s*([A-Za-z])\s*(?:\||\\mid|:)\s*(.+?)\s*\\\}", re.DOTALL)
+# One way to split the text (the condition is everything up to the final `\}`, stripped after):
+# the form with blanks around a lazy condition, `\s*(.+?)\s*\\\}`, backtracked in time cubic in
+# a run of blanks when there was no closing `\}` (5 s for 2,000 blanks in a model's answer).
+_SET_BUILDER_RE = re.compile(r"\\\{\s*([A-Za-z])\s*(?:\||\\mid|:)(.*)\\\}", re.DOTALL)
 _TEXT_CMD_RE = re.compile(r"\\(?:text|textbf|textit|mathrm|mathbf|mbox|operatorname)\s*\{([^{}]*)\}")
 # Words only, no LaTeX and no digits: "yes", "Monday", "Quadrant I".
 _PLAIN_TEXT_RE = re.compile(r"[A-Za-z][A-Za-z' \-]*")
@@ -165,8 +174,10 @@ def _text_key(s: str) -> str:
 
 def _unset_builder(s: str) -> str:
     m = _SET_BUILDER_RE.fullmatch(s.strip())
-    if m and m.group(1) in m.group(2):
-        return m.group(2)
+    if m:
+        condition = m.group(2).strip()
+        if condition and m.group(1) in condition:
+            return condition
     return s
 
 
@@ -264,6 +275,70 @@ def _math_equal(gold: str, pred: str | list, timeout: int | None) -> tuple[bool,
         return False, error
 
 
+# ---------------------------------------------------------------------------------------------
+# Golds and answers that cannot be complete LaTeX
+
+_BRACE_TOKEN = re.compile(r"\\.|[{}]", re.DOTALL)
+# An empty argument: `\sqrt{}`, `\frac{1}{}`, `x^{}`.
+_EMPTY_ARGUMENT = re.compile(r"(?:\\[A-Za-z]+|[}^_])\s*\{\s*\}")
+# What cannot end a complete expression: an operator, relation, script or opening bracket, or a
+# command that needs an operand after it. (`\circ`, `\pi`, `\infty`, Greek letters end golds.)
+_DANGLING_END = re.compile(
+    r"(?:[=+\-*/<>^_(\[]|\\(?:[dtc]?frac|sqrt|[dt]?binom|text|textbf|textit|mathrm|mathbf|mbox|"
+    r"operatorname|boxed|fbox|left|right|overline|underline|hat|bar|vec|tilde|dot|ddot|cdot|"
+    r"times|div|pm|mp|leq?|geq?|neq?|lt|gt|in|notin|subseteq|subset|supseteq|supset|cup|cap|"
+    r"setminus|to|rightarrow|Rightarrow|implies|iff|approx|equiv|sim|mid|land|lor|wedge|vee))\Z")
+# The longest ending `_DANGLING_END` can match: only this much of the text's end is searched.
+_END_CHARS = 16
+
+
+def _incomplete(s: str, *, stray_closer: bool) -> str | None:
+    """Why `s` cannot be complete LaTeX, or None: an unclosed `{` (or, with stray_closer, a `}`
+    that closes nothing), an empty argument, or a dangling end (a lone backslash, an operator or
+    script, a command without its operand). Escaped braces (`\\{1\\}`) do not count. Linear in
+    len(s); no parsing. Every gold of the shipped benchmarks passes, including the nine
+    math-verify cannot parse ("b > a > c", "E_{1},E_{2}", "\\$32,\\!348", ...)."""
+    depth = 0
+    for m in _BRACE_TOKEN.finditer(s):
+        token = m.group()
+        if token == "{":
+            depth += 1
+        elif token == "}":
+            if depth == 0 and stray_closer:
+                return "a '}' that closes nothing"
+            depth = max(depth - 1, 0)
+    if depth:
+        return "an unclosed '{'"
+    m = _EMPTY_ARGUMENT.search(s)
+    if m:
+        return f"an empty argument {m.group()!r}"
+    end = s.rstrip()
+    trailing_backslashes = len(end) - len(end.rstrip("\\"))
+    if trailing_backslashes % 2:
+        return "a lone backslash at the end"
+    offset = max(len(end) - _END_CHARS, 0)
+    m = _DANGLING_END.search(end, offset)
+    if m and not (m.group().startswith("\\") and _escaped_at(end, m.start())):
+        return f"it ends with {m.group()!r}"
+    return None
+
+
+def _escaped_at(s: str, i: int) -> bool:
+    """Whether `s[i]` is escaped: preceded by an odd run of backslashes."""
+    j = i
+    while j > 0 and s[j - 1] == "\\":
+        j -= 1
+    return (i - j) % 2 == 1
+
+
+@functools.lru_cache(maxsize=4096)  # a batch repeats its golds (n samples per problem)
+def _gold_problem(gold: str) -> str | None:
+    """Why `gold` cannot be graded against (the text for "unparseable gold: ..."), or None."""
+    if _has_box(gold) and last_boxed(gold) is None:
+        return "no complete, non-empty \\boxed"
+    return _incomplete(gold, stray_closer=True)
+
+
 def _timeout_for_this_thread(timeout: int | None) -> int | None:
     # math-verify's timeouts use signal.alarm, which raises ValueError outside the main thread.
     if threading.current_thread() is not threading.main_thread():
@@ -271,14 +346,24 @@ def _timeout_for_this_thread(timeout: int | None) -> int | None:
     return timeout
 
 
-def grade_extracted(gold: str, extracted: str | None, *, timeout: int | None = DEFAULT_TIMEOUT_S
-                    ) -> Grade:
-    """`grade` once step 1 (`extract_answer`) found `extracted` in the response: steps 3 and 4
-    (a pool worker entry)."""
+def grade_extracted(gold: str, extracted: str | None, *, timeout: int | None = DEFAULT_TIMEOUT_S,
+                    on_math_verify: Callable[[str], None] | None = None) -> Grade:
+    """`grade` once step 1 (`extract_answer`) found `extracted` in the response: the gold and
+    answer checks, then steps 3 and 4. `on_math_verify(extracted)` is called just before
+    math-verify's work starts, when the exact-match shortcut did not settle the item (a pool
+    worker tells the parent the answer then, so an item that times out still reports it)."""
+    problem = _gold_problem(gold)
+    if problem:
+        return Grade(False, extracted, f"unparseable gold: {problem}")
     if extracted is None or not extracted.strip():
         return Grade(False, extracted, "no_answer")
+    problem = _incomplete(extracted, stray_closer=False)
+    if problem:
+        return Grade(False, extracted, f"unparseable answer: {problem}")
     if _canonical(gold) == _canonical(extracted):
         return Grade(True, extracted)
+    if on_math_verify is not None:
+        on_math_verify(extracted)
     equal, error = _math_equal(gold, extracted, _timeout_for_this_thread(timeout))
     if not equal and error != "timeout" and _text_key(gold) == _text_key(extracted):
         equal = True
@@ -296,7 +381,10 @@ _ESCAPED_DOLLAR_BEFORE_NUMBER = re.compile(r"\\\$(?=\s?[\d.])")
 
 def grade_tail(gold: str, tail: str | None, *, timeout: int | None = DEFAULT_TIMEOUT_S) -> Grade:
     """`grade` once step 1 found nothing: step 2, math-verify's extraction on
-    `tail = answer_tail(response)`, then steps 3 and 4 (a pool worker entry)."""
+    `tail = answer_tail(response)`, then steps 3 and 4."""
+    problem = _gold_problem(gold)
+    if problem:
+        return Grade(False, None, f"unparseable gold: {problem}")
     if tail is None or not tail.strip():
         return Grade(False, None, "no_answer")
     timeout = _timeout_for_this_thread(timeout)
@@ -344,18 +432,61 @@ def grade(gold: str, response: str) -> Grade:
     0.28 never equals 28. A decimal comma is read only by step 2 in running text ("2,74 $" is
     2.74); in a box or a gold a comma separates items (`\\boxed{2,74}` is not 2.74).
 
+    Never a match, whatever the response (`precheck`, then `grade_extracted`):
+    - a gold that cannot be complete LaTeX: "unparseable gold: <why>", for a `{` never closed or a
+      `}` closing nothing (escaped `\\{ \\}` aside), an empty argument (`\\sqrt{}`), a lone
+      backslash, an operator, script or opening bracket at the end ("x^", "x="), a command
+      without its operand at the end (`\\frac`, `\\le`), or a box with no complete, non-empty
+      content (`\\boxed{}`). Structural only: well-formed golds that math-verify cannot parse
+      ("b > a > c") still match by steps 3 and 4, as before.
+    - a response that is not a str (dict, list, number, bytes, None): "invalid response: <type>,
+      not a string". Callers pass model text as it came; a JSON object is not an answer.
+    - an answer found by step 1 that was cut off, by the same checks as golds but for a stray
+      `}` ("The answer is 10^{", "\\frac{1}{2"): "unparseable answer: <why>" (math-verify
+      would read these as 10 and 1/2).
+
     math-verify's own timeouts (5 s per parse/verify call) apply only in the main thread; in other
     threads they are disabled (signal.alarm cannot work there) and nothing bounds the time: use
-    `Grader` for hard limits. Never raises for bad model text: failures give
-    Grade(False, extracted, error) with error "no_answer", "timeout" or an exception summary.
+    `Grader` for hard limits. Our string work (step 1, `answer_tail`, the checks) has no time
+    limit here but is linear in the response's length (0.08 s for a 420 KB line of unclosed
+    boxes; `benchmarks/grading_extraction.py`).
+    Never raises for bad model text: failures give Grade(False, extracted, error) with error
+    "no_answer", "timeout", one of the three above or an exception summary. Raises ValueError
+    only for a gold that is not a non-empty str (a caller error, as `Grader` does).
     """
     if not isinstance(gold, str) or not gold.strip():
         raise ValueError(f"gold must be a non-empty normalised string, got {gold!r}")
+    return grade_response(gold, response)
+
+
+def precheck(gold: str, response: Any) -> Grade | None:
+    """The Grade of an item settled without extraction or math-verify, or None: a gold that cannot
+    be graded against ("unparseable gold: ..."), a response that is not a str ("invalid response:
+    ..."), or a response with nothing either extraction step could start from ("no_answer").
+    Linear in the lengths, no parsing: a grading pool runs it in the parent process."""
+    problem = _gold_problem(gold)
+    if problem:
+        return Grade(False, None, f"unparseable gold: {problem}")
+    if not isinstance(response, str):
+        return Grade(False, None, f"invalid response: {type(response).__name__}, not a string")
+    if not may_hold_answer(response):
+        return Grade(False, None, "no_answer")
+    return None
+
+
+def grade_response(gold: str, response: Any, *,
+                   on_math_verify: Callable[[str], None] | None = None) -> Grade:
+    """`grade` without its check of the gold's type: `precheck`, step 1 (`extract_answer`), then
+    `grade_extracted`, or step 2 and on (`grade_tail`). What a pool worker runs for one item, all
+    of it under the item's deadline; `on_math_verify` as in `grade_extracted`."""
+    settled = precheck(gold, response)
+    if settled is not None:
+        return settled
     try:
-        extracted = extract_answer(response or "")
-        tail = None if extracted is not None else answer_tail(response or "")
+        extracted = extract_answer(response)
+        tail = None if extracted is not None else answer_tail(response)
     except Exception as exc:  # noqa: BLE001
         return Grade(False, None, _summary(exc))
     if extracted is not None:
-        return grade_extracted(gold, extracted)
+        return grade_extracted(gold, extracted, on_math_verify=on_math_verify)
     return grade_tail(gold, tail)
