@@ -53,6 +53,14 @@ def test_grade_adds_correct_and_extracted(tmp_path):
     assert out[0]["id"] == "a"  # other fields kept
 
 
+def test_grade_takes_a_response_that_is_not_text_for_an_error_never_a_match(tmp_path):
+    src = write_rows(tmp_path / "in.jsonl", [{"id": "a", "gold": "25", "response": {"answer": 25}},
+                                             {"id": "b", "gold": "25", "response": ["25"]}])
+    assert main(["grade", src, str(tmp_path / "out.jsonl"), "--processes", "0", "--no-progress"]) == 0
+    for row in rows(tmp_path / "out.jsonl"):
+        assert not row["correct"] and "not a string" in row["grade_error"], row
+
+
 def test_grade_names_the_line_and_field_that_is_missing(tmp_path, capsys):
     src = write_rows(tmp_path / "in.jsonl", [{"id": "a", "gold": "1", "response": "1"},
                                              {"id": "b", "answer": "1", "response": "1"}])

@@ -73,7 +73,7 @@ def grade(input_path: str | Path, output: str | Path, *, gold_field: str = "gold
         if problem is not None:
             raise ValueError(f"{where} (id={row.get('id')!r}), field {gold_field!r}: {problem}")
         rows.append(row)
-        pairs.append((normalize_reference(row[gold_field]), str(row[response_field])))
+        pairs.append((normalize_reference(row[gold_field]), row[response_field]))
     with Grader(processes=processes, timeout=timeout) as grader:
         grades = grader.grade_many(pairs, progress=progress)
     for row, result in zip(rows, grades):
