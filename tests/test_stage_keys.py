@@ -166,3 +166,36 @@ def test_eval_asks_as_the_student_was_trained_unless_told_otherwise():
         build_plan(CONFIG, ["traces_demo"], ["student.user_template=nothing"])
     with pytest.raises(ValueError, match="eval.user_template must contain '{question}'"):
         build_plan(CONFIG, ["traces_demo"], ["eval.user_template=nothing"])
+
+
+# The engine-call keys of search, sample (data.sample: no schema of Hydra's, so a key it does not
+# list is added with +) and eval: runtime keys (runtime.ENGINE_CALL_KEYS), checked at plan time.
+CALL_SECTIONS = {"search": ("search", "search"), "+data.sample": ("sample", "sample"),
+                 "eval": ("eval:base", "eval")}  # override prefix -> (a stage, its section)
+CALL_VALUES = {"retries": (["5", "0"], ["-1", "1.5", "true"]),
+               "request_timeout_s": (["90", "0", "null"], ["-1", "nan"]),
+               "max_failed_share": (["0.2", "0"], ["1", "-0.1", "1.5"])}
+
+
+@pytest.mark.parametrize("experiment", ["demo", SEVEN])
+def test_changing_an_engine_call_key_moves_no_stage_and_reaches_the_job(experiment):
+    name, base = stage_ids(experiment)
+    for prefix, (role, section) in CALL_SECTIONS.items():
+        for key, (good, _) in CALL_VALUES.items():
+            for value in good:
+                override = f"{prefix}.{key}={value}"
+                exp, = build_plan(CONFIG, [experiment], [override]).experiments
+                assert (exp.name, {r: s.id for r, s in exp.stages.items()}) == (name, base), \
+                    override
+                got = exp.stages[role].settings[section][key]
+                assert got == (None if value == "null" else float(value)), override
+
+
+@pytest.mark.parametrize("prefix", sorted(CALL_SECTIONS))
+@pytest.mark.parametrize("key", sorted(CALL_VALUES))
+def test_a_bad_engine_call_value_is_refused_when_the_plan_is_built(prefix, key):
+    for value in CALL_VALUES[key][1]:
+        with pytest.raises(ValueError) as err:
+            build_plan(CONFIG, ["demo"], [f"{prefix}.{key}={value}"])
+        message = str(err.value)
+        assert message.startswith(f"{prefix.lstrip('+')}.{key}") and "\n" not in message, message

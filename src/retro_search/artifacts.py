@@ -230,12 +230,15 @@ def outcome_from_dict(row: dict[str, Any]) -> SearchOutcome:
 
 # ----------------------------------------------------------------------------- eval rows
 
-# The columns of an eval stage's generations.parquet, in order, with their Arrow types.
+# The columns of an eval stage's generations.parquet, in order, with their Arrow types. `error`:
+# why the engine failed a generation (finish_reason "error"), else null; `grade_error`: the
+# grader's.
 GENERATION_COLUMNS = {"benchmark": "string", "problem_id": "string", "sample": "int64",
                       "seed": "int64", "question": "string", "gold": "string",
                       "response": "string", "reasoning_closed": "bool", "extracted": "string",
                       "correct": "bool", "grade_error": "string", "num_tokens": "int64",
-                      "finish_reason": "string", "model": "string"}
+                      "finish_reason": "string", "model": "string", "error": "string"}
+OLD_GENERATION_ERROR = "generation_error: "  # where files without `error` kept it: grade_error
 
 
 def write_generations(path: str | Path, rows: list[dict[str, Any]]) -> None:
@@ -252,9 +255,19 @@ def write_generations(path: str | Path, rows: list[dict[str, Any]]) -> None:
 
 
 def read_generations(path: str | Path) -> list[dict[str, Any]]:
+    """The rows of a generations.parquet; a file written before the `error` column has the
+    engine's error moved there from grade_error ("generation_error: <why>")."""
     import pyarrow.parquet as pq
 
-    return pq.read_table(path).to_pylist()
+    rows = pq.read_table(path).to_pylist()
+    for row in rows:
+        if "error" not in row:
+            old = row.get("grade_error") or ""
+            failed = row.get("finish_reason") == "error" and old.startswith(OLD_GENERATION_ERROR)
+            row["error"] = old[len(OLD_GENERATION_ERROR):] if failed else None
+            if failed:
+                row["grade_error"] = None
+    return rows
 
 
 # ----------------------------------------------------------------------------- eval metrics

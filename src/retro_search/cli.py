@@ -218,7 +218,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("search", help="Retro-Search one shard of traces",
                        description="Retro-Search every trace of one shard with one engine. Writes the "
                        "revised shard and the rollout log atomically; progress is kept in a hidden "
-                       "file beside the output, so a killed run resumes where it stopped.",
+                       "file beside the output, so a killed run resumes where it stopped. A request "
+                       "the engine fails is tried 1 + search.retries times (default 3) and given "
+                       "up past search.request_timeout_s (default null: 600 s + 0.5 s per token of "
+                       "its budget; 0: no limit); its trace is kept unchanged with status "
+                       "engine_error. When more than search.max_failed_share (default 0.5) of the "
+                       "traces end so, nothing is written and the command exits with status 1, "
+                       "keeping its progress.",
                        epilog="Overrides: KEY=VALUE in Hydra's dotted syntax, e.g. "
                        "model.path=results/tiny-model search.rollouts=2 search.max_tokens=256 "
                        "engine.batch_size=8. Defaults: the sections' schemas (retro_search.schemas: "
@@ -363,6 +369,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"retro-search {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except Exception as err:
+        # Most of the job's work failed (an engine that failed it): each line said, exit 1.
+        from retro_search.stages import JobFailed
+
+        if not isinstance(err, JobFailed):
+            raise
+        for line in str(err).splitlines() or [""]:
+            print(f"retro-search {args.command}: FAILED: {line}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -32,7 +32,8 @@ Stages (kind: what it needs):
 
 A stage's hash covers what makes its output, never how the job runs: the keys in
 `runtime.RUNTIME_KEYS` (batch sizes, memory shares, worker counts, logging and checkpoint
-cadence, devices, tensor-parallel size) are split off into the stage's `runtime` (written to
+cadence, devices, tensor-parallel size, the engine-call retries, time limits and failed shares)
+are split off into the stage's `runtime` (written to
 `runtime.yaml` beside its `config.yaml` and recorded in its manifest), so changing one reruns
 nothing. An eval stage's
 hash covers the rest of the `eval` section, so changing the benchmark list or any benchmark's

@@ -9,9 +9,9 @@ Self-improvement (ALGORITHM.md, "Use cases") starts here: the model answers trai
   (`prompts.PromptFormat.head`), each with a seed derived from (seed, question id, sample index),
   so a sample's text depends on nothing else (not the shard, the limit or the batch);
 - `run_samples` sends them through one engine: in chunks to a batch engine (transformers), one
-  by one as slots free to a streaming engine (vLLM). Every finished sample is appended to a
-  progress file; a killed run started again skips what is there. Each request goes through an
-  `engines.retrying.EngineCaller` (retries with the same seed, a time limit): a sample the engine
+  by one to a streaming engine (vLLM). Every finished sample is appended to a progress file; a
+  killed run started again skips what is there. The requests go through `engines.calls`
+  (retries with the same seed, a time limit, a broken engine given up): a sample the engine
   could not generate becomes a row with an "error" (`failed_row`, not saved as progress, so a
   rerun generates it again), which `read_samples` drops with reason "engine_error";
 - `sample_row` is one output row in the layout of the `samples` trace preset
@@ -22,7 +22,6 @@ Self-improvement (ALGORITHM.md, "Use cases") starts here: the model answers trai
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import json
 import os
@@ -30,7 +29,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from retro_search.engines.base import (
     Engine,
@@ -39,16 +38,13 @@ from retro_search.engines.base import (
     derive_seed,
     rollout_budget,
 )
-from retro_search.engines.retrying import (
-    REQUEST_RETRIES,
-    REQUEST_TIMEOUT_S,
-    EngineCaller,
-    FaultStats,
-    RequestFailure,
-)
 from retro_search.formats import OT_THOUGHT_CLOSE, PRESETS, R1_CLOSE
 from retro_search.questions import Question, resolve_question_format
 from retro_search.records import RecordError, TraceRecord
+from retro_search.runtime import MAX_FAILED_SHARE, REQUEST_TIMEOUT_S, RETRIES, EngineCallSettings
+
+if TYPE_CHECKING:
+    from retro_search.engines.calls import CallStats
 
 __all__ = ["SampleSettings", "sample_settings", "PlannedSample", "plan_requests", "sample_seed",
            "sample_row", "failed_row", "run_samples", "read_samples", "MODEL_KEYS"]
@@ -76,6 +72,10 @@ class SampleSettings:
     num_shards: sample jobs; job i answers the questions at positions i, i + num_shards, ...
     model: the sampler, a model section (`MODEL_KEYS`); None = the experiment's revision model
         `model`, as in self-improvement. The plan resolves it into the stage's `model` section.
+    retries, request_timeout_s, max_failed_share: how the job puts up with a faulty engine
+        (`runtime.EngineCallSettings`, `engines.calls`): tries of a failed request after the
+        first; seconds per request (null: 600 + 0.5 per token of max_tokens; 0: no limit); a
+        shard with more of its samples failed than this share fails, keeping its progress.
     """
 
     questions: str
@@ -92,6 +92,9 @@ class SampleSettings:
     seed: int = 0
     num_shards: int = 1
     model: dict[str, Any] | None = None
+    retries: int = RETRIES
+    request_timeout_s: float | None = REQUEST_TIMEOUT_S
+    max_failed_share: float = MAX_FAILED_SHARE
 
     def validate(self, where: str = "sample") -> None:
         if not isinstance(self.questions, str) or not self.questions.strip():
@@ -124,6 +127,7 @@ class SampleSettings:
                 raise ValueError(f"{where}.model: unknown key(s) {unknown}; known: "
                                  f"{list(MODEL_KEYS)}")
             check_sampler(self.model, f"{where}.model")
+        EngineCallSettings.of(self, where)
 
 
 def check_sampler(model: Mapping[str, Any], where: str) -> None:
@@ -235,7 +239,7 @@ class SampleProgress:
     seconds: float = 0.0
     failed: int = 0              # samples the engine could not generate (rows with "error")
     empty: int = 0               # generated samples with an empty text
-    faults: FaultStats | None = None  # retries, failed requests, timeouts, a broken engine
+    faults: CallStats | None = None  # retries, failed requests, timeouts, a broken engine
 
     @property
     def tokens_per_second(self) -> float:
@@ -260,18 +264,18 @@ def read_progress(path: Path | None) -> dict[str, dict[str, Any]]:
 
 def run_samples(planned: Sequence[PlannedSample], engine: Engine, *, sampler: str,
                 think_open: str, progress_path: Path | None = None, chunk_size: int = 256,
-                show_progress: bool = True, retries: int = REQUEST_RETRIES,
-                request_timeout_s: float | None = REQUEST_TIMEOUT_S
+                show_progress: bool = True, calls: EngineCallSettings | None = None
                 ) -> tuple[list[dict[str, Any]], SampleProgress]:
     """Generate every planned sample over `engine`; returns the rows in the order of `planned`
     and the run's counters. Rows found in `progress_path` are not generated again; each new
     row is appended there (flushed and fsynced) as soon as it is back. A batch engine gets
     `chunk_size` requests per `generate` call; an engine with `generate_async` gets each request
-    on its own, so no sample waits for the slowest of a chunk. `retries` (tries after the first)
-    and `request_timeout_s` (seconds, None: no limit) bound each request (`engines.retrying`);
-    a sample given up is a `failed_row`, counted in `SampleProgress.failed`, not saved as
-    progress."""
+    on its own, so no sample waits for the slowest of a chunk. `calls` (retries, time limit)
+    bound each request (`engines.calls`); a sample given up is a `failed_row`, counted in
+    `SampleProgress.failed`, not saved as progress."""
     from tqdm.auto import tqdm
+
+    from retro_search.engines.calls import EngineCaller, RequestFailure, settle
 
     ids = [p.request.request_id for p in planned]
     if len(set(ids)) != len(ids):
@@ -279,9 +283,7 @@ def run_samples(planned: Sequence[PlannedSample], engine: Engine, *, sampler: st
     wanted = set(ids)
     rows = {k: v for k, v in read_progress(progress_path).items()
             if k in wanted and not v.get("error")}
-    caller = EngineCaller(engine, retries=retries, timeout_s=request_timeout_s)
-    stats = SampleProgress(resumed=len(rows), faults=caller.stats)
-    todo = [p for p in planned if p.request.request_id not in rows]
+    todo = {p.request.request_id: p for p in planned if p.request.request_id not in rows}
     writer = None
     if progress_path is not None:
         progress_path.parent.mkdir(parents=True, exist_ok=True)
@@ -289,47 +291,34 @@ def run_samples(planned: Sequence[PlannedSample], engine: Engine, *, sampler: st
     bar = tqdm(total=len(planned), initial=len(rows), desc="sample", unit="sample",
                disable=not show_progress, dynamic_ncols=True)
     start = time.perf_counter()
-
-    def finished(pairs: Iterable[tuple[PlannedSample, GenerationResult | RequestFailure]]
-                 ) -> None:
-        for item, result in pairs:
-            if isinstance(result, RequestFailure):
-                rows[item.request.request_id] = failed_row(item, result.error, sampler=sampler)
-                stats.failed += 1  # not progress: a rerun generates it again
-                bar.update(1)
-                continue
-            row = sample_row(item, result, sampler=sampler, think_open=think_open)
-            rows[row["id"]] = row
-            stats.generated += 1
-            stats.generated_tokens += row["num_tokens"]
-            stats.empty += not result.text
+    with EngineCaller(engine, calls) as caller:
+        stats = SampleProgress(resumed=len(rows), faults=caller.stats)
+        try:
+            for pairs in settle(caller, [p.request for p in todo.values()],
+                                chunk_size=chunk_size):
+                for request, result in pairs:
+                    item = todo[request.request_id]
+                    if isinstance(result, RequestFailure):
+                        rows[request.request_id] = failed_row(item, result.error, sampler=sampler)
+                        stats.failed += 1  # not progress: a rerun generates it again
+                        continue
+                    row = sample_row(item, result, sampler=sampler, think_open=think_open)
+                    rows[row["id"]] = row
+                    stats.generated += 1
+                    stats.generated_tokens += row["num_tokens"]
+                    stats.empty += not result.text
+                    if writer is not None:
+                        writer.write(json.dumps(row, ensure_ascii=False) + "\n")
+                if writer is not None:
+                    writer.flush()
+                    os.fsync(writer.fileno())
+                bar.update(len(pairs))
+                stats.seconds = time.perf_counter() - start
+                bar.set_postfix(tok_s=f"{stats.tokens_per_second:.0f}", refresh=False)
+        finally:
+            bar.close()
             if writer is not None:
-                writer.write(json.dumps(row, ensure_ascii=False) + "\n")
-            bar.update(1)
-        if writer is not None:
-            writer.flush()
-            os.fsync(writer.fileno())
-        stats.seconds = time.perf_counter() - start
-        bar.set_postfix(tok_s=f"{stats.tokens_per_second:.0f}", refresh=False)
-
-    try:
-        if caller.streaming:
-            async def one(item: PlannedSample) -> None:
-                finished([(item, await caller.generate_async(item.request))])
-
-            async def stream() -> None:
-                await asyncio.gather(*(one(item) for item in todo))
-
-            asyncio.run(stream())
-        else:
-            for begin in range(0, len(todo), chunk_size):
-                chunk = todo[begin:begin + chunk_size]
-                finished(zip(chunk, caller.generate([item.request for item in chunk])))
-    finally:
-        caller.close()
-        bar.close()
-        if writer is not None:
-            writer.close()
+                writer.close()
     stats.seconds = time.perf_counter() - start
     return [rows[i] for i in ids], stats
 

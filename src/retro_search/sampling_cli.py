@@ -29,11 +29,13 @@ started again skips what it holds, and OUTPUT is written atomically at the end. 
 seed derives from sample.seed, the question id and the sample index, so with the transformers
 engine a resumed run writes the same file as an uninterrupted one.
 
-Engine faults: a request that fails is sent again with the same seed (2 more tries), one that
-runs past its time limit (6 h) is given up; a sample given up is a row with an "error" (prepare
-drops it), counted in the summary and named in the warnings. When more than half of the samples
-fail, the command writes no OUTPUT, says why in one line and exits with status 2; the progress
-file keeps what finished, and running it again generates only the rest."""
+Engine faults: a request that fails is sent again with the same seed (sample.retries more tries,
+default 2); one that runs past its time limit (sample.request_timeout_s, default null: 600 s +
+0.5 s per token of its max_tokens; 0: no limit) is given up; a sample given up is a row with an
+"error" (prepare drops it), counted in the summary and named in the warnings. When more than
+sample.max_failed_share (default 0.5) of the samples fail, the command writes no OUTPUT, says
+why in one line and exits with status 1; the progress file keeps what finished, and running it
+again generates only the rest."""
 
 EPILOG = """\
 Settings (defaults: retro_search.sampling.SampleSettings; model: retro_search.sft.config.ModelSettings):
@@ -41,7 +43,8 @@ Settings (defaults: retro_search.sampling.SampleSettings; model: retro_search.sf
   problem_answer | math_solution | gsm8k, a trace preset such as r1_response, or
   {question: PATH, answer: PATH, id: PATH}), sample.split, sample.name, sample.limit, sample.n,
   sample.temperature, sample.top_p, sample.max_tokens, sample.seed, sample.num_shards,
-  sample.on_bad_record; model.path, model.tokenizer, model.user_template, model.think_open,
+  sample.on_bad_record, sample.retries, sample.request_timeout_s, sample.max_failed_share;
+  model.path, model.tokenizer, model.user_template, model.think_open,
   model.think_close; engine.name (transformers | vllm | auto | package.module:Class) and its
   arguments. Example:
   retro-search sample --questions DigitalLearningGmbH/MATH-lighteval --output samples.jsonl \\

@@ -13,13 +13,14 @@ declared output; a restarted run skips the traces found there. The progress file
 fingerprint of everything that determines the results, so a run with other settings never reuses
 stale progress. Outputs are written elsewhere, atomically (see `artifacts`).
 
-Engine faults (`engines.retrying`): every request goes through an `EngineCaller`, which retries
-a request that fails (same request, same seed) and gives up on it after `retries` more tries or
-when it runs past `request_timeout_s`. The trace of a request given up ends with status
-"engine_error" (`TraceSearch.fail`: original trace unchanged, the error in `skip_reason`); the
-other traces go on and the shard completes. Such traces are not written to the progress file, so
-a rerun searches them again. A batch engine whose call hangs is given up: every trace still
-waiting fails with that reason (`ShardProgress.engine_broken`).
+Engine faults (`engines.calls`): every request goes through an `EngineCaller` with the search
+config's `retries` and `request_timeout_s`, which retries a request that fails (same request,
+same seed) and gives it up after its retries or past its time limit. The trace of a request given
+up ends with status "engine_error" (`TraceSearch.fail`: original trace unchanged, the error in
+`skip_reason`); the other traces go on and the shard completes. Such traces are not written to
+the progress file, so a rerun searches them again. An engine given up (a batch call that hangs,
+failures of many prompts in a row) fails every trace still waiting with that reason
+(`ShardProgress.engine_broken`).
 """
 
 from __future__ import annotations
@@ -37,14 +38,9 @@ from tqdm.auto import tqdm
 
 from retro_search.artifacts import outcome_from_dict, outcome_to_dict
 from retro_search.engines.base import Engine, GenerationRequest, GenerationResult
-from retro_search.engines.retrying import (
-    REQUEST_RETRIES,
-    REQUEST_TIMEOUT_S,
-    EngineCaller,
-    FaultStats,
-    RequestFailure,
-)
+from retro_search.engines.calls import CallStats, EngineCaller, RequestFailure
 from retro_search.records import TraceRecord
+from retro_search.runtime import EngineCallSettings
 from retro_search.search import TraceSearch
 from retro_search.search_types import GradeFn, SearchConfig, SearchOutcome
 
@@ -62,7 +58,7 @@ class ShardProgress:
     traces_failed: int = 0       # traces that ended in an engine error
     empty_results: int = 0       # results with empty text (any request)
     length_results: int = 0      # results that reached their token budget (any request)
-    faults: FaultStats | None = None  # retries, failed requests, timeouts, a broken engine
+    faults: CallStats | None = None  # retries, failed requests, timeouts, a broken engine
 
     @property
     def engine_broken(self) -> str | None:
@@ -115,16 +111,14 @@ def run_shard(
     progress_path: Path | None = None,
     show_progress: bool = True,
     context_length: int | None = None,
-    retries: int = REQUEST_RETRIES,
-    request_timeout_s: float | None = REQUEST_TIMEOUT_S,
 ) -> tuple[list[SearchOutcome], ShardProgress]:
     """Search every trace; returns outcomes in the order of `traces` and the run's counters.
 
     `prompt_head(question)` gives the revision model's prompt up to its reasoning opener.
     `context_length` (tokens) bounds every request's prompt plus budget; None takes the engine's
-    `max_model_len` when it has one. `retries` (tries after the first) and `request_timeout_s`
-    (seconds, None: no limit) bound each request (see `engines.retrying`); a trace whose request
-    fails ends with status "engine_error" and is not saved as progress.
+    `max_model_len` when it has one. `config.retries` and `config.request_timeout_s` bound each
+    request (see `engines.calls`); a trace whose request fails ends with status "engine_error"
+    and is not saved as progress.
     """
     if context_length is None:
         context_length = getattr(engine, "max_model_len", None)
@@ -136,7 +130,7 @@ def run_shard(
                          + (" ..." if len(duplicates) > 10 else ""))
     finished = read_progress(progress_path) if progress_path else {}
     finished = {k: v for k, v in finished.items() if k in set(ids)}
-    caller = EngineCaller(engine, retries=retries, timeout_s=request_timeout_s)
+    caller = EngineCaller(engine, EngineCallSettings.of(config, "search"))
     stats = ShardProgress(traces_resumed=len(finished), faults=caller.stats)
     writer = _ProgressWriter(progress_path) if progress_path else None
     bar = tqdm(total=len(traces), initial=len(finished), desc="retro-search", unit="trace",

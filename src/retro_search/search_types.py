@@ -13,6 +13,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Literal, Protocol
 
+from retro_search.runtime import MAX_FAILED_SHARE, REQUEST_TIMEOUT_S, RETRIES, EngineCallSettings
 from retro_search.segmentation import DEFAULT_KEYWORDS
 
 
@@ -40,6 +41,10 @@ class SearchConfig:
     max_boundaries: int | None = None      # partial revision: visit at most this many boundaries
     boundary_fraction: float | None = None  # partial revision: visit this share of them
     drop_incorrect: bool = False      # leave traces with a wrong original answer out of the output
+    # How the job puts up with a faulty engine (runtime keys: `runtime.EngineCallSettings`).
+    retries: int = RETRIES                          # tries of a failed request after the first
+    request_timeout_s: float | None = REQUEST_TIMEOUT_S  # per request; null: 600 s + 0.5 s/token
+    max_failed_share: float = MAX_FAILED_SHARE      # more traces failed: the shard fails
 
     def __post_init__(self):
         if self.rollouts < 1:
@@ -66,6 +71,7 @@ class SearchConfig:
             raise ValueError("search.keywords must be a non-empty list of non-blank words, e.g. "
                              f"search.keywords=[Wait,Alternatively], got {list(self.keywords)}")
         object.__setattr__(self, "keywords", tuple(self.keywords))
+        EngineCallSettings.of(self, "search")
 
 
 @dataclass
@@ -111,7 +117,7 @@ class Rollout:
         return 0.0 if self.log_value is None else math.exp(self.log_value)
 
 
-Status = Literal["revised", "unchanged", "incorrect_original", "skipped"]
+Status = Literal["revised", "unchanged", "incorrect_original", "skipped", "engine_error"]
 
 
 @dataclass
@@ -121,7 +127,8 @@ class SearchOutcome:
 
     Lengths: `reasoning_tokens_*` count the reasoning alone (the paper's length), `response_tokens_*`
     the whole response (reasoning, closer, solution), both before and after the search.
-    `skip_reason` says why the trace (status "skipped") or its later boundaries were not searched.
+    `skip_reason` says why the trace (status "skipped") or its later boundaries were not searched,
+    or, with status "engine_error", which request the engine failed and why (the trace as it came).
     """
 
     trace_id: str

@@ -5,8 +5,8 @@
 
 - `benchmarks`: the benchmark registry and `load_problems` (local copies or the hub).
 - `config`: `EvalSettings` (the `eval` config section) and `load_eval_config`.
-- `generate`: requests per problem x sample, sent to the engine, logged, graded -> rows.
-- `engine_calls`: engine calls that survive faults: retries, time limits, failed requests.
+- `generate`: requests per problem x sample, sent to the engine (`engines.calls`: retries, time
+  limits, failed requests), logged, graded -> rows.
 - `metrics`: pass@1 with standard error, pass@k, maj@k, lengths, truncation and no-answer rates.
 - `outputs`: the files an evaluation writes, and the progress files a killed call resumes from.
 - `cli`: the `retro-search eval` and `eval-merge` subcommands.

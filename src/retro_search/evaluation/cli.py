@@ -21,7 +21,8 @@ with math-verify, and write for each benchmark B
   OUTPUT_DIR/B/generations.parquet  one row per generation: benchmark, problem_id, sample, seed,
                                     question, gold, response (the generated text, without the
                                     prompt), reasoning_closed, extracted, correct, grade_error,
-                                    num_tokens, finish_reason, model
+                                    num_tokens, finish_reason, model, error (why the engine
+                                    failed the generation, else null)
   OUTPUT_DIR/B/metrics.json         accuracy (pass@1 over n samples) with its standard error,
                                     pass@k, maj@k, mean/median tokens (also of correct and of
                                     incorrect responses), truncation and no-answer rates, plus
@@ -34,13 +35,16 @@ it is in, and each benchmark saved as soon as it is graded, in the hidden folder
 .OUTPUT_DIR.progress beside OUTPUT_DIR; a call killed midway and run again with the same settings
 skips the benchmarks saved there and requests only the generations missing from the logs. When
 all are done, the files move into OUTPUT_DIR (each atomically).
-A request the engine fails (an error, a missing or invalid result) is tried 3 times; one that
-takes longer than 600 s + 0.5 s per token of eval.max_tokens fails (a batch engine that hangs is
-given up on). A failed generation is a row with finish_reason "error", graded incorrect and
-counted in metrics.json as n_errors; failed, empty and all-truncated generations are warned about.
-When more than half of a benchmark's generations fail, the command says so, promotes nothing,
-keeps the progress folder and exits with status 1: run it again once the engine works. The prompt is the model's chat template applied to
-eval.user_template, then its reasoning opener; the answer is graded in the text after the
+A request the engine fails (an error, a missing or invalid result) is tried 1 + eval.retries
+times (default 3); one that takes longer than eval.request_timeout_s (default null: 600 s + 0.5 s
+per token of eval.max_tokens; 0: no limit) fails, and an engine that hangs, or fails requests of
+many prompts in a row, is given up on. A failed generation is a row with finish_reason "error"
+and its reason in `error`, graded incorrect and counted in metrics.json as n_errors; failed,
+empty and all-truncated generations are warned about. When more than eval.max_failed_share
+(default 0.5) of a benchmark's generations fail, the command says so, promotes nothing, keeps
+the progress folder and exits with status 1: run it again once the engine works. The prompt is
+the model's chat template applied to eval.user_template, then its reasoning opener; the answer
+is graded in the text after the
 reasoning closer (</think>), or in the whole response when there is none. Token counts are
 generated tokens in the engine's tokenizer (the evaluated model's, or eval.tokenizer)."""
 
@@ -84,15 +88,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if misplaced:  # --benchmarks takes every word after it
         raise ValueError(f"--benchmarks: {misplaced} look like overrides; put KEY=VALUE "
                          "overrides before --benchmarks or after another option")
-    try:
-        result = evaluate.run(settings, engine_section, args.model, args.output_dir,
-                              benchmarks=args.benchmarks, progress=not args.no_progress,
-                              log=_stderr,
-                              revision=evaluate.model_revision(stage_config, args.model))
-    except evaluate.EvalFailed as failed:
-        for line in str(failed).splitlines():
-            _stderr(f"retro-search eval: FAILED: {line}")
-        return 1
+    result = evaluate.run(settings, engine_section, args.model, args.output_dir,
+                          benchmarks=args.benchmarks, progress=not args.no_progress, log=_stderr,
+                          revision=evaluate.model_revision(stage_config, args.model))
     return _report(args, result)
 
 

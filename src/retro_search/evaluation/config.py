@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
 
 from retro_search.evaluation.benchmarks import BENCHMARKS, INSTRUCTION_SUFFIX, MATH_BENCHMARKS
+from retro_search.runtime import MAX_FAILED_SHARE, REQUEST_TIMEOUT_S, RETRIES, EngineCallSettings
 
 __all__ = ["EvalSettings", "load_eval_config", "DEFAULT_USER_TEMPLATE"]
 
@@ -59,6 +60,11 @@ class EvalSettings:
         `eval-merge` per benchmark).
     chunk_size: requests per engine call of a batch engine (`generate`); the most requests in
         flight at once for a streaming engine (`generate_async`).
+    retries, request_timeout_s, max_failed_share: how the job puts up with a faulty engine
+        (`runtime.EngineCallSettings`, `engines.calls`): tries of a failed request after the
+        first; seconds per request (null: 600 + 0.5 per token of max_tokens; 0: no limit); a
+        benchmark with more of its generations failed than this share is not saved, and the
+        call fails (exit status 1) keeping its progress.
     """
 
     benchmarks: list[str] = field(default_factory=lambda: list(MATH_BENCHMARKS))
@@ -85,6 +91,9 @@ class EvalSettings:
     shard: int = 0
     num_shards_per_benchmark: dict[str, int] = field(default_factory=dict)
     chunk_size: int = 1024
+    retries: int = RETRIES
+    request_timeout_s: Optional[float] = REQUEST_TIMEOUT_S
+    max_failed_share: float = MAX_FAILED_SHARE
 
     def __post_init__(self) -> None:
         # A stage config has these from the student (pipeline.eval_section); a bare call, R1's.
@@ -141,6 +150,7 @@ class EvalSettings:
                                  f"got {shards}")
         if self.chunk_size < 1:
             raise ValueError(f"eval.chunk_size must be at least 1, got {self.chunk_size}")
+        EngineCallSettings.of(self, "eval")
 
     def data_dir_for(self, benchmark: str) -> str | None:
         """The folder this benchmark is read from (None: the hub)."""

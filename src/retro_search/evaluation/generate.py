@@ -4,15 +4,14 @@ One request per problem x sample. Each request's seed derives from (eval seed, b
 id, sample index) with SHA-256 (`retro_search.engines.base.derive_seed`), so a sample's text does not
 depend on which other problems, shards, limits or benchmarks a run has, nor on whether it was
 generated before or after a restart. The requests of every benchmark of a call go to the engine
-as one stream (`engine_calls.settle_requests`: calls of `chunk_size` requests to a batch engine,
-at most `chunk_size` in flight to a streaming one), so the engine stays full across benchmarks;
+as one stream (`engines.calls.settle`: calls of `chunk_size` requests to a batch engine, at most
+`chunk_size` in flight to a streaming one), so the engine stays full across benchmarks;
 each generation is handed to the benchmark's log (`outputs.GenerationLog`) as soon as it is in,
 the requests already in the log are not sent again, and a benchmark is graded and handed back as
 soon as its last request is settled, so a caller can write it before the next one finishes.
 
-A request the engine could not answer (`engine_calls`: retried, then given up) becomes a row with
-finish_reason "error", an empty response, 0 tokens, correct False and grade_error
-"generation_error: <why>".
+A request the engine could not answer (`engines.calls`: retried, then given up) becomes a row with
+finish_reason "error", an empty response, 0 tokens, correct False and the reason in `error`.
 
 The graded solution is the text after the first reasoning closer (`</think>`) when the response
 has one, else the whole response. A response that hit `max_tokens` (finish_reason "length") is
@@ -31,9 +30,10 @@ from retro_search.engines.base import (
     GenerationResult,
     derive_seed,
 )
+from retro_search.engines.calls import CallStats, EngineCaller, RequestFailure, settle
 from retro_search.evaluation.benchmarks import Problem
 from retro_search.evaluation.config import EvalSettings
-from retro_search.evaluation.engine_calls import CallLimits, CallStats, settle_requests
+from retro_search.runtime import EngineCallSettings
 
 __all__ = ["COLUMNS", "ERROR", "BenchmarkShard", "build_requests", "evaluate_benchmark",
            "evaluate_benchmarks", "grade_rows", "prompt_renderer", "run_requests", "sample_seed",
@@ -41,7 +41,6 @@ __all__ = ["COLUMNS", "ERROR", "BenchmarkShard", "build_requests", "evaluate_ben
 
 COLUMNS = tuple(GENERATION_COLUMNS)  # of generations.parquet, in order
 ERROR = "error"  # the finish_reason of a generation the engine failed to produce
-GENERATION_ERROR = "generation_error"  # how grade_error of such a row starts
 
 
 class _Log(Protocol):
@@ -142,7 +141,7 @@ def _row(benchmark: str, problem: Problem, sample: int, request: GenerationReque
             "seed": request.seed, "question": problem.question, "gold": problem.gold,
             "response": result.text, "reasoning_closed": closed, "extracted": None,
             "correct": None, "grade_error": None, "num_tokens": int(result.num_tokens),
-            "finish_reason": result.finish_reason, "model": model}
+            "finish_reason": result.finish_reason, "model": model, "error": None}
 
 
 def _error_row(benchmark: str, problem: Problem, sample: int, request: GenerationRequest,
@@ -151,8 +150,8 @@ def _error_row(benchmark: str, problem: Problem, sample: int, request: Generatio
     return {"benchmark": benchmark, "problem_id": problem.id, "sample": sample,
             "seed": request.seed, "question": problem.question, "gold": problem.gold,
             "response": "", "reasoning_closed": False, "extracted": None, "correct": False,
-            "grade_error": f"{GENERATION_ERROR}: {error}", "num_tokens": 0,
-            "finish_reason": ERROR, "model": model}
+            "grade_error": None, "num_tokens": 0, "finish_reason": ERROR, "model": model,
+            "error": error}
 
 
 def grade_rows(rows: list[dict[str, Any]], grader: _Grader, think_close: str = "</think>",
@@ -179,17 +178,16 @@ def grade_rows(rows: list[dict[str, Any]], grader: _Grader, think_close: str = "
 def evaluate_benchmarks(shards: Sequence[BenchmarkShard], engine: Engine, settings: EvalSettings,
                         grader: _Grader, *, model: str = "", progress: bool = True,
                         logs: Callable[[BenchmarkShard], _Log] | None = None,
-                        limits: CallLimits | None = None, stats: CallStats | None = None
+                        stats: CallStats | None = None
                         ) -> Iterator[tuple[BenchmarkShard, list[dict[str, Any]]]]:
     """Generate `settings.samples_for(benchmark)` samples per problem of every shard and grade
     them. Yields (shard, its graded rows of generations.parquet, see COLUMNS) in the order of
     `shards`, each as soon as its last request is settled: all requests go to the engine as one
-    stream, benchmark after benchmark (`engine_calls.settle_requests` with `settings.chunk_size`
-    and `limits`; `stats` collects its counts and `stats.resumed` counts the generations found in
-    the logs). `logs(shard)`, when given, is the shard's generation log: the generations found
-    there are not requested again, and each new one is appended as soon as it is in. Raises
-    ValueError for a shard without problems, or two requests with one id."""
-    stats = stats if stats is not None else CallStats()
+    stream, benchmark after benchmark (`engines.calls.settle` with `settings.chunk_size` and the
+    settings' retries and request_timeout_s; `stats` collects its counts). `logs(shard)`, when
+    given, is the shard's generation log: the generations found there are not requested again,
+    and each new one is appended as soon as it is in. Raises ValueError for a shard without
+    problems, or two requests with one id."""
     planned: list[tuple[int, Problem, int, GenerationRequest]] = []  # (shard index, ...)
     for index, shard in enumerate(shards):
         if not shard.problems:
@@ -208,9 +206,7 @@ def evaluate_benchmarks(shards: Sequence[BenchmarkShard], engine: Engine, settin
     settled: dict[str, GenerationResult | str] = {}  # request id -> result, or why it failed
     for index, log in enumerate(shard_logs):
         if log is not None:
-            found = log.read([r for i, *_, r in planned if i == index])
-            settled.update(found)
-            stats.resumed += len(found)
+            settled.update(log.read([r for i, *_, r in planned if i == index]))
     left = [0] * len(shards)
     todo = []
     for index, _, _, request in planned:
@@ -241,18 +237,19 @@ def evaluate_benchmarks(shards: Sequence[BenchmarkShard], engine: Engine, settin
             done += 1
 
     with tqdm(total=len(planned), initial=len(planned) - len(todo), disable=not progress,
-              desc=desc, unit="gen") as bar:
+              desc=desc, unit="gen") as bar, \
+            EngineCaller(engine, EngineCallSettings.of(settings, "eval"), stats) as caller:
         yield from finished()
-        for batch in settle_requests(engine, todo, chunk_size=settings.chunk_size,
-                                     limits=limits, stats=stats):
+        for batch in settle(caller, todo, chunk_size=settings.chunk_size,
+                            max_in_flight=settings.chunk_size):
             new: dict[int, list[tuple[GenerationRequest, GenerationResult]]] = {}
-            for item in batch:
-                index, request = by_id[item.request.request_id]
-                if item.result is None:
-                    settled[request.request_id] = item.error or "no result"
+            for request, outcome in batch:
+                index, _ = by_id[request.request_id]
+                if isinstance(outcome, RequestFailure):
+                    settled[request.request_id] = outcome.error
                 else:
-                    settled[request.request_id] = item.result
-                    new.setdefault(index, []).append((request, item.result))
+                    settled[request.request_id] = outcome
+                    new.setdefault(index, []).append((request, outcome))
                 left[index] -= 1
             for index, pairs in new.items():
                 if shard_logs[index] is not None:

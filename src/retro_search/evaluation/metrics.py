@@ -25,7 +25,8 @@ Definitions (per benchmark; a "row" is one generation, a problem has n rows, sam
   (a timeout, or a math-verify parse failure that fell back to string comparison); failed
   generations are not counted here.
 - n_errors: rows of generations the engine failed to produce (finish_reason "error"; they count
-  as incorrect everywhere above); errors: the most frequent of their messages, with counts.
+  as incorrect everywhere above); errors: the most frequent of their messages (the rows'
+  `error`), with counts.
 - n_empty: generated rows whose response is empty (or only whitespace).
 - n_truncated: rows with finish_reason "length".
 """
@@ -173,8 +174,7 @@ def summarize_benchmark(rows: Sequence[Mapping[str, Any]], ks: Sequence[int] = (
         bool(r.get("grade_error")) and r.get("grade_error") != "no_answer" for r in generated
     ) / len(rows)
     failed = [r for r in rows if r["finish_reason"] == ERROR]
-    messages = Counter(str(r.get("grade_error") or "").partition(": ")[2] or "unknown"
-                       for r in failed)
+    messages = Counter(str(r.get("error") or "unknown") for r in failed)
     out["n_errors"] = len(failed)
     out["errors"] = dict(sorted(messages.items(), key=lambda kv: (-kv[1], kv[0]))[:MAX_ERRORS_SHOWN])
     out["n_empty"] = sum(not str(r.get("response") or "").strip() for r in generated

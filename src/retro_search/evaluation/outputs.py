@@ -65,9 +65,14 @@ def _model_files(model: str) -> list[tuple[str, int, int]] | None:
 
 def eval_context(model: str, settings: EvalSettings, engine: dict[str, Any]) -> dict[str, Any]:
     """What every benchmark's outputs of one call depend on besides its own problems: the model
-    (and its files), the eval settings except the benchmark list, and the engine section."""
+    (and its files), the eval settings except the benchmark list and the engine-call keys, and
+    the engine section."""
+    from retro_search.runtime import ENGINE_CALL_KEYS
+
     section = dataclasses.asdict(settings)
     section.pop("benchmarks")  # a benchmark's outputs do not depend on which others a call has
+    for key in ENGINE_CALL_KEYS:  # nor on how the engine's faults were put up with
+        section.pop(key)
     return {"model": model, "model_files": _model_files(model), "eval": section,
             "engine": engine}
 
@@ -132,6 +137,7 @@ class GenerationLog:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self._fh = None
+        self.resumed = 0  # generations the last `read` found
 
     def read(self, requests: Sequence[GenerationRequest]) -> dict[str, GenerationResult]:
         """The logged result of each of `requests` (by request id) whose line has its seed and
@@ -158,6 +164,7 @@ class GenerationLog:
                     hashes[request.request_id] = prompt_hash(request.prompt)
                 if record.get("prompt") == hashes[request.request_id]:
                     found[request.request_id] = result
+        self.resumed = len(found)
         return found
 
     def _open(self):
@@ -207,6 +214,11 @@ class EvalProgress:
         """The log of one benchmark's finished generations (one object per file per call)."""
         path = self.dir / f"{shard.benchmark}-{generation_key(self.context, shard)}.generations.jsonl"
         return self._logs.setdefault(path, GenerationLog(path))
+
+    @property
+    def resumed(self) -> int:
+        """The generations found in the logs, not requested again."""
+        return sum(log.resumed for log in self._logs.values())
 
     def close(self) -> None:
         """Close the generation logs' files (they stay on disk)."""

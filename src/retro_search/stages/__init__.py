@@ -44,3 +44,11 @@ class StageResult:
             print(f"retro-search {command}: {line}", file=sys.stderr)
         print(json.dumps(self.summary), file=sys.stderr)
         return 0
+
+
+class JobFailed(Exception):
+    """Most of a job's work ended in engine errors (more of its traces, samples or a benchmark's
+    generations than its `max_failed_share`, `runtime.EngineCallSettings.too_many_failed`): the
+    job wrote no declared output, so the workflow runs it again, and kept what finished in its
+    progress file, so the rerun does only the rest. Not bad input: `retro-search` prints each
+    line of the message as "retro-search COMMAND: FAILED: ..." and exits with status 1."""

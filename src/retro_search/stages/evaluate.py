@@ -8,13 +8,14 @@ benchmark is saved as soon as it is graded, so a killed call run again with the 
 skips the benchmarks it finished and requests only the generations it lacks; the files move into
 the output folder only when all are done.
 
-Engine faults (`evaluation.engine_calls`): a request is retried (`retries`), has a time limit
-(`request_timeout`), and is recorded as a failed generation when it cannot be had (a row with
-finish_reason "error", graded incorrect, counted as `n_errors` in metrics.json and in the
-summary, and named in the warnings). A benchmark with more than `max_error_rate` of its
-generations failed is not saved: `run` raises `EvalFailed` once the other benchmarks are done,
-and keeps the progress files, so a rerun with a healthy engine requests only what failed.
-Empty responses, and benchmarks whose every response hit max_tokens, are warned about.
+Engine faults (`engines.calls`, with `eval.retries` and `eval.request_timeout_s`): a request is
+retried, has a time limit, and is recorded as a failed generation when it cannot be had (a row
+with finish_reason "error" and its reason in `error`, graded incorrect, counted as `n_errors` in
+metrics.json and in the summary, and named in the warnings). A benchmark with more than
+`eval.max_failed_share` of its generations failed is not saved: `run` raises `JobFailed` once
+the other benchmarks are done, and keeps the progress files, so a rerun with a healthy engine
+requests only what failed. Empty responses, and benchmarks whose every response hit
+max_tokens, are warned about.
 
 `merge` joins a benchmark's shards and recomputes its metrics over all of them, as one unsharded
 call would.
@@ -27,7 +28,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from retro_search.stages import StageResult
+from retro_search.stages import JobFailed, StageResult
 
 if TYPE_CHECKING:
     from retro_search.evaluation.config import EvalSettings
@@ -36,11 +37,6 @@ if TYPE_CHECKING:
 Log = Callable[[str], None]
 
 ENGINE_SHUTDOWN_SECONDS = 30.0  # for an engine given up on: its shutdown may hang as it did
-
-
-class EvalFailed(RuntimeError):
-    """Most generations of some benchmark failed: nothing was promoted; the progress files keep
-    every generation that succeeded."""
 
 
 def _benchmark_metrics(shard: BenchmarkShard, rows: list[dict[str, Any]], settings: EvalSettings,
@@ -176,8 +172,7 @@ def _shards(settings: EvalSettings, model: str, names: list[str], log: Log,
 def run(settings: EvalSettings, engine_section: dict[str, Any], model: str,
         output_dir: str | Path, *, revision: str | None = None,
         benchmarks: Sequence[str] | None = None, progress: bool = True,
-        log: Log | None = None, retries: int = 2, request_timeout: float | None = None,
-        max_error_rate: float = 0.5) -> StageResult:
+        log: Log | None = None) -> StageResult:
     """Sample `model` (a local folder, or a hub id at commit, branch or tag `revision`, None: the
     latest; see `model_revision`) on `benchmarks` (default: settings.benchmarks),
     this call's shard of each, with the engine of `engine_section`; grade, and write
@@ -186,21 +181,19 @@ def run(settings: EvalSettings, engine_section: dict[str, Any], model: str,
     `outputs` are keyed `<benchmark>/<file name>`; `engine` is None when every benchmark was
     resumed and no engine loaded; `warnings` name failed, empty and all-truncated generations.
 
-    `retries`: further attempts of a failed request; `request_timeout`: seconds per request
-    (None: 600 + max_tokens / 2; 0: no limit; see `engine_calls.CallLimits`); a benchmark with
-    more than `max_error_rate` of its generations failed raises EvalFailed (after the other
-    benchmarks are done), with nothing promoted and the progress kept."""
+    A benchmark with more than `settings.max_failed_share` of its generations failed raises
+    JobFailed (after the other benchmarks are done), with nothing promoted and the progress
+    kept."""
     import retro_search.engines as engines
     from retro_search.artifacts import read_json
     from retro_search.config import engine_kwargs
-    from retro_search.evaluation.engine_calls import CallLimits, CallStats
+    from retro_search.engines.calls import CallStats
     from retro_search.evaluation.generate import evaluate_benchmarks
     from retro_search.evaluation.outputs import METRICS, EvalProgress, eval_context
     from retro_search.grading import Grader
+    from retro_search.runtime import EngineCallSettings
 
-    if not 0 <= max_error_rate < 1:
-        raise ValueError(f"max_error_rate must be in [0, 1), got {max_error_rate}")
-    limits = CallLimits(retries=retries, request_timeout=request_timeout)
+    calls = EngineCallSettings.of(settings, "eval")
     log = log or (lambda line: None)
     shards = _shards(settings, model, list(benchmarks or settings.benchmarks), log, revision)
     context = eval_context(model, settings, engine_section)
@@ -230,12 +223,12 @@ def run(settings: EvalSettings, engine_section: dict[str, Any], model: str,
                 info = engines.engine_info(engine)
                 for shard, rows in evaluate_benchmarks(todo, engine, settings, grader,
                                                        model=model, progress=progress,
-                                                       logs=saved.generation_log, limits=limits,
+                                                       logs=saved.generation_log,
                                                        stats=stats):
                     # info["name"] is what ran, e.g. what engine.name=auto chose
                     metrics = _benchmark_metrics(shard, rows, settings, model, info["name"])
                     n_errors += metrics["n_errors"]
-                    if metrics["n_errors"] > max_error_rate * len(rows):
+                    if calls.too_many_failed(metrics["n_errors"], len(rows)):
                         reasons = "; ".join(f"{count} x {message}"
                                             for message, count in metrics["errors"].items())
                         failed.append(f"{shard.benchmark}: {metrics['n_errors']} of {len(rows)} "
@@ -248,18 +241,19 @@ def run(settings: EvalSettings, engine_section: dict[str, Any], model: str,
         finally:
             saved.close()
             _close(engine, stats.broken is not None, log)
-    counts = {"n_errors": n_errors, **stats.as_dict()}
+    counts = {"n_errors": n_errors, "generations_resumed": saved.resumed, **stats.summary()}
     if failed:
-        lines = ["most generations failed, nothing promoted:", *failed]
+        lines = [f"most generations failed (more than {calls.max_failed_share:.0%} of a "
+                 "benchmark's), nothing promoted:", *failed]
         if stats.broken:
-            lines.append(f"the engine was given up on: {stats.broken}")
-        lines.append(f"the {stats.generated + stats.resumed} generations that succeeded are kept "
-                     f"in {saved.dir}; run the same command again (with a working engine) to "
-                     "request only the others")
-        raise EvalFailed("\n".join(lines))
+            lines.append(f"engine given up: {stats.broken}")
+        lines.append(f"the {stats.generated + saved.resumed} generations that succeeded are "
+                     f"kept in {saved.dir}; run the same command again (with a working engine) "
+                     "to request only the others")
+        raise JobFailed("\n".join(lines))
     written = saved.promote(shards)
     if stats.broken:
-        warnings.append(f"the engine was given up on: {stats.broken}")
+        warnings.append(f"engine given up: {stats.broken}")
     summary = {"benchmarks": [s.benchmark for s in shards], "shard": settings.shard,
                "resumed": len(shards) - len(todo), "output_dir": str(output_dir), **counts}
     return StageResult(outputs={f"{p.parent.name}/{p.name}": p for p in written},

@@ -7,12 +7,12 @@ where it stopped and a run with other settings starts afresh. Each response's se
 the settings' seed, the question id and the sample index, so a sample does not depend on the
 shard it falls in or on a resume.
 
-Engine faults (`engines.retrying`): a request is retried (`retries`, same seed) and bounded in
-time (`request_timeout_s`); a sample the engine could not generate is a row with an "error" (and
-finish_reason "error"), counted in the summary (`failed`) and named in the warnings; `prepare`
-drops it as "engine_error". When more than `max_failed_share` of the shard's samples fail, the
-stage raises `ShardFailedError` without writing its samples, so the workflow runs it again; the
-progress file keeps every finished sample and the rerun generates only the rest.
+Engine faults (`engines.calls`, with the settings' `retries`, `request_timeout_s`): a request is
+retried (same seed) and bounded in time; a sample the engine could not generate is a row with an
+"error" (and finish_reason "error"), counted in the summary (`failed`) and named in the
+warnings; `prepare` drops it as "engine_error". When more than `max_failed_share` of the shard's
+samples fail, the stage raises `JobFailed` without writing its samples, so the workflow runs it
+again; the progress file keeps every finished sample and the rerun generates only the rest.
 """
 
 from __future__ import annotations
@@ -25,14 +25,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from retro_search.engines.retrying import (
-    MAX_FAILED_SHARE,
-    REQUEST_RETRIES,
-    REQUEST_TIMEOUT_S,
-    ShardFailedError,
-    too_many_failures,
-)
-from retro_search.stages import StageResult
+from retro_search.runtime import ENGINE_CALL_KEYS, EngineCallSettings
+from retro_search.stages import JobFailed, StageResult
 
 HIGH_SHARE = 0.5       # warn when at least this share of the samples is truncated (empty)
 SHOWN_ERRORS = 10      # failed samples named one per warning line; the rest counted
@@ -42,9 +36,11 @@ log = logging.getLogger("retro_search")
 
 
 def _fingerprint(settings, model: dict, engine: dict, shard: int, questions) -> str:
-    """What the samples depend on: the settings, the sampler, the engine and the questions."""
+    """What the samples depend on: the settings (but how the engine's faults are put up
+    with), the sampler, the engine and the questions."""
+    section = {k: v for k, v in dataclasses.asdict(settings).items() if k not in ENGINE_CALL_KEYS}
     digest = hashlib.sha256(json.dumps(
-        {"sample": dataclasses.asdict(settings), "model": model, "engine": engine,
+        {"sample": section, "model": model, "engine": engine,
          "shard": shard}, sort_keys=True, default=str).encode())
     for q in questions:
         digest.update(json.dumps([q.id, q.question, q.reference_answer]).encode())
@@ -53,17 +49,15 @@ def _fingerprint(settings, model: dict, engine: dict, shard: int, questions) -> 
 
 def run(settings, model: dict[str, Any], engine_section: dict[str, Any], *, shard: int,
         output: str | Path, quarantine: str | Path, chunk_size: int = 256,
-        show_progress: bool = True, retries: int = REQUEST_RETRIES,
-        request_timeout_s: float | None = REQUEST_TIMEOUT_S,
-        max_failed_share: float = MAX_FAILED_SHARE) -> StageResult:
+        show_progress: bool = True) -> StageResult:
     """Sample the sampler `model` (a model section) with the engine `engine_section` on shard
     `shard` of the questions of `settings` (a `sampling.SampleSettings`); write the responses to
-    `output` and bad question records to `quarantine`, both atomically. `retries`,
-    `request_timeout_s`, `max_failed_share`: see the module docstring; raises
-    `ShardFailedError` when the shard mostly failed."""
+    `output` and bad question records to `quarantine`, both atomically. Raises `JobFailed` when
+    the shard mostly failed (see the module docstring)."""
     from retro_search.artifacts import write_jsonl
     from retro_search.config import engine_kwargs
     from retro_search.engines import engine_info, open_engine
+    from retro_search.engines.calls import CallStats
     from retro_search.grading import normalize_reference
     from retro_search.prompts import load_prompt_format, tokenizer_source
     from retro_search.questions import load_questions
@@ -75,6 +69,7 @@ def run(settings, model: dict[str, Any], engine_section: dict[str, Any], *, shar
     if chunk_size < 1:
         raise ValueError(f"--chunk-size must be at least 1, got {chunk_size}")
     output, quarantine = Path(output), Path(quarantine)
+    calls = EngineCallSettings.of(settings, "sample")
 
     report = load_questions(
         settings.questions, format=settings.format, split=settings.split, name=settings.name,
@@ -107,15 +102,15 @@ def run(settings, model: dict[str, Any], engine_section: dict[str, Any], *, shar
             rows, stats = run_samples(planned, engine, sampler=model["path"],
                                       think_open=model["think_open"], progress_path=progress,
                                       chunk_size=chunk_size, show_progress=show_progress,
-                                      retries=retries, request_timeout_s=request_timeout_s)
+                                      calls=calls)
     failed = [r for r in rows if r.get("error")]
     broken = stats.faults.broken if stats else None
-    if too_many_failures(len(failed), len(rows), max_failed_share):
+    if calls.too_many_failed(len(failed), len(rows)):
         for row in failed[:SHOWN_ERRORS]:
             log.error("sample %r: %s", row["id"], row["error"])
-        raise ShardFailedError(
+        raise JobFailed(
             f"{len(failed)} of {len(rows)} samples ended in engine errors (more than "
-            f"{max_failed_share:.0%}); " + (f"{broken}; " if broken else "")
+            f"{calls.max_failed_share:.0%}); " + (f"engine given up: {broken}; " if broken else "")
             + f"first: sample {failed[0]['id']!r}: {failed[0]['error']}. Nothing written to "
             f"{output}; the {len(rows) - len(failed)} finished samples are kept in {progress}, "
             "so running the same command again generates only the rest")
@@ -123,7 +118,6 @@ def run(settings, model: dict[str, Any], engine_section: dict[str, Any], *, shar
     progress.unlink(missing_ok=True)  # the output now holds everything it had
 
     generated = [r for r in rows if not r.get("error")]
-    faults = stats.faults if stats else None
     summary = {
         "questions": len(questions), "quarantined": report.quarantined, "skipped": len(skipped),
         "samples": len(rows), "resumed": stats.resumed if stats else 0,
@@ -131,9 +125,7 @@ def run(settings, model: dict[str, Any], engine_section: dict[str, Any], *, shar
         "truncated_length": sum(r["finish_reason"] == "length" for r in rows),
         "unclosed": sum(is_unclosed(r["response"]) for r in generated),
         "empty": sum(r["response"] == model["think_open"] for r in generated),
-        "retried_requests": faults.retries if faults else 0,
-        "request_timeouts": faults.timeouts if faults else 0,
-        "engine_broken": broken is not None,
+        **(stats.faults if stats else CallStats()).summary(),
         "generated_tokens": sum(r["num_tokens"] for r in rows),
         "generated_tokens_per_s": round(stats.tokens_per_second, 1) if stats else 0.0,
         "output": str(output), "quarantine": str(quarantine)}

@@ -9,15 +9,15 @@ Before the model loads, the input is checked: every trace id once, every referen
 grader can read (each bad one named with its trace id). A trace with an empty reasoning is
 "skipped" with that reason.
 
-Engine faults (`engines.retrying`): a request is retried (`retries`, same seed) and bounded in
-time (`request_timeout_s`); a trace whose request could not be generated ends with status
-"engine_error": it stays in the output as it came (reasoning and solution unchanged, no
-rollouts), the error in its `search.skip_reason`, counted in the summary (`engine_error`) and
-named in the warnings. When more than `max_failed_share` of the shard's traces end so, the stage
-raises `ShardFailedError` (exit status 2 on the command line) without writing its outputs, so
-the workflow runs it again; the progress file keeps every finished trace and the rerun searches
-only the rest. The summary also counts empty and length-limited results and warns when most
-rollouts reach their token budget or most results are empty.
+Engine faults (`engines.calls`, with `search.retries` and `search.request_timeout_s`): a request
+is retried (same seed) and bounded in time; a trace whose request could not be generated ends
+with status "engine_error": it stays in the output as it came (reasoning and solution unchanged,
+no rollouts), the error in its `search.skip_reason`, counted in the summary (`engine_error`) and
+named in the warnings. When more than `search.max_failed_share` of the shard's traces end so,
+the stage raises `JobFailed` (exit status 1 on the command line) without writing its outputs,
+so the workflow runs it again; the progress file keeps every finished trace and the rerun
+searches only the rest. The summary also counts empty and length-limited results and warns when
+most rollouts reach their token budget or most results are empty.
 """
 
 from __future__ import annotations
@@ -29,14 +29,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from retro_search.engines.retrying import (
-    MAX_FAILED_SHARE,
-    REQUEST_RETRIES,
-    REQUEST_TIMEOUT_S,
-    ShardFailedError,
-    too_many_failures,
-)
-from retro_search.stages import StageResult
+from retro_search.runtime import ENGINE_CALL_KEYS, EngineCallSettings
+from retro_search.stages import JobFailed, StageResult
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +40,10 @@ SHOWN_ERRORS = 10      # engine-error traces named one per warning line; the res
 
 
 def _fingerprint(cfg: dict, input_path: str | Path) -> str:
-    """What the results depend on: the resolved config and the input's bytes."""
-    digest = hashlib.sha256(json.dumps(cfg, sort_keys=True).encode())
+    """What the results depend on: the resolved config (but how the engine's faults are put
+    up with) and the input's bytes."""
+    search = {k: v for k, v in cfg["search"].items() if k not in ENGINE_CALL_KEYS}
+    digest = hashlib.sha256(json.dumps({**cfg, "search": search}, sort_keys=True).encode())
     digest.update(Path(input_path).read_bytes())
     return digest.hexdigest()[:12]
 
@@ -92,14 +88,12 @@ def _some(items, shown: int = 10) -> str:
 
 def run(cfg: dict[str, Any], input_path: str | Path, output: str | Path,
         rollout_log: str | Path, *, input_format: str = "records", limit: int | None = None,
-        show_progress: bool = True, retries: int = REQUEST_RETRIES,
-        request_timeout_s: float | None = REQUEST_TIMEOUT_S,
-        max_failed_share: float = MAX_FAILED_SHARE) -> StageResult:
+        show_progress: bool = True) -> StageResult:
     """Retro-Search every trace of `input_path` with the resolved config `cfg` (sections
     search, model, engine, grading); write the revised traces to `output` and every rollout to
     `rollout_log`, both atomically. The warnings name each trace the search skipped or lost to
-    an engine error. `retries`, `request_timeout_s` and `max_failed_share`: see the module
-    docstring; raises `ShardFailedError` when the shard mostly failed."""
+    an engine error. Raises `JobFailed` when the shard mostly failed (see the module
+    docstring)."""
     from retro_search.artifacts import rollout_to_dict, write_jsonl
     from retro_search.config import engine_kwargs, search_config
     from retro_search.engines import engine_info, open_engine
@@ -130,18 +124,18 @@ def run(cfg: dict[str, Any], input_path: str | Path, output: str | Path,
             traces, engine, prompt_head=prompt.head, config=config,
             grade=lambda gold, solution: grader.grade(normalize_reference(gold), solution),
             count_tokens=prompt.count_tokens, think_close=model["think_close"],
-            progress_path=progress, show_progress=show_progress, retries=retries,
-            request_timeout_s=request_timeout_s)
+            progress_path=progress, show_progress=show_progress)
 
     failed = [o for o in outcomes if o.status == "engine_error"]
-    if too_many_failures(len(failed), len(outcomes), max_failed_share):
+    calls = EngineCallSettings.of(config, "search")
+    if calls.too_many_failed(len(failed), len(outcomes)):
         for o in failed[:SHOWN_ERRORS]:
             log.error("trace %r: %s", o.trace_id, o.skip_reason)
         kept = len(outcomes) - len(failed)
-        raise ShardFailedError(
+        raise JobFailed(
             f"{len(failed)} of {len(outcomes)} traces ended in engine errors (more than "
-            f"{max_failed_share:.0%}); "
-            + (f"{stats.engine_broken}; " if stats.engine_broken else "")
+            f"{calls.max_failed_share:.0%}); "
+            + (f"engine given up: {stats.engine_broken}; " if stats.engine_broken else "")
             + f"first: trace {failed[0].trace_id!r}: {failed[0].skip_reason}. Nothing written to "
             f"{output}; the {kept} finished traces are kept in {progress}, so running the same "
             "command again searches only the rest")
@@ -159,7 +153,6 @@ def run(cfg: dict[str, Any], input_path: str | Path, output: str | Path,
     progress.unlink(missing_ok=True)  # the outputs now hold everything it had
 
     searched = [o for o in outcomes if o.original_correct and o.status != "engine_error"]
-    faults = stats.faults
     summary = {"traces": len(outcomes),
                **{s: sum(o.status == s for o in outcomes) for s in STATUSES},
                "resumed": stats.traces_resumed,
@@ -170,9 +163,7 @@ def run(cfg: dict[str, Any], input_path: str | Path, output: str | Path,
                "reasoning_tokens_before": sum(o.reasoning_tokens_before for o in searched),
                "reasoning_tokens_after": sum(o.reasoning_tokens_after for o in searched),
                "requests": stats.requests, "empty_results": stats.empty_results,
-               "length_results": stats.length_results,
-               "retried_requests": faults.retries, "failed_requests": faults.failed,
-               "request_timeouts": faults.timeouts, "engine_broken": faults.broken is not None,
+               "length_results": stats.length_results, **stats.faults.summary(),
                "generated_tokens_per_s": round(stats.tokens_per_second, 1),
                "output": str(output), "rollout_log": str(rollout_log)}
     return StageResult(
