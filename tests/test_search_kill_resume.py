@@ -40,7 +40,9 @@ def run_to_end(cmd):
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
                           env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert done.returncode == 0, done.stderr[-2000:]
-    return json.loads(done.stderr.strip().splitlines()[-1])
+    # The summary is the last JSON line: vLLM's engine processes may log after it as they exit.
+    return json.loads(next(line for line in reversed(done.stderr.splitlines())
+                           if line.startswith("{")))
 
 
 @pytest.fixture(scope="module")
