@@ -72,3 +72,18 @@ def test_a_byte_order_mark_crlf_line_ends_and_blank_lines_are_read_as_plain_line
     path = tmp_path / "rows.jsonl"
     path.write_bytes(b'\xef\xbb\xbf{"a": 1}\r\n\r\n  \n{"a": 2}\r\n')
     assert list(read_jsonl(path)) == [{"a": 1}, {"a": 2}]
+
+
+def test_a_progress_file_with_a_torn_last_line_is_cut_before_the_next_append(tmp_path):
+    from retro_search.artifacts import open_progress
+    from retro_search.scheduler import _ProgressWriter, read_progress
+
+    path = tmp_path / ".out.progress.jsonl"
+    path.write_text('{"done": 1}\n{"torn": ')  # the process died while writing line 2
+    with open_progress(path) as fh:
+        fh.write('{"done": 3}\n')
+    assert path.read_text().splitlines() == ['{"done": 1}', '{"done": 3}']
+    # search's writer cuts it too (sample's and eval's open the same way)
+    path.write_text('{"done": 1}\n{"trace_id": ')
+    _ProgressWriter(path).close()
+    assert path.read_text() == '{"done": 1}\n' and read_progress(path) == {}

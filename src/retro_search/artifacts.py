@@ -291,3 +291,40 @@ def read_eval_metrics(path: str | Path) -> dict[str, Any]:
         if value is not None and not isinstance(value, (int, float) if kind is float else kind):
             raise ValueError(f"{path}: {key!r} is {value!r}, expected a {kind.__name__}")
     return metrics
+
+
+def _after_last_newline(path: Path, end: int, block: int = 1 << 16) -> int:
+    """The offset just after the last newline of the file's first `end` bytes (0: none), read
+    from the end backwards (a progress log of long generations runs to hundreds of MB)."""
+    with open(path, "rb") as fh:
+        position = end
+        while position > 0:
+            step = min(block, position)
+            position -= step
+            fh.seek(position)
+            found = fh.read(step).rfind(b"\n")
+            if found >= 0:
+                return position + found + 1
+    return 0
+
+
+def open_progress(path: str | Path, mode: str = "a"):
+    """A progress file opened to append lines (`mode` "a" or "ab"). A torn last line (the
+    process died while writing it) is cut first, so the next line does not continue it and get
+    lost with it on a later resume; a new file's name is made durable."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fresh = not path.exists()
+    if not fresh:
+        end = path.stat().st_size
+        keep = _after_last_newline(path, end)
+        if keep != end:
+            os.truncate(path, keep)
+    fh = open(path, mode, **({} if "b" in mode else {"encoding": "utf-8"}))
+    if fresh:
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    return fh

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
+from retro_search.artifacts import open_progress
 from retro_search.engines.base import (
     Engine,
     GenerationRequest,
@@ -41,7 +42,12 @@ from retro_search.engines.base import (
 from retro_search.formats import OT_THOUGHT_CLOSE, PRESETS, R1_CLOSE
 from retro_search.questions import Question, resolve_question_format
 from retro_search.records import RecordError, TraceRecord
-from retro_search.runtime import MAX_FAILED_SHARE, REQUEST_TIMEOUT_S, RETRIES, EngineCallSettings
+from retro_search.runtime import (
+    MAX_FAILED_SHARE,
+    REQUEST_TIMEOUT_S,
+    RETRIES,
+    EngineCallSettings,
+)
 
 if TYPE_CHECKING:
     from retro_search.engines.calls import CallStats
@@ -286,8 +292,7 @@ def run_samples(planned: Sequence[PlannedSample], engine: Engine, *, sampler: st
     todo = {p.request.request_id: p for p in planned if p.request.request_id not in rows}
     writer = None
     if progress_path is not None:
-        progress_path.parent.mkdir(parents=True, exist_ok=True)
-        writer = open(progress_path, "a", encoding="utf-8")
+        writer = open_progress(progress_path)
     bar = tqdm(total=len(planned), initial=len(rows), desc="sample", unit="sample",
                disable=not show_progress, dynamic_ncols=True)
     start = time.perf_counter()

@@ -36,7 +36,7 @@ from typing import Callable, Iterable, Sequence
 
 from tqdm.auto import tqdm
 
-from retro_search.artifacts import outcome_from_dict, outcome_to_dict
+from retro_search.artifacts import open_progress, outcome_from_dict, outcome_to_dict
 from retro_search.engines.base import Engine, GenerationRequest, GenerationResult
 from retro_search.engines.calls import CallStats, EngineCaller, RequestFailure
 from retro_search.records import TraceRecord
@@ -87,8 +87,7 @@ def read_progress(path: Path) -> dict[str, SearchOutcome]:
 
 class _ProgressWriter:
     def __init__(self, path: Path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._fh = open(path, "a", encoding="utf-8")
+        self._fh = open_progress(path)
 
     def append(self, outcome: SearchOutcome) -> None:
         self._fh.write(json.dumps(outcome_to_dict(outcome), ensure_ascii=False) + "\n")

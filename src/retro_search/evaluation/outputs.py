@@ -116,21 +116,6 @@ def _result_of(record: Any) -> GenerationResult | None:
     return GenerationResult(rid, text, tokens, finish, stop)
 
 
-def _after_last_newline(path: Path, end: int, block: int = 1 << 16) -> int:
-    """The offset just after the last newline of the file's first `end` bytes (0: none), read
-    from the end backwards (a log of long generations runs to hundreds of MB)."""
-    with open(path, "rb") as fh:
-        position = end
-        while position > 0:
-            step = min(block, position)
-            position -= step
-            fh.seek(position)
-            found = fh.read(step).rfind(b"\n")
-            if found >= 0:
-                return position + found + 1
-    return 0
-
-
 class GenerationLog:
     """The finished generations of one benchmark: a JSON-lines file appended as they come."""
 
@@ -168,21 +153,9 @@ class GenerationLog:
         return found
 
     def _open(self):
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fresh = not self.path.exists()
-        fh = open(self.path, "ab")
-        end = fh.seek(0, os.SEEK_END)
-        keep = _after_last_newline(self.path, end)
-        if keep != end:  # cut a torn last line, so that the next line does not continue it
-            fh.truncate(keep)
-            fh.seek(keep)
-        if fresh:  # the new name survives a crash too
-            dir_fd = os.open(self.path.parent, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
-        return fh
+        from retro_search.artifacts import open_progress
+
+        return open_progress(self.path, "ab")
 
     def append(self, pairs: Sequence[tuple[GenerationRequest, GenerationResult]]) -> None:
         """Append one line per (request, result), then flush and fsync."""
