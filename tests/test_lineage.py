@@ -52,7 +52,7 @@ def generations(arm):
                      "seed": i, "question": "1+1", "gold": "2", "response": "x",
                      "reasoning_closed": True, "extracted": "2" if correct else "3",
                      "correct": correct, "grade_error": None, "num_tokens": 10 + 5 * i,
-                     "finish_reason": "stop", "model": arm})
+                     "finish_reason": "stop", "model": arm, "error": None})
     return rows
 
 
