@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from retro_search.engines.base import GenerationRequest, GenerationResult
+from retro_search.records import TraceRecord
 
 Reply = tuple[str, str, str | None]  # text, finish_reason, stop_string
 Policy = Callable[[GenerationRequest], Reply]
@@ -106,3 +107,29 @@ class StreamingFaultyEngine(FaultyEngine):
             return GenerationResult("someone-else", result.text, result.num_tokens,
                                     result.finish_reason, result.stop_string)
         return result
+
+
+# A shard of traces and a policy for them, shared by the scheduler's tests and the engine-fault
+# tests (which run the same shard through faulty engines).
+
+def make_traces(n):
+    traces = []
+    for i in range(n):
+        thoughts = [f"Start {i}.\n\nMore {i}."] + [f"Wait, idea {j}.\n\nDetail {j}." for j in range(1 + i % 3)]
+        traces.append(TraceRecord(id=f"t{i}", question=f"Q{i}", reference_answer=str(i),
+                                  reasoning="\n\n".join(thoughts), solution=f"\\boxed{{{i}}}"))
+    # one trace with a wrong original answer: passes through
+    traces.append(TraceRecord(id="wrong", question="Q", reference_answer="1",
+                              reasoning="a\n\nWait, b", solution="\\boxed{2}"))
+    return traces
+
+
+def policy(req):
+    """Trace i (read from the prompt, "Q<i>|") finds a short correct answer only at its last
+    boundary, visit i % 3, so traces finish after different numbers of waves."""
+    trace_no = req.prompt.split("Q", 1)[1].split("|", 1)[0]
+    visit = int(req.request_id.split("/v")[1].split("/")[0])
+    if req.request_id.endswith("/step"):
+        return f"Step {req.seed % 97}.", "stop", "\n\n"
+    answer = trace_no if visit == int(trace_no) % 3 else "x"
+    return f"</think>\n\n\\boxed{{{answer}}}", "stop", None

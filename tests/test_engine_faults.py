@@ -26,6 +26,8 @@ from scripted_engine import (
     StreamingScriptedEngine,
     boxed_grade,
     count_words,
+    make_traces,
+    policy,
 )
 
 from retro_search.artifacts import outcome_to_dict
@@ -47,29 +49,6 @@ ENGINES = {"batch": (ScriptedEngine, FaultyEngine),
 
 
 # --------------------------------------------------------------------------- the scheduler
-
-def make_traces(n):
-    """Trace i has 1 + i % 3 boundaries; one more trace has a wrong answer (passed through)."""
-    traces = []
-    for i in range(n):
-        thoughts = [f"Start {i}.\n\nMore {i}."] + [f"Wait, idea {j}.\n\nDetail {j}."
-                                                   for j in range(1 + i % 3)]
-        traces.append(TraceRecord(id=f"t{i}", question=f"Q{i}", reference_answer=str(i),
-                                  reasoning="\n\n".join(thoughts), solution=f"\\boxed{{{i}}}"))
-    traces.append(TraceRecord(id="wrong", question="Q", reference_answer="1",
-                              reasoning="a\n\nWait, b", solution="\\boxed{2}"))
-    return traces
-
-
-def policy(req):
-    """Trace i finds a short correct answer only at visit i % 3."""
-    trace_no = req.prompt.split("Q", 1)[1].split("|", 1)[0]
-    visit = int(req.request_id.split("/v")[1].split("/")[0])
-    if "/step" in req.request_id:
-        return f"Step {req.seed % 97}.", "stop", "\n\n"
-    answer = trace_no if visit == int(trace_no) % 3 else "x"
-    return f"</think>\n\n\\boxed{{{answer}}}", "stop", None
-
 
 def shard(traces, engine, progress_path=None, **config):
     return run_shard(traces, engine, prompt_head=lambda q: f"Q{q[1:]}|",

@@ -4,33 +4,16 @@ import json
 
 import pytest
 
-from retro_search.records import TraceRecord
 from retro_search.scheduler import read_progress, run_shard
 from retro_search.search_types import SearchConfig
-from scripted_engine import ScriptedEngine, StreamingScriptedEngine, boxed_grade, count_words
-
-
-def make_traces(n):
-    traces = []
-    for i in range(n):
-        thoughts = [f"Start {i}.\n\nMore {i}."] + [f"Wait, idea {j}.\n\nDetail {j}." for j in range(1 + i % 3)]
-        traces.append(TraceRecord(id=f"t{i}", question=f"Q{i}", reference_answer=str(i),
-                                  reasoning="\n\n".join(thoughts), solution=f"\\boxed{{{i}}}"))
-    # one trace with a wrong original answer: passes through
-    traces.append(TraceRecord(id="wrong", question="Q", reference_answer="1",
-                              reasoning="a\n\nWait, b", solution="\\boxed{2}"))
-    return traces
-
-
-def policy(req):
-    """Trace i (read from the prompt, "Q<i>|") finds a short correct answer only at its last
-    boundary, visit i % 3, so traces finish after different numbers of waves."""
-    trace_no = req.prompt.split("Q", 1)[1].split("|", 1)[0]
-    visit = int(req.request_id.split("/v")[1].split("/")[0])
-    if req.request_id.endswith("/step"):
-        return f"Step {req.seed % 97}.", "stop", "\n\n"
-    answer = trace_no if visit == int(trace_no) % 3 else "x"
-    return f"</think>\n\n\\boxed{{{answer}}}", "stop", None
+from scripted_engine import (
+    ScriptedEngine,
+    StreamingScriptedEngine,
+    boxed_grade,
+    count_words,
+    make_traces,
+    policy,
+)
 
 
 def shard(traces, engine, progress_path=None, **config):
