@@ -33,7 +33,7 @@ from typing import Any
 
 import yaml
 
-from retro_search.pipeline import stage_hash
+from retro_search.pipeline import STAGE_KINDS, stage_hash
 from retro_search.provenance import (
     MANIFEST_SUFFIX,
     NOT_ARTIFACTS,
@@ -45,9 +45,6 @@ from retro_search.provenance import (
     package_freeze,
     sha256_file,
 )
-
-STAGE_KINDS = ("tiny_model", "task", "sample", "prepare", "shard", "search", "merge", "sft_data",
-               "sft", "eval", "summary")
 
 
 @dataclass

@@ -62,6 +62,9 @@ ARMS = ("base", "original", "retro_search")
 SFT_DATA_KEYS = ("max_length", "drop_overlong", "eos_token")
 # The prompt format eval takes from the student when eval.<key> is null.
 EVAL_PROMPT_KEYS = ("user_template", "system_prompt", "think_open", "think_close")
+# Every kind of stage, i.e. the folders of results/ (`results/<kind>/<name>-<hash>/`).
+STAGE_KINDS = ("tiny_model", "task", "sample", "prepare", "shard", "search", "merge", "sft_data",
+               "sft", "eval", "summary")
 MODEL_SECTIONS = ("model", "student")  # the sections of a stage config that name a model
 HASH_CACHE = ".hash-cache.json"  # under results/: provenance.HashCache
 

@@ -6,7 +6,7 @@ import sys
 # Plan with this checkout's package, like the jobs (shell.prefix below), not an installed copy.
 sys.path.insert(0, f"{workflow.basedir}/src")
 from retro_search.config import workflow_plan
-from retro_search.pipeline import eval_benchmark_dir, eval_shard_counts
+from retro_search.pipeline import STAGE_KINDS, eval_benchmark_dir, eval_shard_counts
 from retro_search.report.experiment_index import write_experiment_index
 from retro_search.runtime import write_stage_file
 
@@ -32,21 +32,7 @@ wildcard_constraints:
     sid=r"[^/]+",
     i=r"\d+",
     bench=r"[a-z0-9_]+",  # a benchmark name; never a shard folder ("shard-0")
-    kind="|".join(
-        (
-            "tiny_model",
-            "task",
-            "sample",
-            "prepare",
-            "shard",
-            "search",
-            "merge",
-            "sft_data",
-            "sft",
-            "eval",
-            "summary",
-        )
-    ),
+    kind="|".join(STAGE_KINDS),
 
 
 def stage(kind, wildcards):
