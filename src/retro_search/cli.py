@@ -9,8 +9,11 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Sequence
+
+from retro_search.locks import output_lock
 
 log = logging.getLogger("retro_search")
 
@@ -359,9 +362,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         started = provenance_now()
-        status = args.func(args)
-        if status == 0 and args.manifest:
-            _write_manifest(args, started, list(argv) if argv is not None else sys.argv[1:])
+        outputs = _paths(args, getattr(args, "output_args", ()))
+        with output_lock(outputs[0], started) if outputs else nullcontext():
+            status = args.func(args)
+            if status == 0 and args.manifest:
+                _write_manifest(args, started, list(argv) if argv is not None else sys.argv[1:])
         return status
     except (ValueError, FileNotFoundError, ImportError) as err:
         # Bad input or config: one clear line, no traceback (use -v to see it).
