@@ -281,7 +281,7 @@ def test_a_mostly_failed_shard_exits_non_zero_and_a_rerun_does_only_the_rest(
     assert summary["resumed"] == 1 and summary["engine_error"] == 0
     assert stage_engine.received == {k: v for k, v in healthy_requests.items() if k != "t0"}
     assert out.read_bytes() == reference.read_bytes()
-    assert not progress.exists()
+    assert set(read_progress(progress)) == {"t0", "t1", "t2", "t3"}  # kept until the merge
 
 
 def test_a_few_failed_traces_are_kept_unchanged_counted_and_merged(
@@ -304,8 +304,10 @@ def test_a_few_failed_traces_are_kept_unchanged_counted_and_merged(
     assert revised["t2"]["reasoning"] == rows[2]["reasoning"]
     assert not [r for r in read_rows(out.with_suffix(".rollouts.jsonl")) if r["trace_id"] == "t2"]
 
+    assert list(tmp_path.glob(".revised.jsonl.progress-*.jsonl"))  # kept until merged
     result = merge.run([out], [out.with_suffix(".rollouts.jsonl")], tmp_path / "m.jsonl", None,
                        tmp_path / "stats.json")
+    assert not list(tmp_path.glob(".revised.jsonl.progress-*")), "the merge drops the progress"
     stats = json.loads((tmp_path / "stats.json").read_text())
     assert stats["by_status"]["engine_error"] == 1 and stats["engine_errors"]["traces"] == 1
     assert stats["engine_errors"]["examples"][0]["id"] == "t2"

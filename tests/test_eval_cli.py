@@ -217,7 +217,9 @@ def test_eval_command_end_to_end_with_the_tiny_model(tiny_model_dir, tmp_path):
     assert "pass@2" in metrics and "pass@8" not in metrics
     assert metrics["shard"] == 0 and metrics["num_shards"] == 1
     assert not list(out.glob(".*.tmp"))  # atomic writes leave no temp files
-    assert not (tmp_path / ".eval.progress").exists()  # the progress folder goes once all is done
+    # The progress folder holds the same files (hard links) until eval-merge reads the shard.
+    saved, = (tmp_path / ".eval.progress").glob("amc23-*/metrics.json")
+    assert saved.samefile(out / "metrics.json")
 
 
 @needs_data
@@ -329,7 +331,17 @@ def test_a_killed_call_resumes_at_its_first_unsaved_benchmark(tiny_model_dir, tm
     monkeypatch.setattr(engines, "load_engine", engine_that(record))
     assert main(call) == 0
     assert generated and all(r.startswith("math500/") for r in generated)  # amc23 was skipped
-    assert not (tmp_path / ".out.progress").exists()
+
+    # Killed after it finished: Snakemake deletes the outputs and runs it again; nothing is
+    # generated again (no engine is even loaded), and the files are the same.
+    finished = {name: (out / name / "generations.parquet").read_bytes()
+                for name in ("amc23", "math500")}
+    shutil.rmtree(out)
+    generated.clear()
+    monkeypatch.setattr(engines, "load_engine", None)
+    assert main(call) == 0
+    assert {name: (out / name / "generations.parquet").read_bytes()
+            for name in ("amc23", "math500")} == finished
 
     monkeypatch.setattr(engines, "load_engine", load_engine)
     assert main([*call[:-1], str(tmp_path / "uninterrupted")]) == 0
@@ -354,7 +366,7 @@ def test_progress_entries_are_keyed_by_the_settings_the_prompt_and_the_problems(
     assert len({progress.entry(shard), *others}) == 5
 
 
-def test_promote_moves_every_saved_benchmark_into_the_output_dir(tmp_path):
+def test_promote_links_every_saved_benchmark_into_the_output_dir(tmp_path):
     from retro_search.evaluation.benchmarks import Problem
 
     row = {c: None for c in COLUMNS} | {"benchmark": "aime24", "problem_id": "0", "sample": 0,
@@ -371,7 +383,13 @@ def test_promote_moves_every_saved_benchmark_into_the_output_dir(tmp_path):
         "aime24/generations.parquet", "aime24/metrics.json",
         "gsm8k/generations.parquet", "gsm8k/metrics.json"]
     assert json.loads((tmp_path / "out/gsm8k/metrics.json").read_text()) == {"benchmark": "gsm8k"}
-    assert not progress.dir.exists()
+    assert progress.finished(shards[0]) and progress.finished(shards[1])  # kept for a rerun
+    assert progress.promote(shards) == written  # ... which links them again
+
+    from retro_search.artifacts import drop_progress
+
+    assert drop_progress(tmp_path / "out") == [progress.dir]
+    assert not progress.dir.exists() and (tmp_path / "out/gsm8k/metrics.json").is_file()
 
 
 @needs_data
@@ -392,6 +410,8 @@ def test_sharded_eval_merged_equals_the_unsharded_eval(tiny_model_dir, tmp_path)
                  "--metrics", *(str(tmp_path / f"shard-{i}/amc23/metrics.json") for i in range(2)),
                  "--generations", str(tmp_path / "merged.parquet"),
                  "--output", str(tmp_path / "merged.json")]) == 0
+    # the shards' progress folders stay until eval-merge has read them
+    assert (tmp_path / ".whole.progress").is_dir() and not list(tmp_path.glob(".shard-*"))
 
     whole = json.loads((tmp_path / "whole/amc23/metrics.json").read_text())
     merged = json.loads((tmp_path / "merged.json").read_text())

@@ -84,7 +84,10 @@ def test_max_correct_per_question_keeps_that_many_or_all(shards, tmp_path, cap, 
 def test_kept_samples_carry_their_question_sample_and_sampler(shards, tmp_path):
     out = tmp_path / "prepare"
     out.mkdir()
+    kept = tmp_path / ".shard-0.jsonl.progress-0123456789ab.jsonl"  # what the sample job kept
+    kept.write_text("{}\n")
     run(config(), outputs_in(out), shards, progress=False)
+    assert not kept.exists(), "prepare drops the sample jobs' progress once it has read them"
     record = read_records(out / "traces.jsonl")[0]
     assert record.reasoning == "Add them." and record.solution == "\\boxed{4}"
     assert record.source_model == "tiny" and record.source_dataset == "toy"

@@ -165,7 +165,8 @@ def test_sample_writes_n_responses_per_question_in_the_samples_layout(
         assert row["num_tokens"] <= 12
     assert rows[4]["answer"] == "6" and rows[4]["question_metadata"] == {"raw_answer": 6}
     assert (tmp_path / "samples.quarantine.jsonl").read_text() == ""
-    assert not list(tmp_path.glob(".samples.jsonl.progress-*")), "progress is removed at the end"
+    progress, = tmp_path.glob(".samples.jsonl.progress-*")  # kept until prepare reads the shard
+    assert len(progress.read_text().splitlines()) == 8
 
 
 def test_sample_writes_the_same_file_twice_and_a_shard_the_same_rows(
@@ -231,7 +232,14 @@ def test_a_run_that_died_midway_resumes_from_its_progress_and_equals_an_uninterr
     assert main(sample_args(questions_file, out, tiny_model_dir, *crashing)) == 0
     assert summary_of(capsys.readouterr().err)["resumed"] == 6
     assert out.read_bytes() == reference.read_bytes()
-    assert not progress.exists()
+
+    # Killed after it finished: Snakemake deletes the output and runs it again; nothing is
+    # generated again.
+    out.unlink()
+    monkeypatch.setattr(CrashingEngine, "crash_at", 1)  # any generation would raise
+    assert main(sample_args(questions_file, out, tiny_model_dir, *crashing)) == 0
+    assert summary_of(capsys.readouterr().err)["resumed"] == 8
+    assert out.read_bytes() == reference.read_bytes()
 
 
 @pytest.mark.slow

@@ -60,9 +60,12 @@ def shard(tmp_path_factory):
     return path
 
 
-@pytest.mark.parametrize("engine", sorted(ENGINES))
+# (engine, lines in the progress file when the kill comes): the two passed-through traces are
+# written before any generation, so 3 is one searched trace and 5 is three of five.
+@pytest.mark.parametrize("engine,kill_at", [("transformers", 3), ("transformers", 5),
+                                            ("vllm", 3)])
 def test_killed_search_resumes_without_redoing_traces_and_equals_an_uninterrupted_run(
-        shard, tiny_model_dir, tmp_path, engine):
+        shard, tiny_model_dir, tmp_path, engine, kill_at):
     reference = tmp_path / "reference" / "revised.jsonl"
     summary = run_to_end(search_command(shard, reference, tiny_model_dir, engine))
     assert summary["traces"] == 7 and summary["incorrect_original"] == 2
@@ -74,14 +77,13 @@ def test_killed_search_resumes_without_redoing_traces_and_equals_an_uninterrupte
     # outlive a parent killed alone (and would hold their memory until the machine reboots).
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env={**os.environ, "HF_HUB_OFFLINE": "1"}, start_new_session=True)
-    # Kill once at least one searched trace is in the progress file (the two passed-through ones
-    # are written before any generation), and before the run ends.
+    # Kill once `kill_at` traces are in the progress file, and before the run ends.
     deadline = time.time() + 300
     lines = 0
     while time.time() < deadline and proc.poll() is None:
         progress = list(out.parent.glob(".revised.jsonl.progress-*.jsonl"))
         lines = len(progress[0].read_text().splitlines()) if progress else 0
-        if lines >= 3:
+        if lines >= kill_at:
             break
         time.sleep(0.01)  # vLLM searches the 5 traces within half a second
     assert proc.poll() is None, "the run ended before it could be killed"
@@ -90,8 +92,21 @@ def test_killed_search_resumes_without_redoing_traces_and_equals_an_uninterrupte
     assert not out.exists(), "a killed run must not leave a declared output"
 
     resumed = run_to_end(cmd)
-    assert 3 <= resumed["resumed"] < 7
+    assert kill_at <= resumed["resumed"] < 7
+    assert_same_outputs(out, reference)
+
+    # Killed once more, after it finished: Snakemake, killed before it saw the job end, deletes
+    # the outputs and runs it again. The progress outlives the run, so nothing is generated.
+    assert list(out.parent.glob(".revised.jsonl.progress-*")), "the progress stays until merged"
+    out.unlink()
+    out.with_suffix(".rollouts.jsonl").unlink()
+    again = run_to_end(cmd)
+    assert again["resumed"] == 7 and again["requests"] == 0
+    assert_same_outputs(out, reference)
+
+
+def assert_same_outputs(out, reference):
     assert out.read_bytes() == reference.read_bytes()
     assert out.with_suffix(".rollouts.jsonl").read_bytes() == \
         reference.with_suffix(".rollouts.jsonl").read_bytes()
-    assert not list(out.parent.glob(".revised.jsonl.progress-*")), "progress is removed at the end"
+

@@ -6,6 +6,7 @@ Training tests run a few optimizer steps of the tiny model on CPU (a few seconds
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -153,16 +154,29 @@ class _Killed(Exception):
     pass
 
 
+# (where the kill comes, the checkpoint the rerun resumes from, the steps it trains)
+KILLS = {"after checkpoint-2": ("on_save", 2, "checkpoint-2", [3, 4]),
+         "during step 3": ("on_step_end", 3, "checkpoint-2", [3, 4]),  # step 3 was never saved
+         "after the end": (None, None, "checkpoint-4", [])}
+
+
+@pytest.mark.parametrize("kill", sorted(KILLS))
 def test_killed_run_resumes_from_its_last_checkpoint_and_matches_a_straight_run(
-        tmp_path, tiny_model_dir, train_file, straight_run):
+        tmp_path, tiny_model_dir, train_file, straight_run, kill):
     from transformers import TrainerCallback
 
     from retro_search.sft.train import train
 
-    class KillAfterSave(TrainerCallback):
+    event, at_step, resumed_from, trained = KILLS[kill]
+
+    class Kill(TrainerCallback):  # raises like SIGKILL at that point
+        def on_step_end(self, args, state, control, **kwargs):
+            if event == "on_step_end" and state.global_step == at_step:
+                raise _Killed
+
         def on_save(self, args, state, control, **kwargs):
-            if state.global_step == 2:
-                raise _Killed  # like SIGKILL right after checkpoint-2 is on disk
+            if event == "on_save" and state.global_step == at_step:
+                raise _Killed
 
     class RecordSteps(TrainerCallback):
         def __init__(self):
@@ -172,18 +186,24 @@ def test_killed_run_resumes_from_its_last_checkpoint_and_matches_a_straight_run(
             self.steps.append(state.global_step)
 
     student = ModelSettings(path=tiny_model_dir)
-    with pytest.raises(_Killed):
-        train(train_file, tmp_path, student, _settings(), callbacks=[KillAfterSave()])
-    assert (tmp_path / "checkpoints" / "checkpoint-2" / "trainer_state.json").is_file()
-    assert not (tmp_path / "model").exists()  # a killed run leaves no final model
+    if event is None:
+        # Snakemake, killed before it saw the job end, deletes its outputs and runs it again.
+        train(train_file, tmp_path, student, _settings())
+        shutil.rmtree(tmp_path / "model")
+        (tmp_path / "train_metrics.json").unlink()
+    else:
+        with pytest.raises(_Killed):
+            train(train_file, tmp_path, student, _settings(), callbacks=[Kill()])
+        assert (tmp_path / "checkpoints" / "checkpoint-2" / "trainer_state.json").is_file()
+        assert not (tmp_path / "model").exists()  # a killed run leaves no final model
 
     recorder = RecordSteps()
     metrics = train(train_file, tmp_path, student, _settings(), callbacks=[recorder])
-    assert metrics["resumed_from"] == "checkpoint-2" and metrics["session_steps"] == 2
-    assert recorder.steps == [3, 4]  # only the steps the killed run had not done
+    assert metrics["resumed_from"] == resumed_from and metrics["session_steps"] == len(trained)
+    assert recorder.steps == trained  # only the steps the killed run had not saved
     assert [e["step"] for e in metrics["log"]] == [1, 2, 3, 4]
 
-    # Weights, optimizer, scheduler, RNG and data position all come back from checkpoint-2 and
+    # Weights, optimizer, scheduler, RNG and data position all come back from the checkpoint and
     # CPU float math is deterministic for the same ops, so the result is bit-identical.
     resumed, straight = _weights(tmp_path / "model"), _weights(straight_run / "model")
     assert resumed.keys() == straight.keys()

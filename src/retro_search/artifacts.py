@@ -21,10 +21,11 @@ from retro_search.records import RecordError, TraceRecord, reference_problem
 from retro_search.search_types import Rollout, SearchOutcome
 from retro_search.sources import JsonLine, json_kind, json_lines
 
-__all__ = ["atomic_open", "atomic_path", "json_safe", "outcome_from_dict", "outcome_to_dict",
-           "read_eval_metrics", "read_generations", "read_json", "rollout_from_dict",
-           "rollout_to_dict", "read_jsonl", "read_records", "readable_mode", "write_json",
-           "write_jsonl", "write_records", "write_text", "write_generations", "write_yaml"]
+__all__ = ["atomic_open", "atomic_path", "drop_progress", "json_safe", "open_progress",
+           "outcome_from_dict", "outcome_to_dict", "read_eval_metrics", "read_generations",
+           "read_json", "rollout_from_dict", "rollout_to_dict", "read_jsonl", "read_records",
+           "readable_mode", "write_json", "write_jsonl", "write_records", "write_text",
+           "write_generations", "write_yaml"]
 
 
 def readable_mode() -> int:
@@ -328,3 +329,25 @@ def open_progress(path: str | Path, mode: str = "a"):
         finally:
             os.close(dir_fd)
     return fh
+
+
+def drop_progress(output: str | Path) -> list[Path]:
+    """Remove the progress a finished job kept beside its `output` (the files
+    `.NAME.progress-*.jsonl` of sample and search, the folder `.NAME.progress/` of eval); returns
+    what was removed.
+
+    A job keeps its progress after writing its outputs because Snakemake, when it was killed
+    before it saw the job end, deletes those outputs and runs the job again (`rerun-incomplete`):
+    from its progress the rerun writes them again without generating anything. The stage that
+    reads the outputs calls this, when Snakemake has recorded the job as finished."""
+    import shutil
+
+    output = Path(output)
+    removed = sorted(output.parent.glob(f".{output.name}.progress-*.jsonl"))
+    for path in removed:
+        path.unlink(missing_ok=True)
+    folder = output.with_name(f".{output.name}.progress")
+    if folder.is_dir():
+        shutil.rmtree(folder, ignore_errors=True)
+        removed.append(folder)
+    return removed

@@ -22,9 +22,12 @@ While the call runs, its work waits in the hidden folder `.<OUT's name>.progress
   it is graded. This key covers everything those outputs depend on, so a restarted call skips the
   benchmarks a killed one finished.
 
-Once every benchmark is saved, the files move into OUT (one rename each) and the progress folder
-goes. Finished work waits outside OUT because Snakemake deletes a job's declared outputs before it
-reruns the job: written straight into OUT, it would not survive the kill it is meant for.
+Once every benchmark is saved, the files are linked into OUT (a hard link, then a rename: no
+copy). Finished work waits outside OUT because Snakemake deletes a job's declared outputs before it
+reruns the job: written straight into OUT, it would not survive the kill it is meant for. The
+progress folder outlives the call until eval-merge reads the shard (`artifacts.drop_progress`):
+a Snakemake killed while the call ran deletes OUT and runs it again, and the rerun links the
+same files again without generating anything.
 """
 
 from __future__ import annotations
@@ -221,8 +224,8 @@ class EvalProgress:
         write_json(entry / METRICS, metrics)
 
     def promote(self, shards: Sequence[BenchmarkShard]) -> list[Path]:
-        """Move every shard's finished outputs to `output_dir/<benchmark>/` and remove the
-        progress folder; returns the files written. Raises FileNotFoundError naming a shard
+        """Link every shard's finished outputs into `output_dir/<benchmark>/` (the progress
+        folder keeps them); returns the files written. Raises FileNotFoundError naming a shard
         that is not finished."""
         entries = [(shard, self.entry(shard)) for shard in shards]
         for shard, entry in entries:
@@ -234,7 +237,17 @@ class EvalProgress:
             folder = self.output_dir / shard.benchmark
             folder.mkdir(parents=True, exist_ok=True)
             for name in (GENERATIONS, METRICS):
-                os.replace(entry / name, folder / name)
+                _link(entry / name, folder / name)
                 written.append(folder / name)
-        shutil.rmtree(self.dir, ignore_errors=True)
         return written
+
+
+def _link(source: Path, target: Path) -> None:
+    """`target` becomes `source`'s file, atomically; a copy where hard links are not allowed."""
+    temp = target.with_name(f".{target.name}.link")
+    temp.unlink(missing_ok=True)
+    try:
+        os.link(source, temp)
+    except OSError:
+        shutil.copy2(source, temp)
+    os.replace(temp, target)

@@ -269,7 +269,7 @@ def merge(settings: EvalSettings, generations: Sequence[str | Path],
     `metrics`. Raises ValueError unless `metrics` are shards 0..n-1 of n of one benchmark."""
     from retro_search.artifacts import read_json, write_json
     from retro_search.evaluation.metrics import summarize_benchmark
-    from retro_search.artifacts import read_generations, write_generations
+    from retro_search.artifacts import drop_progress, read_generations, write_generations
 
     shards = [read_json(path) for path in metrics]
     benchmarks = {s["benchmark"] for s in shards}
@@ -286,6 +286,8 @@ def merge(settings: EvalSettings, generations: Sequence[str | Path],
     merged.pop("shard")
     write_generations(Path(out_generations), rows)
     write_json(Path(out_metrics), merged)
+    for path in generations:  # SHARD/<benchmark>/generations.parquet: the eval jobs are finished
+        drop_progress(Path(path).parent.parent)
     return StageResult(outputs={"generations": Path(out_generations),
                                 "metrics": Path(out_metrics)},
                        summary={k: merged[k] for k in ("benchmark", "n_problems", "n", "accuracy")})

@@ -19,7 +19,7 @@ def run(inputs: Sequence[str | Path], rollouts: Sequence[str | Path], output: st
         rollout_log: str | Path | None, stats_path: str | Path) -> StageResult:
     """Concatenate the revised shards `inputs` into `output` and the rollout logs `rollouts` into
     `rollout_log` (not written when None); write the search statistics to `stats_path`."""
-    from retro_search.artifacts import read_jsonl, write_json, write_jsonl
+    from retro_search.artifacts import drop_progress, read_jsonl, write_json, write_jsonl
     from retro_search.report.search_stats import merge_stats
 
     revised, first_seen = [], {}
@@ -43,6 +43,8 @@ def run(inputs: Sequence[str | Path], rollouts: Sequence[str | Path], output: st
         write_jsonl(rollout_log, rollout_rows)
         outputs["rollout_log"] = Path(rollout_log)
     write_json(stats_path, stats)
+    for path in inputs:  # the search jobs are finished: their progress is no longer needed
+        drop_progress(path)
     summary = {"traces": stats["traces"], **stats["by_status"],
                "engine_error": stats["engine_errors"]["traces"],
                "rollouts": stats["rollouts"]["tried"],

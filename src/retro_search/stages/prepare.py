@@ -148,7 +148,7 @@ def run(cfg: Mapping[str, Any], outputs: Mapping[str, str | Path],
     """The stage: reads `cfg` (sections data, grading, decontamination) and `samples` (the
     sample stage's shards, when data.sample is set); writes the files `outputs` names (keys of
     OUTPUTS: traces, stats, removed, quarantine). The summary is the stats, with a line."""
-    from retro_search.artifacts import write_json, write_jsonl, write_records
+    from retro_search.artifacts import drop_progress, write_json, write_jsonl, write_records
     from retro_search.grading import Grader, normalize_reference
     from retro_search.readers import load_traces
 
@@ -217,5 +217,7 @@ def run(cfg: Mapping[str, Any], outputs: Mapping[str, str | Path],
              "kept_by_source": dict(Counter(f"{r.source_model}|{r.source_dataset}" for r in kept))}
     write_json(out["stats"], stats)
     write_records(kept, out["traces"])
+    for path in samples:  # the sample jobs are finished: their progress is no longer needed
+        drop_progress(path)
     stats["summary"] = f"{summary}; kept {len(kept)} ({dict(reasons)} removed)"
     return StageResult(outputs=out, summary=stats)

@@ -3,7 +3,8 @@
 
 Every response is appended to a hidden progress file beside the output whose name carries a
 fingerprint of the settings, the sampler, the engine and the questions, so a killed run resumes
-where it stopped and a run with other settings starts afresh. Each response's seed derives from
+where it stopped and a run with other settings starts afresh; it outlives the run until prepare
+reads the shard (see `artifacts.drop_progress`). Each response's seed derives from
 the settings' seed, the question id and the sample index, so a sample does not depend on the
 shard it falls in or on a resume.
 
@@ -115,7 +116,7 @@ def run(settings, model: dict[str, Any], engine_section: dict[str, Any], *, shar
             f"{output}; the {len(rows) - len(failed)} finished samples are kept in {progress}, "
             "so running the same command again generates only the rest")
     write_jsonl(output, rows)
-    progress.unlink(missing_ok=True)  # the output now holds everything it had
+    # The progress stays until prepare reads this shard (`artifacts.drop_progress`).
 
     generated = [r for r in rows if not r.get("error")]
     summary = {

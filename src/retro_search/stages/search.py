@@ -3,7 +3,9 @@ engine and one grader pool (`retro-search search`, rule `retro_search`).
 
 Progress is kept in a hidden file beside the output whose name carries a fingerprint of the
 config and the input, so a killed run resumes where it stopped and a run with other settings
-starts afresh.
+starts afresh. It outlives the run, until the merge reads the shard: a Snakemake killed while
+this job ran does not know that the job finished, deletes its outputs and runs it again, and the
+rerun writes them from the progress without generating anything.
 
 Before the model loads, the input is checked: every trace id once, every reference answer one the
 grader can read (each bad one named with its trace id). A trace with an empty reasoning is
@@ -150,7 +152,7 @@ def run(cfg: dict[str, Any], input_path: str | Path, output: str | Path,
         revised.append(row)
     write_jsonl(rollout_log, (rollout_to_dict(r) for o in outcomes for r in o.log))
     write_jsonl(output, revised)
-    progress.unlink(missing_ok=True)  # the outputs now hold everything it had
+    # The progress stays until the merge reads this shard (`artifacts.drop_progress`).
 
     searched = [o for o in outcomes if o.original_correct and o.status != "engine_error"]
     summary = {"traces": len(outcomes),
