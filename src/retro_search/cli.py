@@ -153,6 +153,56 @@ STAGE_COMMAND_MODULES = (
 )
 
 
+# Steps only the workflow runs between two stages: left out of `retro-search -h` (each still runs
+# and has its own -h), so the list shows what a user runs by hand.
+WORKFLOW_INTERNAL = ("shard", "merge", "eval-merge")
+
+
+class HelpParser(argparse.ArgumentParser):
+    """An ArgumentParser whose `-h` of a command in `settings_help.COMMAND_SECTIONS` ends with
+    the settings the command reads, at their defaults (read from the schemas only then)."""
+
+    settings_of: str | None = None
+
+    def format_help(self) -> str:
+        text = super().format_help()
+        if self.settings_of:
+            from retro_search.settings_help import settings_help
+
+            text += "\n" + settings_help(self.settings_of)
+        return text
+
+
+class VersionAction(argparse.Action):
+    """`--version`: the installed package's version, and the commit of the checkout it runs
+    from (computed when asked: git is not run on every call)."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS,
+                 help="print the version (and the git commit of a checkout) and exit"):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(version_line())
+        parser.exit()
+
+
+def version_line() -> str:
+    from importlib import metadata
+
+    from retro_search.provenance import REPO_ROOT, _git
+
+    try:
+        line = f"retro-search {metadata.version('retro-search')}"
+    except metadata.PackageNotFoundError:
+        line = "retro-search (not installed)"
+    commit = _git("rev-parse", "--short=12", "HEAD")
+    if commit:
+        dirty = _git("status", "--porcelain", "--untracked-files=no")
+        modified = ", modified" if dirty and dirty.strip() else ""
+        line += f" (git {commit.strip()}{modified}, {REPO_ROOT})"
+    return line
+
+
 def _register_stage_commands(sub) -> None:
     import importlib
 
@@ -167,10 +217,13 @@ def _register_stage_commands(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = HelpParser(
         prog="retro-search",
         description="Retro-Search (arXiv 2504.04383): revise long reasoning traces into shorter, "
-                    "correct ones. Each subcommand is one pipeline step; see `retro-search CMD -h`.")
+                    "correct ones. Each subcommand is one pipeline step; see `retro-search CMD -h`.",
+        epilog=f"Workflow-internal steps, run by the workflow between stages and left out "
+               f"of the list above: {', '.join(WORKFLOW_INTERNAL)} (each has -h).")
+    parser.add_argument("--version", action=VersionAction)
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     parser.add_argument("--manifest", default=None, metavar="PATH",
                         help="after the command succeeds, write its provenance manifest here "
@@ -230,8 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "keeping its progress.",
                        epilog="Overrides: KEY=VALUE in Hydra's dotted syntax, e.g. "
                        "model.path=results/tiny-model search.rollouts=2 search.max_tokens=256 "
-                       "engine.batch_size=8. Defaults: the sections' schemas (retro_search.schemas: "
-                       "SearchConfig, ModelSettings, GradingSettings).")
+                       "engine.batch_size=8; every setting and its default is listed below.")
     p.add_argument("--input", required=True, help="shard of traces (.jsonl)")
     p.add_argument("--output", required=True, help="revised traces (.jsonl)")
     p.add_argument("--log", default=None, help="rollout log (.jsonl; default: OUTPUT with .rollouts.jsonl)")
@@ -326,6 +378,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_lineage)
 
     _register_stage_commands(sub)
+    from retro_search import config_cli
+    from retro_search.settings_help import COMMAND_SECTIONS
+
+    config_cli.register(sub)
+    for command in COMMAND_SECTIONS:
+        if command in sub.choices:
+            sub.choices[command].settings_of = command
+    # argparse (3.11) prints help=SUPPRESS as "==SUPPRESS==": drop their lines instead.
+    sub._choices_actions[:] = [a for a in sub._choices_actions if a.dest not in WORKFLOW_INTERNAL]
     return parser
 
 

@@ -38,7 +38,7 @@ why in one line and exits with status 1; the progress file keeps what finished, 
 again generates only the rest."""
 
 EPILOG = """\
-Settings (defaults: retro_search.sampling.SampleSettings; model: retro_search.sft.config.ModelSettings):
+Settings (each with its default at the end of this help):
   sample.questions (hub id or local file; or --questions), sample.format (question preset
   problem_answer | math_solution | gsm8k, a trace preset such as r1_response, or
   {question: PATH, answer: PATH, id: PATH}), sample.split, sample.name, sample.limit, sample.n,

@@ -49,12 +49,13 @@ reasoning closer (</think>), or in the whole response when there is none. Token 
 generated tokens in the engine's tokenizer (the evaluated model's, or eval.tokenizer)."""
 
 EPILOG = """\
-Settings: the `eval` section (see retro_search/evaluation/config.py, config/eval/*.yaml) and the
-`engine` section (name: transformers | vllm | package.module:Class, other keys go to the engine,
-e.g. batch_size, device, dtype for transformers; tensor_parallel_size, gpu_memory_utilization,
-max_model_len for vllm). Values: defaults < --config file < KEY=VALUE overrides. --config is a
-stage's resolved config with `eval:`/`engine:` sections, or a group file starting with
-`# @package eval`. Overrides use Hydra's dotted syntax, e.g.
+Settings: the `eval` section (each with its default at the end of this help; presets in
+config/eval/*.yaml) and the `engine` section (name: transformers | vllm | package.module:Class,
+other keys go to the engine, e.g. batch_size, device, dtype for transformers;
+tensor_parallel_size, gpu_memory_utilization, max_model_len for vllm). Values: defaults <
+--config file < KEY=VALUE overrides. --config is a stage's resolved config with
+`eval:`/`engine:` sections, or a group file starting with `# @package eval`. Overrides use
+Hydra's dotted syntax, e.g.
   eval.limit=5 eval.max_tokens=256 eval.data_dir=../shared/data/benchmarks
   eval.n_samples_per_benchmark.aime24=4 eval.num_shards=4 eval.shard=0
   engine.name=vllm engine.tensor_parallel_size=1
@@ -80,8 +81,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     settings, engine_section = load_eval_config(args.config, args.overrides)
     stage_config = load_config_dict(args.config)
+    model_key = "--model"  # named in a load error
     if args.model is None:  # the workflow's stage config names the model it evaluates
-        args.model = stage_config.get("model_dir")
+        args.model, model_key = stage_config.get("model_dir"), "model_dir"
         if not args.model:
             raise ValueError("give --model M, or --config with a model_dir (a stage config)")
     misplaced = [name for name in args.benchmarks or () if "=" in name]
@@ -90,7 +92,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
                          "overrides before --benchmarks or after another option")
     result = evaluate.run(settings, engine_section, args.model, args.output_dir,
                           benchmarks=args.benchmarks, progress=not args.no_progress, log=_stderr,
-                          revision=evaluate.model_revision(stage_config, args.model))
+                          revision=evaluate.model_revision(stage_config, args.model),
+                          model_key=model_key)
     return _report(args, result)
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 OVERRIDES_HELP = (
     "Settings: the `student` and `sft` sections of --config (a stage's resolved config) over "
-    "their schemas (retro_search.sft.config: ModelSettings, SFTSettings), then overrides as KEY=VALUE in Hydra's dotted syntax, e.g. "
+    "their defaults (listed below), then overrides as KEY=VALUE in Hydra's dotted syntax, e.g. "
     "student.path=deepseek-ai/DeepSeek-R1-Distill-Qwen-7B sft.max_length=16384 "
     "sft.global_batch_size=128 sft.max_steps=10.")
 

@@ -180,15 +180,19 @@ def build_trainer(train_path: str | Path, output_dir: str | Path, student: Model
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTTrainer
 
+    from retro_search.model_errors import loading, sources_of
+
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     config = sft_config(settings, Path(output_dir) / "checkpoints", world_size=world_size)
     tokenizer_path = student.tokenizer or student.path
-    tokenizer = AutoTokenizer.from_pretrained(
-        tokenizer_path, revision=student.revision if student.tokenizer is None else None)
+    with loading(*sources_of(vars(student), "student", tokenizer_only=True)):
+        tokenizer = AutoTokenizer.from_pretrained(
+            tokenizer_path, revision=student.revision if student.tokenizer is None else None)
     dataset = tokenized_dataset(train_path, tokenizer, settings)
-    model = AutoModelForCausalLM.from_pretrained(
-        student.path, revision=student.revision, dtype=getattr(torch, settings.model_dtype),
-        attn_implementation=settings.attn_implementation)
+    with loading(sources_of(vars(student), "student")[0]):
+        model = AutoModelForCausalLM.from_pretrained(
+            student.path, revision=student.revision, dtype=getattr(torch, settings.model_dtype),
+            attn_implementation=settings.attn_implementation)
     return SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
                       callbacks=list(callbacks))
 

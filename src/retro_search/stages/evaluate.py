@@ -33,6 +33,7 @@ from retro_search.stages import JobFailed, StageResult
 if TYPE_CHECKING:
     from retro_search.evaluation.config import EvalSettings
     from retro_search.evaluation.generate import BenchmarkShard
+    from retro_search.model_errors import ModelSource
 
 Log = Callable[[str], None]
 
@@ -123,8 +124,20 @@ def model_revision(config: dict[str, Any], model: str) -> str | None:
     return student.get("revision") if model == student.get("path") else None
 
 
+def model_sources(settings: EvalSettings, model: str, revision: str | None, model_key: str
+                  ) -> list[ModelSource]:
+    """What the evaluated model is loaded from, named by the key that set it (`--model`, or a
+    stage config's `model_dir`), and eval.tokenizer when set."""
+    from retro_search.model_errors import ModelSource
+
+    sources = [ModelSource(model_key, model, revision, "student.revision")]
+    if settings.tokenizer:
+        sources.append(ModelSource("eval.tokenizer", settings.tokenizer))
+    return sources
+
+
 def _shards(settings: EvalSettings, model: str, names: list[str], log: Log,
-            revision: str | None = None) -> list[BenchmarkShard]:
+            revision: str | None = None, model_key: str = "--model") -> list[BenchmarkShard]:
     """This call's shard of every benchmark in `names` that has it, each with its problems and
     prompt renderer (the chat template of `model` at `revision`, or of eval.tokenizer)."""
     from retro_search.evaluation.benchmarks import get_benchmark, load_problems
@@ -133,6 +146,7 @@ def _shards(settings: EvalSettings, model: str, names: list[str], log: Log,
         prompt_renderer,
         shard_problems,
     )
+    from retro_search.model_errors import loading
     from retro_search.prompts import load_prompt_format, tokenizer_source
 
     twice = sorted({name for name in names if names.count(name) > 1})
@@ -151,9 +165,11 @@ def _shards(settings: EvalSettings, model: str, names: list[str], log: Log,
     # The user template is applied by prompt_renderer (plain "{question}" replacement), so the
     # format gets "{question}". One format for every benchmark: it is the model's, not theirs.
     tokenizer, tokenizer_revision = tokenizer_source(model, settings.tokenizer, revision)
-    prompt = load_prompt_format(tokenizer, revision=tokenizer_revision,
-                                system_prompt=settings.system_prompt, user_template="{question}",
-                                think_open=settings.think_open, think_close=settings.think_close)
+    with loading(model_sources(settings, model, revision, model_key)[-1]):  # the tokenizer's
+        prompt = load_prompt_format(tokenizer, revision=tokenizer_revision,
+                                    system_prompt=settings.system_prompt,
+                                    user_template="{question}", think_open=settings.think_open,
+                                    think_close=settings.think_close)
     shards = []
     for bench in covered:  # every benchmark is read before the engine loads: bad data fails fast
         problems = shard_problems(load_problems(bench, settings.data_dir_for(bench.name),
@@ -170,7 +186,7 @@ def _shards(settings: EvalSettings, model: str, names: list[str], log: Log,
 
 
 def run(settings: EvalSettings, engine_section: dict[str, Any], model: str,
-        output_dir: str | Path, *, revision: str | None = None,
+        output_dir: str | Path, *, revision: str | None = None, model_key: str = "--model",
         benchmarks: Sequence[str] | None = None, progress: bool = True,
         log: Log | None = None) -> StageResult:
     """Sample `model` (a local folder, or a hub id at commit, branch or tag `revision`, None: the
@@ -191,11 +207,13 @@ def run(settings: EvalSettings, engine_section: dict[str, Any], model: str,
     from retro_search.evaluation.generate import evaluate_benchmarks
     from retro_search.evaluation.outputs import METRICS, EvalProgress, eval_context
     from retro_search.grading import Grader
+    from retro_search.model_errors import loading
     from retro_search.runtime import EngineCallSettings
 
     calls = EngineCallSettings.of(settings, "eval")
     log = log or (lambda line: None)
-    shards = _shards(settings, model, list(benchmarks or settings.benchmarks), log, revision)
+    shards = _shards(settings, model, list(benchmarks or settings.benchmarks), log, revision,
+                     model_key)
     context = eval_context(model, settings, engine_section)
     if revision:  # another commit of the model: benchmarks saved for one are not the other's
         context["revision"] = revision
@@ -216,7 +234,8 @@ def run(settings: EvalSettings, engine_section: dict[str, Any], model: str,
         name, kwargs = engine_kwargs({"engine": engine_section,
                                       "model": {"path": model, "tokenizer": settings.tokenizer,
                                                 "revision": revision}})
-        engine = engines.load_engine(name, **kwargs)
+        with loading(*model_sources(settings, model, revision, model_key)):
+            engine = engines.load_engine(name, **kwargs)
         try:
             with Grader(processes=settings.grading_processes,
                         timeout=settings.grading_timeout) as grader:

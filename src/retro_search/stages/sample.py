@@ -57,7 +57,8 @@ def run(settings, model: dict[str, Any], engine_section: dict[str, Any], *, shar
     the shard mostly failed (see the module docstring)."""
     from retro_search.artifacts import write_jsonl
     from retro_search.config import engine_kwargs
-    from retro_search.engines import engine_info, open_engine
+    from retro_search.engines import engine_info
+    from retro_search.model_errors import loading, opened_engine, sources_of
     from retro_search.engines.calls import CallStats
     from retro_search.grading import normalize_reference
     from retro_search.prompts import load_prompt_format, tokenizer_source
@@ -87,14 +88,17 @@ def run(settings, model: dict[str, Any], engine_section: dict[str, Any], *, shar
     progress = output.with_name(f".{output.name}.progress-{fingerprint}.jsonl")
     tokenizer, revision = tokenizer_source(model["path"], model.get("tokenizer"),
                                            model.get("revision"))
-    prompt = load_prompt_format(tokenizer, revision=revision,
-                                system_prompt=model.get("system_prompt"),
-                                user_template=model.get("user_template") or "{question}",
-                                think_open=model["think_open"], think_close=model["think_close"])
+    key = "sample.model" if settings.model is not None else "model"  # which section named it
+    with loading(*sources_of(model, key, tokenizer_only=True)):
+        prompt = load_prompt_format(tokenizer, revision=revision,
+                                    system_prompt=model.get("system_prompt"),
+                                    user_template=model.get("user_template") or "{question}",
+                                    think_open=model["think_open"],
+                                    think_close=model["think_close"])
     rows, skipped, stats, info = [], [], None, None
     if questions:
         name, kwargs = engine_kwargs({"engine": engine_section, "model": model})
-        with open_engine(name, **kwargs) as engine:
+        with opened_engine(sources_of(model, key), name, **kwargs) as engine:
             info = engine_info(engine)
             log.info("engine: %s on %s (%s)", info["name"], info["device"], info["settings"])
             planned, skipped = plan_requests(

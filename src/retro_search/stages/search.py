@@ -98,7 +98,8 @@ def run(cfg: dict[str, Any], input_path: str | Path, output: str | Path,
     docstring)."""
     from retro_search.artifacts import rollout_to_dict, write_jsonl
     from retro_search.config import engine_kwargs, search_config
-    from retro_search.engines import engine_info, open_engine
+    from retro_search.engines import engine_info
+    from retro_search.model_errors import loading, opened_engine, sources_of
     from retro_search.grading import Grader, normalize_reference
     from retro_search.prompts import load_prompt_format, tokenizer_source
     from retro_search.readers import read_traces
@@ -112,12 +113,14 @@ def run(cfg: dict[str, Any], input_path: str | Path, output: str | Path,
     model = cfg["model"]
     tokenizer, revision = tokenizer_source(model["path"], model.get("tokenizer"),
                                            model.get("revision"))
-    prompt = load_prompt_format(tokenizer, revision=revision,
-                                system_prompt=model["system_prompt"],
-                                user_template=model["user_template"],
-                                think_open=model["think_open"], think_close=model["think_close"])
+    with loading(*sources_of(model, "model", tokenizer_only=True)):
+        prompt = load_prompt_format(tokenizer, revision=revision,
+                                    system_prompt=model["system_prompt"],
+                                    user_template=model["user_template"],
+                                    think_open=model["think_open"],
+                                    think_close=model["think_close"])
     name, kwargs = engine_kwargs(cfg)
-    with open_engine(name, **kwargs) as engine, \
+    with opened_engine(sources_of(model, "model"), name, **kwargs) as engine, \
             Grader(processes=cfg["grading"]["processes"],
                    timeout=cfg["grading"]["timeout"]) as grader:
         info = engine_info(engine)

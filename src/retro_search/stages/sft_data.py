@@ -24,6 +24,7 @@ def run(student: ModelSettings, settings: SFTSettings, input_path: str | Path,
     from transformers import AutoTokenizer
 
     from retro_search.artifacts import read_records, write_jsonl
+    from retro_search.model_errors import loading, sources_of
     from retro_search.prompts import load_prompt_format
     from retro_search.sft.data import build_sft_data, eos_text
 
@@ -31,10 +32,12 @@ def run(student: ModelSettings, settings: SFTSettings, input_path: str | Path,
     tokenizer_path = student.tokenizer or student.path
     # A separate tokenizer is named by its own path; the model's revision does not apply to it.
     revision = student.revision if student.tokenizer is None else None
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_path, revision=revision)
-    prompt_format = load_prompt_format(
-        tokenizer_path, system_prompt=student.system_prompt, user_template=student.user_template,
-        think_open=student.think_open, think_close=student.think_close, revision=revision)
+    with loading(*sources_of(vars(student), "student", tokenizer_only=True)):
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_path, revision=revision)
+        prompt_format = load_prompt_format(
+            tokenizer_path, system_prompt=student.system_prompt,
+            user_template=student.user_template, think_open=student.think_open,
+            think_close=student.think_close, revision=revision)
     data = build_sft_data(records, prompt_format, tokenizer,
                           eos_token=eos_text(tokenizer, settings.eos_token),
                           max_length=settings.max_length if settings.drop_overlong else None)
