@@ -48,6 +48,42 @@ def test_paper_presets_compose_with_hub_models_and_their_gpu_settings():
     assert not plan.stages_of("tiny_model")
 
 
+def test_what_a_job_asks_of_slurm_comes_from_the_experiment_and_reruns_nothing():
+    seven, = build_plan(CONFIG, ["self_improve_r1_distill_7b"]).experiments
+    assert seven.stages["sft:retro_search"].resources == {"cpus": 32, "mem_mb": 512000,
+                                                          "runtime": 2880}
+    assert seven.stages["sft:retro_search"].settings["sft"]["gpus"] == 8
+    assert seven.stages["search"].resources["mem_mb"] == 64000
+    demo, = build_plan(CONFIG, ["demo"]).experiments
+    assert {role: s.resources["mem_mb"] for role, s in demo.stages.items() if s.resources} == {
+        "sample": 4000, "prepare": 4000, "search": 4000, "eval:base": 4000,
+        "sft:reasoner": 8000, "sft:original": 8000, "sft:retro_search": 8000,
+        "eval:original": 4000, "eval:retro_search": 4000}
+    assert demo.stages["sft:retro_search"].settings["sft"]["gpus"] == 0
+
+    # runtime settings: a change readdresses nothing; sft.gpus only with a global batch size
+    more, = build_plan(CONFIG, ["self_improve_r1_distill_7b"],
+                       ["resources.search.mem_mb=128000", "sft.gpus=4"]).experiments
+    assert {r: s.id for r, s in more.stages.items()} == {r: s.id for r, s in seven.stages.items()}
+    assert more.stages["search"].resources["mem_mb"] == 128000
+    fewer, = build_plan(CONFIG, ["demo"], ["sft.gpus=2"]).experiments
+    assert fewer.stages["sft:retro_search"].id != demo.stages["sft:retro_search"].id
+
+
+@pytest.mark.parametrize("override, message", [
+    ("resources.serch.mem_mb=1", "resources.serch.mem_mb: no such setting (no section "
+                                 "'resources.serch'); did you mean resources.search?"),
+    ("resources.search.mem=1", "resources.search.mem: no such setting; did you mean "
+                               "resources.search.mem_mb?"),
+    ("resources.sft.cpus=0", "resources.sft.cpus must be at least 1, got 0"),
+    ("sft.gpus=-1", "sft.gpus=-1: must be 0 (train on the CPU) or more"),
+])
+def test_a_bad_resource_is_refused_when_the_plan_is_built(override, message):
+    with pytest.raises(ValueError) as err:
+        build_plan(CONFIG, ["demo"], [override])
+    assert message in str(err.value)
+
+
 def test_one_eval_stage_per_arm_covers_every_benchmark():
     demo, = build_plan(CONFIG, ["traces_demo"]).experiments
     evals = {role: s for role, s in demo.stages.items() if s.kind == "eval"}

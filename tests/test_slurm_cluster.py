@@ -40,22 +40,25 @@ pytestmark = [
 def test_cpu_stages_run_as_slurm_jobs_and_record_their_job_ids(make_checkout, tmp_path):
     checkout = make_checkout()
     # The shipped profile, adapted to the test cluster only where it must be: no conda (not
-    # installable here), no account and job states from squeue (no accounting database), small
-    # memory requests and short waits.
+    # installable here), job states from squeue (no accounting database), small memory requests
+    # (prepare's through the experiment's resources) and short waits.
     profile = slurm_profile_without_conda()
-    profile["default-resources"].pop("slurm_account")
     profile["default-resources"]["mem_mb"] = 1000
-    profile["set-resources"]["prepare"].update(mem_mb=2000, cpus_per_task=1)
     profile.update({"slurm-status-command": "squeue", "latency-wait": 5,
                     "slurm-init-seconds-before-status-checks": 2})
     write_profile(tmp_path, profile)
     env = workflow_env()
     # The traces_demo experiment: its prepare stage reads shipped traces (the demo's would need
     # the reasoner trained and sampled first, minutes of work that prove nothing more here).
-    snakemake = [str(SNAKEMAKE), "--profile", str(tmp_path), "--config", "experiment=traces_demo"]
+    snakemake = [str(SNAKEMAKE), "--profile", str(tmp_path), "--config", "experiment=traces_demo",
+                 "overrides=resources.prepare.mem_mb=2000 resources.prepare.cpus=1"]
 
     planned = subprocess.run([*snakemake, "-n"], cwd=checkout, capture_output=True, text=True,
                              env=env, timeout=300)
+    # The CPU demo asks for no GPU anywhere (SFT included) and for the experiment's small jobs.
+    assert set(re.findall(r"\bgpu=(\d+)", planned.stdout)) == {"0"}, planned.stdout[-3000:]
+    assert max(map(int, re.findall(r"\bmem_mb=(\d+)", planned.stdout))) <= 8000
+    assert "slurm_partition=gpu" not in planned.stdout
     shards = sorted(set(re.findall(r"results/shard/[^ ,]+/shard-\d+\.jsonl", planned.stdout)))
     assert len(shards) == 2, planned.stdout[-2000:]
     # SIGINT on timeout: the plugin then cancels its jobs instead of polling forever.

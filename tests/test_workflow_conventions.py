@@ -70,8 +70,12 @@ def test_slurm_dry_run_lists_every_job_with_its_slurm_resources(make_checkout, t
     done = run([str(SNAKEMAKE), "--profile", str(tmp_path), "-n"], cwd=make_checkout())
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     jobs = job_resources(done.stdout)
+    # The demo trains on the CPU (sft.gpus: 0) and asks for the small jobs of its `resources`.
+    assert jobs["sft"]
     for resources in jobs["sft"]:
-        assert resources["slurm_partition"] == "gpu" and int(resources["gpu"]) >= 1, resources
+        assert resources["slurm_partition"] == "cpu" and int(resources["gpu"]) == 0, resources
+        assert int(resources["mem_mb"]) == 8000 and int(resources["cpus_per_task"]) == 2
+    assert "slurm_account" not in done.stdout  # the plugin takes the user's default account
     # The demo's engine runs on the CPU: its search and eval jobs ask for no GPU.
     for rule in ("retro_search", "eval"):
         assert jobs[rule], rule
@@ -95,6 +99,8 @@ def test_slurm_jobs_of_a_tensor_parallel_preset_ask_for_its_gpus(tmp_path):
     assert {r["gpu"] for r in jobs["retro_search"]} == {"4"}  # engine.tensor_parallel_size
     assert {r["slurm_partition"] for r in jobs["retro_search"] + jobs["eval"]} == {"gpu"}
     assert {r["gpu"] for r in jobs["eval"]} == {"4"} and {r["gpu"] for r in jobs["sft"]} == {"8"}
+    assert {r["slurm_partition"] for r in jobs["sft"]} == {"gpu"}
+    assert {r["mem_mb"] for r in jobs["sft"]} == {"512000"}  # resources.sft of the schema
 
 
 def test_the_self_improvement_preset_samples_prepares_searches_trains_and_evaluates(tmp_path):

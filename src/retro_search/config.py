@@ -236,6 +236,21 @@ def check_sections(cfg: dict[str, Any]) -> None:
     check_engine(cfg["engine"])
     check_pipeline(cfg.get("pipeline"))
     check_section(EvalSettings, "eval", cfg["eval"])
+    check_resources(cfg.get("resources"))
+
+
+def check_resources(section: dict[str, Any] | None) -> None:
+    """`resources.<kind>.<key>`: unknown kinds and keys, types, values below 1."""
+    from retro_search.schemas import JobResources, Resources
+
+    check_section(Resources, "resources", {k: {} for k in section or {}})
+    for kind, values in (section or {}).items():
+        try:
+            check_section(JobResources, f"resources.{kind}", values)
+        except ValueError as err:
+            message = str(err)
+            raise ValueError(message if message.startswith("resources.")
+                             else f"resources.{kind}.{message}") from None
 
 
 def check_training(settings: Any, section: str) -> None:
@@ -345,12 +360,15 @@ def unknown_override_error(err: Exception, experiment: str, overrides: Iterable[
         problem = engine_key_error(cfg["engine"], key[len("engine."):])
         if problem:
             return ValueError(problem)
-    node = cfg
+    node, found = cfg, []
     for part in section.split(".") if section else []:
-        node = node.get(part) if isinstance(node, dict) else None
-    if not isinstance(node, dict):
-        return ValueError(f"{key}: no such setting (no section {section!r})"
-                          f"{close_match_hint(section.split('.')[0], list(cfg))}")
+        if not isinstance(node.get(part), dict):
+            # a close match among the keys of the deepest section that does exist
+            prefix = "".join(f"{p}." for p in found)
+            return ValueError(f"{key}: no such setting (no section {section!r})"
+                              f"{close_match_hint(part, list(node), prefix)}")
+        node = node[part]
+        found.append(part)
     from retro_search.schemas import SECTION_SCHEMAS
 
     # A section without a schema (data, engine, pipeline) takes new keys, e.g. engine arguments.

@@ -46,8 +46,13 @@ def output_lock(output: str | Path, started: str) -> Iterator[None]:
     if str(path) in held:  # started by the holder
         yield
         return
+    made = [p for p in (path.parent, *path.parent.parents) if not p.exists()]
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = _acquire(path)
+    try:
+        fd = _acquire(path)
+    except BaseException:
+        _remove_empty(made)
+        raise
     if fd is None:
         yield
         return
@@ -62,6 +67,16 @@ def output_lock(output: str | Path, started: str) -> Iterator[None]:
         # has the lock, that the name no longer leads to its file, and tries again.
         path.unlink(missing_ok=True)
         os.close(fd)
+        _remove_empty(made)  # a refused or failed run leaves no folder behind
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove the folders the lock made (deepest first) that are still empty."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
 
 
 def _acquire(path: Path) -> int | None:

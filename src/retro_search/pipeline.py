@@ -83,6 +83,7 @@ class Stage:
     upstream: list["Stage"] = field(default_factory=list)
     results: str = "results"
     runtime: dict[str, Any] = field(default_factory=dict)  # how the job runs: runtime.yaml
+    resources: dict[str, Any] = field(default_factory=dict)  # what it asks of SLURM: resources.KIND
 
     @property
     def settings(self) -> dict[str, Any]:
@@ -250,7 +251,8 @@ def plan_experiment(name: str, cfg: dict, results: str = "results") -> Experimen
         if files:
             config = {**config, "input_files": dict(sorted(files.items()))}
         hashed, runtime = split_runtime(config)
-        stages[role] = Stage(kind, slug(label), hashed, upstream, results, runtime)
+        stages[role] = Stage(kind, slug(label), hashed, upstream, results, runtime,
+                             (cfg.get("resources") or {}).get(kind, {}))
         return stages[role]
 
     def model_ref(section: str | dict) -> tuple[dict, list[Stage]]:

@@ -33,7 +33,10 @@ ENGINE_CALL_KEYS = frozenset({"retries", "request_timeout_s", "max_failed_share"
 RUNTIME_KEYS: dict[str, frozenset[str]] = {
     "engine": frozenset({"device", "tensor_parallel_size", "gpu_memory_utilization",
                          "kv_cache_memory_bytes", "enable_prefix_caching", "enforce_eager",
-                         "max_num_seqs", "batch_size", "max_batch_tokens"}),
+                         "max_num_seqs", "batch_size", "max_batch_tokens",
+                         # the openai engine's: how it talks to the server, not what it asks
+                         "concurrency", "timeout_s", "max_retries", "retry_backoff_s",
+                         "api_key_env"}),
     "grading": frozenset({"processes"}),
     "search": ENGINE_CALL_KEYS,
     "sample": ENGINE_CALL_KEYS,       # the sample stage's section
@@ -44,7 +47,7 @@ RUNTIME_KEYS: dict[str, frozenset[str]] = {
 }
 # With sft.global_batch_size set, the split of the global batch into per-device rows and
 # accumulation steps is how the job fits its GPUs, not what it trains.
-SFT_BATCH_SPLIT = frozenset({"per_device_train_batch_size", "gradient_accumulation_steps"})
+SFT_BATCH_SPLIT = frozenset({"per_device_train_batch_size", "gradient_accumulation_steps", "gpus"})
 
 
 @dataclass(frozen=True)
@@ -134,6 +137,8 @@ def is_runtime_override(key: str, cfg: dict[str, Any]) -> bool:
     `data.sample.retries`) of the composed config `cfg` is a runtime setting: such overrides do
     not rename the experiment."""
     parts = key.lstrip("+~").split(".")
+    if parts[0] == "resources":  # what the jobs ask of SLURM: in no stage's config
+        return True
     values = cfg
     if parts[:2] == ["reasoner", "sft"]:
         parts, values = parts[1:], cfg.get("reasoner", {})

@@ -10,7 +10,7 @@ refused when the plan is built. Jobs read their sections back into the same data
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 from omegaconf import OmegaConf
@@ -36,11 +36,38 @@ class GradingSettings:
                              f"got {self.timeout}")
 
 
+@dataclass
+class JobResources:
+    """What one job asks of SLURM besides GPUs (those come from the engine, and sft.gpus)."""
+
+    cpus: int = 2                        # cpus_per_task
+    mem_mb: int = 8000
+    runtime: int = 60                    # minutes
+
+    def __post_init__(self) -> None:
+        for key in ("cpus", "mem_mb", "runtime"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key} must be at least 1, got {getattr(self, key)}")
+
+
+@dataclass
+class Resources:
+    """What the heavy jobs ask of SLURM, per stage kind: runtime settings, never part of a
+    stage's key (a change reruns nothing). The defaults fit the paper's runs; the CPU demos set
+    small ones. Other jobs (a few minutes of CPU) keep their rule's."""
+
+    sample: JobResources = field(default_factory=lambda: JobResources(8, 64000, 1440))
+    search: JobResources = field(default_factory=lambda: JobResources(8, 64000, 1440))
+    eval: JobResources = field(default_factory=lambda: JobResources(8, 64000, 1440))
+    sft: JobResources = field(default_factory=lambda: JobResources(32, 512000, 2880))
+    prepare: JobResources = field(default_factory=lambda: JobResources(8, 32000, 120))
+
+
 # group -> schema of the section of the same name
 GROUP_SCHEMAS: dict[str, type] = {"search": SearchConfig, "sft": SFTSettings, "eval": EvalSettings}
 # Sections a `model` group file sets (the reviser and the student), and the root's own.
 MODEL_SECTIONS: dict[str, type] = {"model": ModelSettings, "student": ModelSettings}
-ROOT_SECTIONS: dict[str, type] = {"grading": GradingSettings}
+ROOT_SECTIONS: dict[str, type] = {"grading": GradingSettings, "resources": Resources}
 SECTION_SCHEMAS: dict[str, type] = {**GROUP_SCHEMAS, **MODEL_SECTIONS, **ROOT_SECTIONS}
 
 

@@ -109,6 +109,25 @@ def engine_gpus(kind):
 def engine_partition(kind):
     """The SLURM partition of a generation job: `gpu` when its engine needs GPUs, else `cpu`
     (a CPU engine, as in the demo)."""
+def job_resource(kind, key):
+    """One of `resources.<kind>` of the experiment (cpus, mem_mb, runtime): what the job asks
+    of SLURM."""
+
+    def value(wildcards):
+        return stage(kind, wildcards).resources[key]
+
+    return value
+
+
+def sft_gpus(wildcards):
+    """The SFT job's GPUs: sft.gpus (0: it trains on the CPU)."""
+    return int(stage("sft", wildcards).settings["sft"].get("gpus", 0))
+
+
+def sft_partition(wildcards):
+    return "gpu" if sft_gpus(wildcards) > 0 else "cpu"
+
+
 
     def partition(wildcards):
         return "gpu" if engine_gpus(kind)(wildcards) > 0 else "cpu"

@@ -66,10 +66,11 @@ rule sample:
         "results/sample/{sid}/logs/shard-{i}.benchmark.tsv"
     conda:
         "../../envs/vllm.yaml"
+    threads: job_resource("sample", "cpus")
     resources:
-        cpus_per_task=2,
-        mem_mb=16000,
-        runtime=1440,
+        cpus_per_task=job_resource("sample", "cpus"),
+        mem_mb=job_resource("sample", "mem_mb"),
+        runtime=job_resource("sample", "runtime"),
         gpu=engine_gpus("sample"),
         slurm_partition=engine_partition("sample"),
     params:
@@ -99,10 +100,11 @@ rule prepare:
         "results/prepare/{sid}/logs/prepare.benchmark.tsv"
     conda:
         "../../envs/core.yaml"
+    threads: job_resource("prepare", "cpus")
     resources:
-        cpus_per_task=2,
-        mem_mb=8000,
-        runtime=120,
+        cpus_per_task=job_resource("prepare", "cpus"),
+        mem_mb=job_resource("prepare", "mem_mb"),
+        runtime=job_resource("prepare", "runtime"),
     params:
         upstream=upstream_flags("prepare"),
     shell:

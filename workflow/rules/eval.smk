@@ -20,11 +20,12 @@ rule eval:
         "results/eval/{sid}/logs/eval-{i}.benchmark.tsv"
     conda:
         "../../envs/vllm.yaml"
+    threads: job_resource("eval", "cpus")
     resources:
-        cpus_per_task=2,
-        mem_mb=16000,
+        cpus_per_task=job_resource("eval", "cpus"),
+        mem_mb=job_resource("eval", "mem_mb"),
         # every benchmark's shard in one job; a killed job resumes at its first unsaved benchmark
-        runtime=1440,
+        runtime=job_resource("eval", "runtime"),
         gpu=engine_gpus("eval"),
         slurm_partition=engine_partition("eval"),
     params:

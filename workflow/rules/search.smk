@@ -17,10 +17,11 @@ rule retro_search:
         "results/search/{sid}/logs/shard-{i}.benchmark.tsv"
     conda:
         "../../envs/vllm.yaml"
+    threads: job_resource("search", "cpus")
     resources:
-        cpus_per_task=2,
-        mem_mb=16000,
-        runtime=1440,
+        cpus_per_task=job_resource("search", "cpus"),
+        mem_mb=job_resource("search", "mem_mb"),
+        runtime=job_resource("search", "runtime"),
         gpu=engine_gpus("search"),
         slurm_partition=engine_partition("search"),
     params:

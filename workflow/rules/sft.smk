@@ -42,12 +42,13 @@ rule sft:
         "results/sft/{sid}/logs/sft.benchmark.tsv"
     conda:
         "../../envs/train.yaml"
+    threads: job_resource("sft", "cpus")
     resources:
-        cpus_per_task=2,
-        mem_mb=16000,
-        runtime=2880,
-        # GPUs of the job, one training process each; the SLURM profile sets them (0: CPU demo)
-        gpu=0,
+        cpus_per_task=job_resource("sft", "cpus"),
+        mem_mb=job_resource("sft", "mem_mb"),
+        runtime=job_resource("sft", "runtime"),
+        gpu=sft_gpus,  # one training process each (retro-search sft reads sft.gpus)
+        slurm_partition=sft_partition,
     params:
         upstream=upstream_flags("sft"),
     shell:

@@ -73,7 +73,7 @@ def register(sub) -> None:
         "OUTPUT_DIR/model/ (final model + tokenizer, renamed into place when complete) and "
         "OUTPUT_DIR/train_metrics.json (loss per logging step, steps, tokens; the session's "
         "runtime is in the log). "
-        "Multi-GPU: --processes N (one per GPU; the SLURM profile passes the job's GPUs) "
+        "Multi-GPU: --processes N (one per GPU; the workflow passes sft.gpus) "
         "relaunches this command under `accelerate launch` with sft.accelerate_config "
         "(accelerate/deepspeed_zero3.yaml, or accelerate/fsdp.yaml).",
         epilog=OVERRIDES_HELP)

@@ -59,6 +59,7 @@ class SFTSettings:
     save_total_limit: int = 2            # checkpoints kept (older ones deleted)
     logging_steps: int = 1
     dataset_num_proc: Optional[int] = None  # processes for tokenising the training file
+    gpus: int = 0                        # the job's GPUs, one training process each; 0: the CPU
     # How `retro-search sft --processes N` (N > 1: one process per GPU) launches itself.
     accelerate_config: str = "accelerate/deepspeed_zero3.yaml"  # or accelerate/fsdp.yaml
 
@@ -101,6 +102,8 @@ def check(settings: SFTSettings) -> None:
         raise ValueError(f"sft.model_dtype={settings.model_dtype!r}: use float32, bfloat16 or "
                          "float16")
     resolve_bf16(settings.bf16)
+    if settings.gpus < 0:
+        raise ValueError(f"sft.gpus={settings.gpus}: must be 0 (train on the CPU) or more")
     for key in ("per_device_train_batch_size", "gradient_accumulation_steps", "global_batch_size",
                 "save_steps", "save_total_limit", "logging_steps"):
         value = getattr(settings, key)
