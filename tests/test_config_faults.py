@@ -79,8 +79,8 @@ BAD = {
     ("demo", "pipeline.arms=base"): "pipeline.arms must be a list, e.g. pipeline.arms=[base]",
     ("demo", "+pipeline.num_shard=3"): "pipeline.num_shard: no such setting; did you mean "
                                        "pipeline.num_shards?",
-    ("demo", "engine.name=foo"): "engine.name is not an engine: use transformers, vllm, auto or "
-                                 "package.module:ClassName, got 'foo'",
+    ("demo", "engine.name=foo"): "engine.name is not an engine: use transformers, vllm, openai, "
+                                 "auto or package.module:ClassName, got 'foo'",
     ("demo", "engine.name=transformers"): "engine.vllm: a section of engine auto only",
     ("demo", "+engine.vllm.gpu_memory_utilization=2"): "engine.vllm.gpu_memory_utilization must "
                                                        "be a fraction in (0, 1], got 2",

@@ -117,9 +117,10 @@ def check_model(settings: ModelSettings, section: str) -> ModelSettings:
 # are refused where the engine would refuse them: the transformers engine and `auto` take a fixed
 # set (a close match is suggested); vLLM takes its other arguments as they are, except a near
 # miss of a key listed here (`engine.gpu_memory_utilisation`) and the transformers engine's own
-# keys; a user's engine class (`package.module:ClassName`) takes anything.
+# keys; the openai engine takes OPENAI_ARGS; a user's engine class (`package.module:ClassName`)
+# takes anything.
 
-BUILTIN_ENGINE_NAMES = ("transformers", "vllm", "auto")
+BUILTIN_ENGINE_NAMES = ("transformers", "vllm", "openai", "auto")
 DTYPES = ("auto", "float32", "float16", "bfloat16", "half", "float")
 
 
@@ -139,6 +140,11 @@ def _fraction(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value <= 1
 
 
+def _number(value: Any) -> bool:
+    """A number >= 0 (not a bool, which Python counts as one)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0
+
+
 def _device(value: Any) -> bool:
     return isinstance(value, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?", value) is not None
 
@@ -146,7 +152,7 @@ def _device(value: Any) -> bool:
 # key -> (accepts(value), what is allowed)
 ENGINE_VALUES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "name": (lambda v: isinstance(v, str) and (v in BUILTIN_ENGINE_NAMES or ":" in v),
-             "transformers, vllm, auto or package.module:ClassName"),
+             "transformers, vllm, openai, auto or package.module:ClassName"),
     "device": (_device, "auto, cpu, cuda or cuda:N"),
     "dtype": (lambda v: v in DTYPES, ", ".join(DTYPES)),
     "batch_size": (_positive_int, "an integer >= 1"),
@@ -164,6 +170,17 @@ ENGINE_VALUES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "enforce_eager": (lambda v: isinstance(v, bool), "true or false"),
     "enable_chunked_prefill": (lambda v: isinstance(v, bool), "true or false"),
     "seed": (_is_int, "an integer"),
+    "base_url": (lambda v: isinstance(v, str) and re.match(r"https?://[^/\s]+", v) is not None,
+                 "an http(s) URL of the server's API, e.g. http://host:8000/v1"),
+    "served_model": (lambda v: v is None or (isinstance(v, str) and bool(v)),
+                     "the model id the server serves, or null (the experiment's model.path)"),
+    "api_key_env": (lambda v: isinstance(v, str) and v.isidentifier(),
+                    "the name of an environment variable, e.g. OPENAI_API_KEY"),
+    "concurrency": (_positive_int, "an integer >= 1 (requests in flight)"),
+    "timeout_s": (lambda v: v is None or (_number(v) and v > 0), "seconds > 0 or null"),
+    "max_retries": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+    "retry_backoff_s": (_number, "seconds >= 0"),
+    "tokenize": (lambda v: isinstance(v, bool), "true or false"),
 }
 # TransformersEngine's arguments but the model's (tests/test_config_faults.py compares them).
 TRANSFORMERS_ARGS = ("device", "dtype", "batch_size", "max_batch_tokens", "num_threads",
@@ -172,6 +189,9 @@ TRANSFORMERS_ARGS = ("device", "dtype", "batch_size", "max_batch_tokens", "num_t
 VLLM_ARGS = ("dtype", "tensor_parallel_size", "gpu_memory_utilization", "max_model_len",
              "max_num_seqs", "kv_cache_memory_bytes", "enable_prefix_caching", "enforce_eager",
              "enable_chunked_prefill", "seed", "trust_remote_code")
+# OpenAIEngine's arguments but the model's (tests/test_openai_engine.py compares them).
+OPENAI_ARGS = ("base_url", "served_model", "api_key_env", "concurrency", "timeout_s",
+               "max_retries", "retry_backoff_s", "tokenize")
 AUTO_KEYS = ("name", "device", "vllm", "transformers")  # engines._auto_engine's arguments
 FROM_MODEL = {"model": "model.path", "tokenizer": "model.tokenizer", "revision": "model.revision"}
 VLLM_INSTEAD = {"device": "vLLM picks its device itself",
@@ -220,7 +240,7 @@ def _engine_key_problem(engine: Mapping[str, Any], kind: str, top: bool, name: s
         return f"{full}: not an engine setting; the engine loads {FROM_MODEL[name]}"
     if name == "name":
         return None if top else f"{full}: the engine is named by {where}.name"
-    if name in ("vllm", "transformers") and kind in ("transformers", "vllm"):
+    if name in ("vllm", "transformers") and kind in ("transformers", "vllm", "openai"):
         return (f"{full}: a section of engine auto only; with {where}.name={engine.get('name')} "
                 f"choose the engine's group instead (engine=vllm or engine=transformers_cpu) or "
                 f"set {where}.name=auto")
@@ -255,6 +275,15 @@ def _engine_key_problem(engine: Mapping[str, Any], kind: str, top: bool, name: s
         if near:
             return f"{full}: no such setting; did you mean {holder}.{near[0]}?"
         return None  # passed to vllm.AsyncEngineArgs as it is
+    if kind == "openai":
+        if name in OPENAI_ARGS:
+            return None
+        if name == "api_key":  # configs and runtime.yaml are recorded beside every artifact
+            return (f"{full}: a key is never written into a config; export it and name the "
+                    f"variable with {holder}.api_key_env (default OPENAI_API_KEY)")
+        return (f"{full}: not a setting of the openai engine"
+                f"{close_match_hint(name, OPENAI_ARGS, holder + '.')} (the server's own "
+                "engine settings are the server's command line)")
     return None  # a user's engine class takes its own arguments
 
 

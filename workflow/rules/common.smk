@@ -94,11 +94,14 @@ def task_files(kind, name):
 
 
 def engine_gpus(kind):
-    """GPUs a generation job needs: vLLM's tensor-parallel size, one for transformers unless
-    it is pinned to the CPU."""
+    """GPUs a generation job needs: vLLM's tensor-parallel size, none for the openai engine
+    (the server it calls has them), one for transformers unless it is pinned to the CPU.
+    """
 
     def gpus(wildcards):
         engine = stage(kind, wildcards).settings["engine"]
+        if engine["name"] == "openai":
+            return 0
         if engine["name"] == "vllm":
             return int(engine.get("tensor_parallel_size", 1))
         return 0 if engine.get("device") == "cpu" else 1
@@ -106,9 +109,6 @@ def engine_gpus(kind):
     return gpus
 
 
-def engine_partition(kind):
-    """The SLURM partition of a generation job: `gpu` when its engine needs GPUs, else `cpu`
-    (a CPU engine, as in the demo)."""
 def job_resource(kind, key):
     """One of `resources.<kind>` of the experiment (cpus, mem_mb, runtime): what the job asks
     of SLURM."""
@@ -128,6 +128,9 @@ def sft_partition(wildcards):
     return "gpu" if sft_gpus(wildcards) > 0 else "cpu"
 
 
+def engine_partition(kind):
+    """The SLURM partition of a generation job: `gpu` when its engine needs GPUs, else `cpu`
+    (a CPU engine, as in the demo)."""
 
     def partition(wildcards):
         return "gpu" if engine_gpus(kind)(wildcards) > 0 else "cpu"

@@ -1,4 +1,5 @@
-"""Generation engines selected by name: `transformers`, `vllm`, `auto`, or `package.module:ClassName`.
+"""Generation engines selected by name: `transformers`, `vllm`, `openai` (a completions server
+already running), `auto`, or `package.module:ClassName`.
 
 `auto` takes vLLM when it can run on this machine and the transformers engine otherwise; the log
 says which and why, and `engine_info` tells the manifest.
@@ -29,6 +30,7 @@ log = logging.getLogger(__name__)
 BUILTIN_ENGINES = {
     "transformers": "retro_search.engines.transformers_engine:TransformersEngine",
     "vllm": "retro_search.engines.vllm_engine:VLLMEngine",
+    "openai": "retro_search.engines.openai_engine:OpenAIEngine",
 }
 
 
