@@ -58,6 +58,9 @@ def load_engine(name: str, **kwargs: Any) -> Engine:
         cls = getattr(module, class_name)
     except AttributeError:
         raise ValueError(f"engine {name!r}: module {module_name!r} has no {class_name!r}") from None
+    if kwargs.get("model"):  # a big model loads for minutes without a word otherwise
+        log.info("loading %s with the %s engine on %s", kwargs["model"], name,
+                 kwargs.get("device") or "its default device")
     engine = cls(**kwargs)
     if not callable(getattr(engine, "generate", None)):
         raise TypeError(f"engine {name!r}: {path} has no generate(requests) method")

@@ -20,6 +20,8 @@ truncated whether or not it closed its reasoning; it is graded like any other.
 
 from __future__ import annotations
 
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Protocol, Sequence
 
@@ -217,6 +219,15 @@ def evaluate_benchmarks(shards: Sequence[BenchmarkShard], engine: Engine, settin
     from tqdm.auto import tqdm
 
     desc = shards[0].benchmark if len(shards) == 1 else f"{len(shards)} benchmarks"
+    generated = {"tokens": 0, "start": time.perf_counter()}
+
+    def count(bar, results: int, tokens: int) -> None:
+        generated["tokens"] += tokens
+        bar.update(results)
+        seconds = time.perf_counter() - generated["start"]
+        bar.set_postfix(tok_s=f"{generated['tokens'] / seconds:.0f}" if seconds else "-",
+                        refresh=False)
+
     done = 0  # shards handed back
 
     def finished() -> Iterator[tuple[BenchmarkShard, list[dict[str, Any]]]]:
@@ -238,7 +249,9 @@ def evaluate_benchmarks(shards: Sequence[BenchmarkShard], engine: Engine, settin
 
     with tqdm(total=len(planned), initial=len(planned) - len(todo), disable=not progress,
               desc=desc, unit="gen") as bar, \
-            EngineCaller(engine, EngineCallSettings.of(settings, "eval"), stats) as caller:
+            EngineCaller(engine, EngineCallSettings.of(settings, "eval"), stats) as caller, \
+            _on_each_result(engine, None if caller.streaming or not progress else
+                            lambda result: count(bar, 1, result.num_tokens)) as live:
         yield from finished()
         for batch in settle(caller, todo, chunk_size=settings.chunk_size,
                             max_in_flight=settings.chunk_size):
@@ -254,9 +267,29 @@ def evaluate_benchmarks(shards: Sequence[BenchmarkShard], engine: Engine, settin
             for index, pairs in new.items():
                 if shard_logs[index] is not None:
                     shard_logs[index].append(pairs)
-            bar.update(len(batch))
+            if live:  # counted one by one as they finished; retried ones once, here
+                bar.n = len(settled)
+                bar.refresh()
+            else:
+                count(bar, len(batch), sum(r.num_tokens for pairs in new.values()
+                                           for _, r in pairs))
             yield from finished()
         yield from finished()
+
+
+@contextmanager
+def _on_each_result(engine: Engine, callback: Callable[[GenerationResult], None] | None
+                    ) -> Iterator[bool]:
+    """Have a batch engine that can report each result as it finishes (`on_result`, the
+    transformers engine) call `callback`; yields whether it does."""
+    if callback is None or not hasattr(engine, "on_result"):
+        yield False
+        return
+    engine.on_result = callback
+    try:
+        yield True
+    finally:
+        engine.on_result = None
 
 
 def evaluate_benchmark(benchmark: str, problems: Sequence[Problem], engine: Engine,
