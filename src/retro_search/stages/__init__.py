@@ -39,11 +39,24 @@ class StageResult:
 
     def report(self, command: str) -> int:
         """Print the warnings ("retro-search COMMAND: ...") and the summary to stderr, the
-        job's log; returns 0, the command's exit status."""
+        job's log: one line to read, then one JSON line for tools. Returns 0, the command's
+        exit status."""
         for line in self.warnings:
             print(f"retro-search {command}: {line}", file=sys.stderr)
+        print(f"retro-search {command}: done: {headline(self.summary)}", file=sys.stderr)
         print(json.dumps(self.summary), file=sys.stderr)
         return 0
+
+
+def headline(summary: dict[str, Any], most: int = 12) -> str:
+    """The summary's counts as words ("traces 12, revised 5, ..."): its top-level numbers, in
+    order, at most `most`; paths and nested tables are left to the JSON line."""
+    numbers = [(key, value) for key, value in summary.items()
+               if isinstance(value, (int, float)) and not isinstance(value, bool)]
+    words = [f"{key.replace('_', ' ')} {value:,}" if isinstance(value, int)
+             else f"{key.replace('_', ' ')} {value:.4g}" for key, value in numbers[:most]]
+    more = f" (+{len(numbers) - most} more in the JSON line)" if len(numbers) > most else ""
+    return (", ".join(words) or "no counts") + more
 
 
 class JobFailed(Exception):
