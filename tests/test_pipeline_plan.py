@@ -234,7 +234,8 @@ def test_an_edited_benchmark_copy_readdresses_prepare_and_eval_and_a_missing_one
         tmp_path, monkeypatch):
     import shutil
 
-    shutil.copytree(CONFIG.parent / "data" / "benchmarks", tmp_path / "data" / "benchmarks")
+    for folder in ("benchmarks", "demo"):  # relative data paths are read from here
+        shutil.copytree(CONFIG.parent / "data" / folder, tmp_path / "data" / folder)
     monkeypatch.chdir(tmp_path)  # data_dir is relative to where the workflow runs
     base, = build_plan(CONFIG, ["traces_demo"]).experiments
     assert "data/benchmarks/math500.jsonl" in base.stages["eval:base"].config["input_files"]
@@ -268,7 +269,8 @@ def test_a_local_model_folder_is_part_of_the_key_of_every_stage_that_loads_it(tm
                                                                              monkeypatch):
     import shutil
 
-    shutil.copytree(CONFIG.parent / "data" / "benchmarks", tmp_path / "data" / "benchmarks")
+    for folder in ("benchmarks", "demo"):  # relative data paths are read from here
+        shutil.copytree(CONFIG.parent / "data" / folder, tmp_path / "data" / folder)
     monkeypatch.chdir(tmp_path)
     model = tmp_path / "checkpoints" / "reviser"
     model.mkdir(parents=True)
@@ -286,3 +288,23 @@ def test_a_local_model_folder_is_part_of_the_key_of_every_stage_that_loads_it(tm
     # the student is another (tiny) model: nothing of its arms moves
     assert ids(base, ["prepare", "sft:original", "eval:original"]) == \
         ids(edited, ["prepare", "sft:original", "eval:original"])
+
+
+@pytest.mark.parametrize("override, key", [
+    ("data.source=data/demo/no_such_traces.jsonl", "data.source"),
+    ("data.source=./traces", "data.source"),
+    ("model.path=/no/such/model", "model.path"),
+    ("student.tokenizer=checkpoints/run1/tokenizer", "student.tokenizer"),
+    ("eval.data_dir=/no/such/benchmarks", "eval.data_dir"),
+])
+def test_a_local_path_that_is_not_there_is_refused_naming_its_key(override, key):
+    with pytest.raises(ValueError) as err:
+        build_plan(CONFIG, ["traces_demo"], [override])
+    message = str(err.value)
+    assert message.startswith(f"{key}: {override.split('=', 1)[1]} does not exist")
+    assert f"set {key} to a local file or folder, or to a hub id" in message
+
+
+def test_a_hub_id_is_not_taken_for_a_missing_local_path():
+    demo, = build_plan(CONFIG, ["traces_demo"], ["data.source=owner/dataset"]).experiments
+    assert demo.stages["prepare"].config["data"]["source"] == "owner/dataset"

@@ -135,3 +135,19 @@ def test_a_bad_value_stops_the_dry_run_before_any_job(config, message):
     done = run([str(SNAKEMAKE), "-n", "--cores", "1", "--config", *config])
     assert done.returncode != 0 and message in done.stdout + done.stderr
     assert "Job stats" not in done.stdout
+
+
+def test_snakemake_run_from_another_folder_names_the_data_it_cannot_find_there(tmp_path):
+    # Relative data paths are read from the working directory: planned from another folder,
+    # an experiment is refused in one line naming the key, the path and that folder, not
+    # planned into that folder's results/ with the path taken for a hub dataset id.
+    for experiment, key, path in (
+            ("demo", "data.decontamination.data_dir", "data/benchmarks/math500.jsonl"),
+            ("traces_demo", "data.source", "data/demo/traces.jsonl")):
+        done = run([str(SNAKEMAKE), "-s", str(REPO / "Snakefile"), "-n", "--cores", "1",
+                    "--config", f"experiment={experiment}"], cwd=tmp_path)
+        assert done.returncode != 0
+        line, = [x for x in (done.stdout + done.stderr).splitlines() if "error" in x]
+        assert line.startswith(f"retro-search: error: {key}: {path} does not exist in "
+                               f"{tmp_path} (relative paths are read from the working"), line
+    assert not (tmp_path / "results").exists()

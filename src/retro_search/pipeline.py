@@ -177,6 +177,7 @@ def input_files(benchmarks: Iterable[str], data_dir: str | None, data_dirs: dict
     instead of passing unnoticed. A benchmark made by a stage (the task's arith) is keyed by that
     stage; one from the hub by its id. A missing copy is refused here, before any job runs."""
     from retro_search.evaluation.benchmarks import get_benchmark
+    from retro_search.local_paths import looked_in
     from retro_search.provenance import HashCache, hash_paths
 
     paths = []
@@ -187,8 +188,8 @@ def input_files(benchmarks: Iterable[str], data_dir: str | None, data_dirs: dict
         path = Path(folder) / get_benchmark(name).local_file
         if not path.is_file():
             where = f"{key}.data_dirs.{name}" if name in data_dirs else f"{key}.data_dir"
-            raise ValueError(f"{where}: {path} does not exist (the local copy of benchmark "
-                             f"{name!r}); null reads it from the hub")
+            raise ValueError(f"{where}: {path} does not exist{looked_in(path)} (the local copy "
+                             f"of benchmark {name!r}); null reads it from the hub")
         paths.append(path)
     if source and Path(source).exists():
         paths.append(source)  # a folder: every file in it (provenance.hash_paths)
@@ -237,6 +238,7 @@ def sft_data_section(sft: dict[str, Any]) -> dict[str, Any]:
 def plan_experiment(name: str, cfg: dict, results: str = "results") -> Experiment:
     """Every stage of one experiment, keyed by role."""
     from retro_search.config import check_sections
+    from retro_search.local_paths import check_local_paths
     from retro_search.stages.prepare import check_data_section
     from retro_search.sampling import check_sampler, sample_settings
 
@@ -244,6 +246,7 @@ def plan_experiment(name: str, cfg: dict, results: str = "results") -> Experimen
     check_sections({**cfg, "eval": evaluation})  # a bad value: refused here, not in a job
     eval_shard_counts(cfg["eval"])  # so is a bad eval shard count
     check_data_section(cfg["data"])  # and a data section with no source, or two
+    check_local_paths(cfg, results)  # and a local file or folder that is not there
     stages: dict[str, Stage] = {}
 
     def stage(role: str, kind: str, label: str, config: dict, upstream: list[Stage]) -> Stage:
