@@ -84,9 +84,16 @@ def read_rows(path):
     return [json.loads(line) for line in Path(path).read_text().splitlines()]
 
 
-def parse_markdown_table(text):
-    """The first Markdown table in `text` as {row label: {header: cell}}."""
-    lines = [line for line in text.splitlines() if line.startswith("|")]
+def parse_markdown_table(text, which=0):
+    """The Markdown table number `which` (0: the first) in `text` as {row label: {header: cell}}."""
+    tables, previous = [], False
+    for line in text.splitlines():
+        if line.startswith("|"):
+            if not previous:
+                tables.append([])
+            tables[-1].append(line)
+        previous = line.startswith("|")
+    lines = tables[which]
     split = [[cell.strip() for cell in line.strip("|").split("|")] for line in lines]
     header, body = split[0], split[2:]
     return {cells[0]: dict(zip(header[1:], cells[1:])) for cells in body}
@@ -187,12 +194,14 @@ def test_search_stats_markdown_shows_the_headline_numbers():
 
 # ----------------------------------------------------------------------------- the table
 
-def test_results_table_has_one_row_per_arm_then_the_relative_row():
+def test_results_table_has_one_row_per_arm_then_the_relative_rows():
     table = results_table(METRICS)
-    assert list(table.index) == ["base", "original", "retro_search", RELATIVE_ROW]
-    assert list(table.columns) == ["aime24/acc", "aime24/se", "aime24/len", "math500/acc",
-                                   "math500/se", "math500/len", "average/acc", "average/se",
-                                   "average/len"]
+    assert list(table.index) == ["base", "original", "retro_search", "original vs base",
+                                 "retro_search vs base", RELATIVE_ROW]
+    per_bench = ["acc", "se", "len", "problems", "samples", "trunc"]
+    assert list(table.columns) == [*(f"aime24/{s}" for s in per_bench),
+                                   *(f"math500/{s}" for s in per_bench),
+                                   "average/acc", "average/se", "average/len", "average/trunc"]
 
 
 def test_standard_errors_are_in_points_averaged_as_independent_and_combined_in_the_difference():
@@ -230,12 +239,13 @@ def test_relative_row_gives_accuracy_points_and_length_percent():
 
 def test_results_table_follows_the_given_arm_order():
     table = results_table(METRICS, arms=["retro_search", "original", "base"])
-    assert list(table.index) == ["retro_search", "original", "base", RELATIVE_ROW]
+    assert list(table.index) == ["retro_search", "original", "base", "retro_search vs base",
+                                 "original vs base", RELATIVE_ROW]
 
 
-def test_results_table_without_both_arms_has_no_relative_row():
+def test_results_table_without_the_original_arm_is_relative_to_base_only():
     table = results_table([m for m in METRICS if m["arm"] != "original"])
-    assert list(table.index) == ["base", "retro_search"]
+    assert list(table.index) == ["base", "retro_search", "retro_search vs base"]
 
 
 def test_an_arm_missing_a_benchmark_gets_no_average():
@@ -251,9 +261,13 @@ def test_results_table_rejects_two_results_for_one_arm_and_benchmark():
 
 def test_metrics_from_eval_reads_the_eval_stage_names_and_guesses_no_others():
     row = metrics_from_eval({"benchmark": "b", "accuracy": 0.5, "accuracy_stderr": 0.1,
-                             "mean_tokens": 10}, "x")
+                             "mean_tokens": 10, "n_problems": 30, "n_samples": 4,
+                             "truncation_rate": 0.25}, "x")
     assert row == {"arm": "x", "benchmark": "b", "accuracy": 0.5, "accuracy_se": 0.1,
-                   "mean_tokens": 10.0}
+                   "mean_tokens": 10.0, "problems": 30, "samples": 4, "truncation_rate": 0.25}
+    uneven = metrics_from_eval({"benchmark": "b", "accuracy": 0.5, "mean_tokens": 10,
+                                "n_problems": 3, "n_samples": [1, 2]}, "x")
+    assert (uneven["problems"], uneven["samples"], uneven["truncation_rate"]) == (3, None, None)
     # another tool's names are not taken for ours
     with pytest.raises(ValueError, match=r"no \['accuracy'\]"):
         metrics_from_eval({"benchmark": "b", "pass@1": 0.25, "mean_tokens": 8}, "x")
@@ -279,7 +293,8 @@ def test_metrics_from_eval_names_the_file_and_the_missing_value():
 def test_markdown_table_parses_back_to_the_same_numbers():
     table = results_table(METRICS)
     parsed = parse_markdown_table(to_markdown(table))
-    assert list(parsed) == ["base", "original", "retro_search", RELATIVE_ROW]
+    assert list(parsed) == ["base", "original", "retro_search", "original vs base",
+                            "retro_search vs base", RELATIVE_ROW]
     assert parsed["retro_search"]["aime24 acc"] == "25.0 ± 6.0"
     assert parsed["retro_search"]["aime24 len"] == "7000"
     assert parsed["retro_search"]["average acc"] == "49.5 ± 3.2"
@@ -287,7 +302,7 @@ def test_markdown_table_parses_back_to_the_same_numbers():
     assert parsed[RELATIVE_ROW]["average len"] == "-26.7%"
     for arm in ("base", "original", "retro_search"):
         for column in table.columns:
-            if column.endswith("/se"):
+            if not column.endswith(("/acc", "/len")):
                 continue
             cell = parsed[arm][column.replace("/", " ")]
             value, _, se = cell.partition(" ± ")
@@ -426,13 +441,16 @@ def test_summarize_writes_tables_figures_and_summary(tmp_path):
     assert table[RELATIVE_ROW]["aime24 acc"] == "+5.0 ± 8.5"
     assert table[RELATIVE_ROW]["math500 len"] == "-20.0%"
     csv_lines = (out / "results.csv").read_text().splitlines()
-    assert csv_lines[0] == ("arm,aime24/acc,aime24/se,aime24/len,math500/acc,math500/se,"
-                            "math500/len,average/acc,average/se,average/len")
+    assert csv_lines[0] == ("arm,aime24/acc,aime24/se,aime24/len,aime24/problems,aime24/samples,"
+                            "aime24/trunc,math500/acc,math500/se,math500/len,math500/problems,"
+                            "math500/samples,math500/trunc,average/acc,average/se,average/len,"
+                            "average/trunc")
     assert (out / "results.md").read_text().startswith(
         "Retro-Search revised 2 of 3 traces (66.7%); mean reasoning length 200.0 -> 136.7 tokens "
         "of the revision model (-31.7%).")
-    assert [line.split(",")[0] for line in csv_lines[1:]] == ["base", "original", "retro_search",
-                                                              RELATIVE_ROW]
+    assert [line.split(",")[0] for line in csv_lines[1:]] == [
+        "base", "original", "retro_search", "original vs base", "retro_search vs base",
+        RELATIVE_ROW]
     assert "| reasoning tokens, total | 600 | 410 | -31.7% |" in (out / "search_stats.md").read_text()
     summary = json.loads((out / "summary.json").read_text())
     assert summary["arms"] == ["base", "original", "retro_search"]
@@ -459,3 +477,156 @@ def test_summarize_needs_one_arm_per_metrics_file(tmp_path, capsys):
     assert main(["summarize", "--metrics", *metrics, "--arms", *arms[:-1],
                  "--output-dir", str(tmp_path / "out")]) == 2
     assert "--arms gives 5 labels for 6 --metrics files" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- relative rows, n, truncation
+
+def test_each_arm_is_also_shown_relative_to_the_base_model():
+    table = results_table(METRICS)
+    retro = table.loc["retro_search vs base"]
+    assert retro["aime24/acc"] == pytest.approx(15.0)                    # 25 - 10
+    assert retro["aime24/se"] == pytest.approx(math.hypot(6.0, 5.0))
+    assert retro["aime24/len"] == pytest.approx(100 * (7000 - 9000) / 9000)
+    assert table.loc["original vs base", "average/len"] == pytest.approx(100 * 1000 / 6500)
+    parsed = parse_markdown_table(to_markdown(table))
+    assert parsed["retro_search vs base"]["aime24 acc"] == "+15.0 ± 7.8"
+    assert parsed["retro_search vs base"]["aime24 len"] == "-22.2%"
+
+
+def test_a_preset_without_base_is_relative_to_the_original_traces_only():
+    # the weak-to-strong preset compares only the two fine-tuned arms
+    table = results_table([m for m in METRICS if m["arm"] != "base"])
+    assert list(table.index) == ["original", "retro_search", RELATIVE_ROW]
+    text = to_markdown(table)
+    assert " vs base" not in text
+    assert parse_markdown_table(text)[RELATIVE_ROW]["aime24 acc"] == "+5.0 ± 8.5"
+
+
+SIZED = [{**m, "problems": 30 if m["benchmark"] == "aime24" else 500,
+          "samples": 4 if m["benchmark"] == "aime24" else 1,
+          "truncation_rate": {"base": 0.2, "original": 0.1, "retro_search": 0.05}[m["arm"]]
+          if m["benchmark"] == "aime24" else 0.0} for m in METRICS]
+
+
+def test_the_table_gives_n_and_truncation_per_benchmark_in_their_own_columns():
+    table = results_table(SIZED)
+    assert table.loc["original", "aime24/problems"] == 30
+    assert table.loc["original", "aime24/samples"] == 4
+    assert table.loc["original", "aime24/trunc"] == pytest.approx(10.0)
+    assert table.loc["base", "average/trunc"] == pytest.approx(10.0)      # (20 + 0) / 2
+    assert math.isnan(table.loc[RELATIVE_ROW, "aime24/problems"])
+
+
+def test_markdown_lists_n_as_problems_x_samples_and_truncation_per_arm():
+    sizes = parse_markdown_table(to_markdown(results_table(SIZED)), which=1)
+    assert sizes["aime24"] == {"n (problems x samples)": "30 x 4", "base truncated": "20.0%",
+                               "original truncated": "10.0%",
+                               "retro_search truncated": "5.0%"}
+    assert sizes["math500"]["n (problems x samples)"] == "500 x 1"
+    unknown = parse_markdown_table(to_markdown(results_table(METRICS)), which=1)
+    assert unknown["aime24"]["n (problems x samples)"] == "n/a"
+
+
+def test_markdown_names_each_arms_n_when_the_arms_differ():
+    rows = [dict(m, problems=29) if m["arm"] == "base" else m for m in SIZED]
+    sizes = parse_markdown_table(to_markdown(results_table(rows)), which=1)
+    assert sizes["aime24"]["n (problems x samples)"] == \
+        "base 29 x 4, original 30 x 4, retro_search 30 x 4"
+
+
+def test_csv_keeps_value_and_stderr_in_separate_numeric_columns(tmp_path):
+    import pandas as pd
+
+    back = pd.read_csv(write_csv(results_table(SIZED), tmp_path / "r.csv"), index_col="arm")
+    assert back.loc["retro_search", "aime24/acc"] == pytest.approx(25.0)
+    assert back.loc["retro_search", "aime24/se"] == pytest.approx(6.0)
+    assert back.loc["retro_search", "aime24/trunc"] == pytest.approx(5.0)
+    assert back.loc["retro_search", "math500/problems"] == 500
+    assert all(pd.api.types.is_float_dtype(back[c]) for c in back.columns)
+
+
+# ----------------------------------------------------------------------------- accuracy vs length
+
+CROWDED = [  # the demo's shape: one benchmark learnt, eight at 0% with similar lengths
+    {"arm": arm, "benchmark": bench, "accuracy": 0.97 if bench == "arith" else 0.0,
+     "accuracy_se": 0.008 if bench == "arith" else 0.0,
+     "mean_tokens": (62 if bench == "arith" else 150 + 3 * i) * scale}
+    for arm, scale in (("base", 1.0), ("original", 0.8), ("retro_search", 0.6))
+    for i, bench in enumerate(["arith", "aime24", "aime25", "amc23", "gpqa", "math500",
+                               "minerva", "olympiad", "gsm8k"])]
+
+
+@pytest.mark.parametrize("metrics", [METRICS, CROWDED], ids=["spread", "crowded"])
+def test_accuracy_vs_length_labels_do_not_overlap(metrics):
+    import matplotlib.pyplot as plt
+
+    from retro_search.report.plots import accuracy_vs_length_figure, text_box
+
+    fig, ax, labels = accuracy_vs_length_figure(metrics)
+    try:
+        renderer = fig.canvas.get_renderer()
+        assert sorted(label.get_text() for label in labels) == \
+            sorted({m["benchmark"] for m in metrics})  # one label per benchmark
+        boxes = [text_box(label, renderer) for label in labels]
+        frame = ax.get_window_extent(renderer)
+        for i, box in enumerate(boxes):
+            assert frame.contains(box.x0, box.y0) and frame.contains(box.x1, box.y1)
+            for other in boxes[i + 1:]:
+                assert not box.overlaps(other), (labels[i].get_text(), box, other)
+    finally:
+        plt.close(fig)
+
+
+def test_accuracy_vs_length_draws_one_standard_error_bars():
+    import matplotlib.pyplot as plt
+    from matplotlib.container import ErrorbarContainer
+
+    from retro_search.report.plots import accuracy_vs_length_figure
+
+    fig, ax, _ = accuracy_vs_length_figure(METRICS)
+    try:
+        bars = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
+        assert len(bars) == 3  # one per arm
+        heights = sorted(round(float(seg[1][1] - seg[0][1]), 6)
+                         for c in bars for seg in c.lines[2][0].get_segments())
+        # +- 1 standard error in points: 2 * se for every (arm, benchmark)
+        assert heights == sorted(round(200 * m["accuracy_se"], 6) for m in METRICS)
+    finally:
+        plt.close(fig)
+
+
+# ----------------------------------------------------------------------------- experiment README
+
+def test_experiment_readme_links_plots_search_statistics_and_config(tmp_path, monkeypatch):
+    import re
+
+    import yaml
+
+    from retro_search.report.experiment_index import experiment_config, write_experiment_index
+    from retro_search.stages import summarize
+
+    monkeypatch.chdir(tmp_path)
+    metrics, arms = eval_metrics_files("eval")
+    summary = Path("results/summary/demo-0123456789")
+    summarize.run(metrics, arms, summary,
+                  revised=write_rows(tmp_path / "revised.jsonl", REVISED),
+                  rollouts=write_rows(tmp_path / "rollouts.jsonl", ROLLOUTS))
+    config = {"name": "demo", "search": {"rollouts": 2, "retries": 2},
+              "engine": {"name": "transformers", "batch_size": 8},
+              "resources": {"eval": {"cpus": 2}}}
+    index = {"experiment": "demo", "stages": [{"role": "summary", "kind": "summary",
+                                               "id": summary.name, "dir": str(summary)}]}
+    out = Path("results/experiments/demo")
+    write_experiment_index(out, index, summary / "results.md", config=experiment_config(config))
+
+    readme = (out / "README.md").read_text()
+    targets = re.findall(r"\]\(([^)]+)\)", readme)
+    for name in ("accuracy_vs_length.png", "trace_lengths.png", "boundary_acceptance.png",
+                 "search_stats.md", "results.csv", "config.yaml"):
+        assert any(t.endswith(name) for t in targets), name
+    for target in targets:
+        assert (out / target).exists(), target
+    assert "![Accuracy vs response length](" in readme  # shown, not only linked
+    # the resolved config, runtime settings aside (they change no result)
+    assert yaml.safe_load((out / "config.yaml").read_text()) == {
+        "name": "demo", "search": {"rollouts": 2}, "engine": {"name": "transformers"}}

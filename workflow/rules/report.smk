@@ -1,5 +1,7 @@
 # The experiment's tables, plots and search statistics, and its index of stage directories.
 
+from retro_search.report.experiment_index import experiment_config
+
 
 rule summarize:
     input:
@@ -62,6 +64,7 @@ rule experiment_index:
         table=experiment_summary("results.md"),
     output:
         index="results/experiments/{name}/index.json",
+        config="results/experiments/{name}/config.yaml",
         readme="results/experiments/{name}/README.md",
         table="results/experiments/{name}/results.md",
         manifest="results/experiments/{name}/manifest.json",
@@ -69,10 +72,15 @@ rule experiment_index:
         "results/experiments/{name}/logs/index.log",
     params:
         index=lambda wildcards: json.dumps(experiment_by_name(wildcards.name).index()),
+        # without runtime settings: changing one reruns nothing, this rule included
+        config=lambda wildcards: json.dumps(
+            experiment_config(experiment_by_name(wildcards.name).config)
+        ),
     run:
         write_experiment_index(
             f"results/experiments/{wildcards.name}",
             params.index,
             input.table,
+            config=params.config,
             log=log[0],
         )

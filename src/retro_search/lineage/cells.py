@@ -11,18 +11,19 @@ from typing import Any
 from retro_search.lineage.evals import Evals
 from retro_search.lineage.layout import Layout
 from retro_search.lineage.table import Cells, as_float, parse_csv, parse_markdown
-from retro_search.report.tables import (AVERAGE, RELATIVE_ROW, metrics_from_eval, results_table,
+from retro_search.report.tables import (AVERAGE, compared_arms, metrics_from_eval, results_table,
                                         to_markdown)
 
 Pair = tuple[str, str]  # (arm, benchmark)
 
 
 def sources_of(row: str, column: str, columns: list[str], evals: Evals) -> list[Pair]:
-    """The pairs a cell is computed from: an average covers every benchmark of its arm, the
-    "retro vs original" row both arms."""
+    """The pairs a cell is computed from: an average covers every benchmark of its arm, a
+    relative row ("retro vs original", "original vs base") both arms, the reference first."""
     bench = column.rsplit("/", 1)[0]
     benches = _benchmarks(columns) if bench == AVERAGE else [bench]
-    arms = [evals.original_arm, evals.retro_arm] if row == RELATIVE_ROW else [row]
+    pair = compared_arms(row, original_arm=evals.original_arm, retro_arm=evals.retro_arm)
+    arms = [pair[1], pair[0]] if pair else [row]
     return [(arm, b) for arm in arms for b in benches]
 
 

@@ -15,7 +15,7 @@ from retro_search.report.tables import ORIGINAL_ARM, RETRO_ARM
 
 # What lineage shows of a metrics.json (evaluation.metrics writes more).
 METRICS_SHOWN = ("accuracy", "accuracy_stderr", "mean_tokens", "n_problems", "n_samples",
-                 "n_generations")
+                 "n_generations", "truncation_rate")
 
 
 class Evals:

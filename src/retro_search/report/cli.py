@@ -1,8 +1,9 @@
-"""`retro-search merge` and `retro-search summarize`: the report stage's commands.
+"""`retro-search merge`, `summarize` and `compare`: the report's commands.
 
 - merge: concatenate the revised shards and rollout logs of one search, and write its statistics.
 - summarize: the results table (CSV, Markdown), the search statistics page, three figures and a
   summary.json, from the eval stage's metrics files and the merged search outputs.
+- compare: one table across finished experiments (read-only).
 
 The work is `retro_search.stages.merge` and `retro_search.stages.summarize`; pandas and
 matplotlib are imported inside them, so `retro-search --help` stays instant.
@@ -35,21 +36,27 @@ SUMMARIZE_DESCRIPTION = """\
 Build an experiment's report from the eval stage's metrics files and the merged search outputs.
 Writes into OUTPUT_DIR:
   results.csv              rows = arms, columns BENCH/acc (accuracy, %), BENCH/se (its standard
-                           error) and BENCH/len (mean response tokens) per benchmark, and their
-                           average; last row "retro vs original": accuracy difference in points
-                           (with its standard error), length change in %
-  results.md               the same table in Markdown (accuracy as "acc ± se"), under a line
-                           with the share of traces revised and the mean reasoning length before
-                           and after Retro-Search
+                           error), BENCH/len (mean response tokens), BENCH/problems,
+                           BENCH/samples (per problem) and BENCH/trunc (responses truncated at
+                           the token limit, %) per benchmark, and their average; then relative
+                           rows "ARM vs base" (when the base arm is there) and "retro vs
+                           original": accuracy difference in points (with its standard error),
+                           length change in %
+  results.md               the same table in Markdown (accuracy as "acc ± se", length), under a
+                           line with the share of traces revised and the mean reasoning length
+                           before and after Retro-Search; below it n (problems x samples) and
+                           the truncation rate per benchmark and arm
   search_stats.md          the search statistics (from --search-stats, or computed from
                            --revised and --rollouts when it is not given)
-  accuracy_vs_length.png   accuracy vs mean length per arm and benchmark, arrows original -> retro
+  accuracy_vs_length.png   accuracy (± 1 standard error) vs mean length per arm and benchmark,
+                           arrows original -> retro
   trace_lengths.png        reasoning lengths before / after Retro-Search
   boundary_acceptance.png  acceptance rate of rollouts by boundary number
   summary.json             the metrics read, the table, and the search statistics
 A metrics file is the eval stage's metrics.json (retro_search.artifacts.read_eval_metrics): it
 needs "benchmark", "accuracy" (a fraction), "accuracy_stderr" (null for a single problem) and
-"mean_tokens"; other names are not guessed."""
+"mean_tokens"; "n_problems", "n_samples" and "truncation_rate" fill n and truncation where
+present; other names are not guessed."""
 
 SUMMARIZE_EPILOG = """\
 Example (two arms, two benchmarks):
@@ -59,6 +66,22 @@ Example (two arms, two benchmarks):
       --arms original original retro_search retro_search \\
       --search-stats merge/stats.json --revised merge/revised.jsonl \\
       --rollouts merge/rollouts.jsonl --output-dir results/summary/demo"""
+
+
+COMPARE_DESCRIPTION = """\
+Print one table across experiments: a row per experiment and arm (then its relative rows, such as
+"retro vs original"), with the config values that differ between the experiments as columns (the
+swept keys, read from each experiment's config.yaml), then accuracy ± standard error and mean
+response length per benchmark and their average (from each experiment's summary.json, at full
+precision). Each EXPERIMENT is an experiment folder (results/experiments/NAME, holding
+index.json), a folder holding several (results/experiments), or a glob of them
+('results/experiments/demo_search.rollouts=*'). Read-only: no manifest is written."""
+
+COMPARE_EPILOG = """\
+Examples:
+  retro-search compare results/experiments/demo results/experiments/demo_search.rollouts=2
+  retro-search compare 'results/experiments/demo_*' --format csv --output sweep.csv
+  retro-search compare results/experiments"""
 
 
 # --- handlers --------------------------------------------------------------------------------
@@ -78,6 +101,28 @@ def cmd_summarize(args: argparse.Namespace) -> int:
                            rollouts=args.rollouts, title=args.title,
                            original_arm=args.original_arm, retro_arm=args.retro_arm)
     return result.report(args.command)
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    import sys
+
+    from retro_search.artifacts import write_text
+    from retro_search.report import compare
+
+    experiments = [compare.read_experiment(f) for f in compare.experiment_folders(args.experiments)]
+    for experiment in experiments:
+        if experiment.config is None:
+            print(f"retro-search compare: warning: {experiment.folder} has no config.yaml (made "
+                  "before experiment folders held one; rerun the workflow to write it): its "
+                  "swept values show as n/a", file=sys.stderr)
+    table = compare.comparison_table(experiments)
+    text = compare.to_csv(table) if args.format == "csv" else compare.to_markdown(table)
+    if args.output:
+        write_text(args.output, text)
+        print(f"{len(experiments)} experiments -> {args.output}", file=sys.stderr)
+    else:
+        print(text, end="")
+    return 0
 
 
 # --- parser ----------------------------------------------------------------------------------
@@ -121,3 +166,16 @@ def register(sub) -> None:
     p.add_argument("--title", default=None, help="caption line above the Markdown table")
     p.set_defaults(func=cmd_summarize, input_args=("metrics", "search_stats", "revised", "rollouts"),
                    output_args=("output_dir",))
+
+    p = sub.add_parser("compare", help="one table across experiments: swept values, accuracy and "
+                                       "length per arm and benchmark",
+                       description=COMPARE_DESCRIPTION, epilog=COMPARE_EPILOG,
+                       formatter_class=formatter)
+    p.add_argument("experiments", nargs="+", metavar="EXPERIMENT",
+                   help="experiment folder, folder of experiment folders, or a glob")
+    p.add_argument("--format", choices=("markdown", "csv"), default="markdown",
+                   help="markdown (default: acc ± se, rounded) or csv (full precision, value and "
+                        "standard error in separate columns)")
+    p.add_argument("--output", default=None, metavar="FILE",
+                   help="write the table to FILE instead of printing it")
+    p.set_defaults(func=cmd_compare)

@@ -3,8 +3,10 @@
 Each function draws one figure, writes it atomically to `path` and returns the path:
 
 - `plot_accuracy_vs_length(metrics, path)`: accuracy (%) against mean response length (tokens), one
-  marker and colour per arm, each point labelled with its benchmark, arrows from the original-trace
-  arm to the Retro-Search arm per benchmark (up-left is better: more accurate and shorter).
+  marker and colour per arm with error bars of one standard error, one label per benchmark placed
+  where it overlaps no other label (a thin line to its point when it had to move away), arrows
+  from the original-trace arm to the Retro-Search arm per benchmark (up-left is better: more
+  accurate and shorter); the legend sits beside the axes.
 - `plot_trace_lengths(revised_rows, path)`: histograms of reasoning lengths in tokens before and after
   Retro-Search, over the traces whose original answer was correct, medians marked.
 - `plot_boundary_acceptance(per_boundary, path)`: acceptance rate of rollouts by boundary number,
@@ -12,7 +14,8 @@ Each function draws one figure, writes it atomically to `path` and returns the p
   there are more than `max_bars` of them.
 
 Inputs are the same structures the tables and `merge_stats` use: metric dicts with arm,
-benchmark, accuracy (0-1) and mean_tokens; revised rows with a "search" key; and
+benchmark, accuracy (0-1), accuracy_se (0-1, optional) and mean_tokens; revised rows with a
+"search" key; and
 `merge_stats(...)["per_boundary"]`.
 """
 
@@ -32,7 +35,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 from retro_search.artifacts import atomic_path  # noqa: E402
 from retro_search.report.tables import ORIGINAL_ARM, RETRO_ARM  # noqa: E402
 
-__all__ = ["plot_accuracy_vs_length", "plot_trace_lengths", "plot_boundary_acceptance"]
+__all__ = ["accuracy_vs_length_figure", "plot_accuracy_vs_length", "plot_trace_lengths", "plot_boundary_acceptance"]
 
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 _COLOURS = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3", "#8c8c8c")
@@ -55,10 +58,71 @@ def _no_data(ax, message: str) -> None:
     ax.set_yticks([])
 
 
-def plot_accuracy_vs_length(metrics: Iterable[Mapping[str, Any]], path: str | Path, *,
-                            arms: Sequence[str] | None = None, original_arm: str = ORIGINAL_ARM,
-                            retro_arm: str = RETRO_ARM, title: str | None = None) -> Path:
-    """Scatter of accuracy (%) vs mean response length (tokens) per arm and benchmark."""
+# Where a benchmark label may go, tried in order until one overlaps nothing: directions (the
+# first, up and to the right, reads as the point's caption), then farther out.
+_DIRECTIONS = ((1, 1), (1, -1), (-1, 1), (-1, -1), (1, 0), (-1, 0), (0, 1), (0, -1))
+_RADII_PT = (6, 12, 20, 30, 42, 56, 72, 90, 110, 135)
+_LEADER_FROM_PT = 15  # a label farther than this from its point gets a line to it
+
+
+def _overlap(a, b) -> float:
+    width = min(a.x1, b.x1) - max(a.x0, b.x0)
+    height = min(a.y1, b.y1) - max(a.y0, b.y0)
+    return width * height if width > 0 and height > 0 else 0.0
+
+
+def text_box(note, renderer):
+    """The box of an annotation's text alone (its own extent also covers its leader line)."""
+    from matplotlib.text import Text
+
+    note.update_positions(renderer)  # where its offset puts the text (else known at draw time)
+    return Text.get_window_extent(note, renderer).frozen()
+
+
+def _place_labels(ax, labels: Sequence[tuple[str, float, float]], obstacles: list) -> list:
+    """Annotate each (text, x, y) at the first offset (in points) whose text box overlaps no
+    other label, marker or error bar and stays inside the axes; where none is free, at the least
+    crowded one. Needs the axes limits fixed. Returns the annotations."""
+    fig = ax.figure
+    renderer = fig.canvas.get_renderer()
+    frame = ax.get_window_extent(renderer)
+    placed = []
+    for text, x, y in labels:
+        note = ax.annotate(text, (x, y), xytext=(0, 0), textcoords="offset points", fontsize=8,
+                           color="#333333", zorder=4)
+        best = None
+        for radius in _RADII_PT:
+            for dx, dy in _DIRECTIONS:
+                note.set_position((dx * radius, dy * radius))
+                note.set_ha({1: "left", -1: "right", 0: "center"}[dx])
+                note.set_va({1: "bottom", -1: "top", 0: "center"}[dy])
+                box = text_box(note, renderer)
+                outside = box.width * box.height - _overlap(box, frame)
+                crowding = sum(_overlap(box, other) for other in obstacles) + 10 * outside
+                if best is None or crowding < best[0]:
+                    best = (crowding, (dx * radius, dy * radius), note.get_ha(), note.get_va())
+                if crowding == 0:
+                    break
+            if best[0] == 0:
+                break
+        _, offset, ha, va = best
+        note.remove()  # the probe; the label is made once, with its leader when it needs one
+        leader = ({"arrowstyle": "-", "color": "#999999", "lw": 0.6, "shrinkA": 1, "shrinkB": 4}
+                  if math.hypot(*offset) > _LEADER_FROM_PT else None)
+        note = ax.annotate(text, (x, y), xytext=offset, textcoords="offset points", fontsize=8,
+                           color="#333333", ha=ha, va=va, zorder=4, arrowprops=leader)
+        obstacles.append(text_box(note, renderer))
+        placed.append(note)
+    return placed
+
+
+def accuracy_vs_length_figure(metrics: Iterable[Mapping[str, Any]], *,
+                              arms: Sequence[str] | None = None,
+                              original_arm: str = ORIGINAL_ARM, retro_arm: str = RETRO_ARM,
+                              title: str | None = None):
+    """The figure of `plot_accuracy_vs_length`, not saved: (figure, axes, benchmark labels)."""
+    from matplotlib.transforms import Bbox
+
     rows = list(metrics)
     order = list(dict.fromkeys([*(arms or []), *(r["arm"] for r in rows)]))
     fig, ax = plt.subplots(figsize=(8, 5.5))
@@ -66,38 +130,75 @@ def plot_accuracy_vs_length(metrics: Iterable[Mapping[str, Any]], path: str | Pa
         _no_data(ax, "no evaluation metrics")
     points = {(r["arm"], r["benchmark"]): (float(r["mean_tokens"]), 100.0 * float(r["accuracy"]))
               for r in rows}
+    errors = {(r["arm"], r["benchmark"]): 100.0 * float(r.get("accuracy_se") or 0.0)
+              for r in rows}
     for i, arm in enumerate(order):
-        mine = [(bench, xy) for (a, bench), xy in points.items() if a == arm]
+        mine = [(pair, xy) for pair, xy in points.items() if pair[0] == arm]
         if not mine:
             continue
+        colour = _COLOURS[i % len(_COLOURS)]
+        ax.errorbar([xy[0] for _, xy in mine], [xy[1] for _, xy in mine],
+                    yerr=[errors[pair] for pair, _ in mine], fmt="none", ecolor=colour,
+                    elinewidth=1.0, capsize=3, zorder=2.5)
         ax.scatter([xy[0] for _, xy in mine], [xy[1] for _, xy in mine], s=70, zorder=3,
-                   marker=_MARKERS[i % len(_MARKERS)], color=_COLOURS[i % len(_COLOURS)],
+                   marker=_MARKERS[i % len(_MARKERS)], color=colour,
                    edgecolor="black", linewidth=0.6, label=arm)
-        for bench, (x, y) in mine:
-            if arm == retro_arm or (retro_arm, bench) not in points:  # one label per benchmark
-                ax.annotate(bench, (x, y), xytext=(6, 5), textcoords="offset points", fontsize=8,
-                            color="#333333")
     for (arm, bench), (x, y) in points.items():
         if arm == original_arm and (retro_arm, bench) in points:
             ax.annotate("", xy=points[(retro_arm, bench)], xytext=(x, y), zorder=2,
                         arrowprops={"arrowstyle": "->", "color": "#777777", "lw": 1.2,
                                     "shrinkA": 6, "shrinkB": 6})
+    labels = []
     if rows:
-        ax.margins(x=0.1, y=0.08)  # room for the benchmark labels
+        ax.margins(x=0.12, y=0.08)  # room for the benchmark labels
         # Accuracy is a percentage: keep 0 in view and a readable scale when every point is ~0.
-        top = max(max(y for _, y in points.values()) * 1.15, 10.0)
+        top = max(max(y + errors[pair] for pair, (_, y) in points.items()) * 1.15, 10.0)
         ax.set_ylim(-0.04 * top, top)
+        ax.set_xlim(ax.get_xlim())  # fixed: labels are placed in display coordinates
         ax.set_xlabel("mean response length (tokens)")
-        ax.set_ylabel("accuracy, pass@1 (%)")
+        ax.set_ylabel("accuracy, pass@1 (%), bars: \u00b1 1 standard error")
         ax.grid(True, alpha=0.3)
-        handles, labels = ax.get_legend_handles_labels()
+        handles, legend_labels = ax.get_legend_handles_labels()
         if any(a == original_arm for a, _ in points) and any(a == retro_arm for a, _ in points):
             from matplotlib.lines import Line2D
             handles.append(Line2D([], [], color="#777777", marker=r"$\rightarrow$", linestyle="",
                                   markersize=14))
-            labels.append(f"{original_arm} \u2192 {retro_arm}")
-        ax.legend(handles, labels, title="arm", loc="best", fontsize=9)
+            legend_labels.append(f"{original_arm} \u2192 {retro_arm}")
+        # Beside the axes, so that it covers no point and no label.
+        ax.legend(handles, legend_labels, title="arm", loc="upper left",
+                  bbox_to_anchor=(1.02, 1.0), fontsize=9, borderaxespad=0)
+
+        renderer = fig.canvas.get_renderer()
+        to_display = ax.transData.transform
+        marker_px = renderer.points_to_pixels(5)  # about the markers' radius (s=70)
+        obstacles = []
+        for pair, (x, y) in points.items():
+            cx, cy = to_display((x, y))
+            obstacles.append(Bbox([[cx - marker_px, cy - marker_px],
+                                   [cx + marker_px, cy + marker_px]]))
+            if errors[pair]:
+                (_, low), (_, high) = to_display([(x, y - errors[pair]), (x, y + errors[pair])])
+                obstacles.append(Bbox([[cx - 2, low], [cx + 2, high]]))
+        # One label per benchmark, at the Retro-Search arm's point where there is one.
+        anchor: dict[str, tuple[float, float]] = {}
+        for arm in order:
+            for (a, bench), xy in points.items():
+                if a == arm and (bench not in anchor or arm == retro_arm):
+                    anchor[bench] = xy
+        labels = _place_labels(ax, sorted(((b, x, y) for b, (x, y) in anchor.items()),
+                                          key=lambda item: (item[2], item[1])), obstacles)
     ax.set_title(title or "Accuracy vs response length (up and left is better)")
+    return fig, ax, labels
+
+
+def plot_accuracy_vs_length(metrics: Iterable[Mapping[str, Any]], path: str | Path, *,
+                            arms: Sequence[str] | None = None, original_arm: str = ORIGINAL_ARM,
+                            retro_arm: str = RETRO_ARM, title: str | None = None) -> Path:
+    """Scatter of accuracy (%) vs mean response length (tokens) per arm and benchmark, with
+    error bars of one standard error (`accuracy_se`, 0-1, where the metrics have it) and one
+    label per benchmark placed where it overlaps no other label, marker or error bar."""
+    fig, _, _ = accuracy_vs_length_figure(metrics, arms=arms, original_arm=original_arm,
+                                          retro_arm=retro_arm, title=title)
     return _save(fig, path)
 
 

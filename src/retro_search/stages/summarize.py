@@ -14,8 +14,11 @@ from typing import Sequence
 from retro_search.stages import StageResult
 
 UNITS = {"acc": "accuracy, pass@1 averaged over samples, %",
+         "se": "standard error of acc, points",
          "len": "mean response tokens (evaluated model's tokenizer)",
-         "relative_row": "accuracy difference in points; length change in %",
+         "problems": "problems evaluated", "samples": "samples per problem",
+         "trunc": "responses that hit the token limit, %",
+         "relative_row": "rows 'A vs B': accuracy difference in points; length change in %",
          "search_tokens": "revision model's tokenizer"}
 
 
@@ -46,7 +49,7 @@ def run(metrics_paths: Sequence[str | Path], arms: Sequence[str], output_dir: st
     from retro_search.report import plots
     from retro_search.report.search_stats import (headline_markdown, merge_stats,
                                                   search_headline, search_stats_markdown)
-    from retro_search.report.tables import results_table, write_csv, write_markdown
+    from retro_search.report.tables import BASE_ARM, results_table, write_csv, write_markdown
 
     metrics = _read_metrics(metrics_paths, arms)
     revised_rows = list(read_jsonl(revised)) if revised else []
@@ -79,7 +82,7 @@ def run(metrics_paths: Sequence[str | Path], arms: Sequence[str], output_dir: st
     summary = {
         "arms": list(dict.fromkeys(arms)),
         "benchmarks": list(dict.fromkeys(m["benchmark"] for m in metrics)),
-        "original_arm": original_arm, "retro_arm": retro_arm,
+        "base_arm": BASE_ARM, "original_arm": original_arm, "retro_arm": retro_arm,
         "units": UNITS,
         "metrics": metrics,
         "table": [{"arm": arm, **row} for arm, row in table.to_dict(orient="index").items()],
