@@ -40,7 +40,7 @@ def test_slurm_profile_deploys_conda_envs():
 
 def test_demo_plans_one_eval_job_per_arm_and_shard_and_merges_only_sharded_benchmarks(
         make_checkout):
-    done = run([str(SNAKEMAKE), "-n", "--cores", "2"], cwd=make_checkout())
+    done = run([str(SNAKEMAKE), "-n", "-p", "--cores", "2"], cwd=make_checkout())
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     counts = job_counts(done.stdout)
     # 3 arms; arith in 2 shards, the 8 real benchmark slices in 1: each arm's engine starts twice
