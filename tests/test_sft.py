@@ -410,3 +410,51 @@ def test_sft_with_missing_accelerate_config_is_an_error_naming_the_key(tmp_path,
                    "--processes", "2"])
     assert status == 2
     assert "sft.accelerate_config=nowhere.yaml" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_sigkilled_sft_command_resumes_and_writes_what_a_straight_run_writes(
+        tmp_path, tiny_model_dir, train_file):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    stage = tmp_path / "config.yaml"  # long enough to be killed midway, checkpoints every 2 steps
+    stage.write_text(yaml.safe_dump({
+        "student": {"path": tiny_model_dir},
+        "sft": {"learning_rate": 1e-3, "max_steps": 40, "per_device_train_batch_size": 2,
+                "save_steps": 2, "save_total_limit": 3, "max_length": 512, "seed": 0}}))
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+
+    def command(out):
+        return [sys.executable, "-m", "retro_search.cli", "sft", "--train", str(train_file),
+                "--output-dir", str(out), "--config", str(stage)]
+
+    def finish(out):
+        done = subprocess.run(command(out), capture_output=True, text=True, timeout=600, env=env)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return done.stderr
+
+    straight = tmp_path / "straight"
+    finish(straight)
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(command(killed), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=env, start_new_session=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if (killed / "checkpoints" / "checkpoint-2" / "trainer_state.json").exists():
+            break
+        time.sleep(0.01)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "model").exists()
+    saved = sorted(int(p.name.split("-")[1]) for p in (killed / "checkpoints").glob("checkpoint-*")
+                   if (p / "trainer_state.json").exists())
+    assert saved and saved[-1] < 40
+
+    log = finish(killed)
+    assert f"resuming from {killed / 'checkpoints' / f'checkpoint-{saved[-1]}'}" in log
+    assert _artifacts(killed) == _artifacts(straight)
