@@ -18,6 +18,10 @@ include: "workflow/rules/eval.smk"
 include: "workflow/rules/report.smk"
 
 
+# The front page of `snakemake --report`: the experiment's headline results.
+report: "workflow/report/workflow.rst"
+
+
 rule all:
     default_target: True
     input:

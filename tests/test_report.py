@@ -460,6 +460,43 @@ def test_summarize_writes_tables_figures_and_summary(tmp_path):
     assert summary["search_headline"]["revised_share"] == pytest.approx(2 / 3)
 
 
+def test_summarize_writes_html_pages_of_the_table_and_the_search_statistics(tmp_path):
+    # what `snakemake --report` shows inline: self-contained pages, the same numbers as the Markdown
+    from retro_search.report.html import HEADLINE_END, HEADLINE_START
+
+    metrics, arms = eval_metrics_files(tmp_path / "eval")
+    stats = tmp_path / "stats.json"
+    stats.write_text(json.dumps(merge_stats(REVISED, ROLLOUTS)))
+    out = tmp_path / "summary"
+    assert main(["summarize", "--metrics", *metrics, "--arms", *arms, "--search-stats", str(stats),
+                 "--output-dir", str(out)]) == 0
+    results = (out / "results.html").read_text()
+    headline = results.split(HEADLINE_START)[1].split(HEADLINE_END)[0]
+    # averages: retro_search 49.5% ± sqrt(6^2 + 2^2) / 2 = 3.2; vs original (the same se) +4.5 ±
+    # 3.2 * sqrt(2) = 4.5 points, (5500 - 7500) / 7500 = -26.7% in length
+    assert '<td style="text-align: left">retro_search</td><td style="text-align: right">49.5 ± 3.2</td>' in headline
+    assert ">retro vs original</td><td style=\"text-align: right\">+4.5 ± 4.5</td>" in headline
+    assert ">-26.7%</td>" in headline and "Retro-Search revised 2 of 3 traces" in headline
+    assert ">+5.0 ± 8.5</td>" in results.split(HEADLINE_END)[1]  # the full table follows
+    search = (out / "search_stats.html").read_text()
+    assert ">reasoning tokens, total</td><td style=\"text-align: right\">600</td>" in search
+    for page in (results, search):
+        assert page.startswith("<!DOCTYPE html>") and "<style>" in page
+        assert "<script" not in page and "src=" not in page and "href=" not in page
+
+
+def test_markdown_to_html_escapes_text_and_keeps_table_alignment():
+    from retro_search.report.html import markdown_to_html
+
+    text = "## A <b> & c\n\nline one\nline two\n\n| x | n |\n|---|---:|\n| <i> | 1 |\n\n- w\n"
+    assert markdown_to_html(text) == (
+        "<h2>A &lt;b&gt; &amp; c</h2>\n<p class=\"note\">line one line two</p>\n"
+        '<table class="retro-search"><thead><tr><th style="text-align: left">x</th>'
+        '<th style="text-align: right">n</th></tr></thead><tbody><tr>'
+        '<td style="text-align: left">&lt;i&gt;</td><td style="text-align: right">1</td>'
+        "</tr></tbody></table>\n<ul><li>w</li></ul>")
+
+
 def test_summarize_computes_search_stats_from_the_logs_when_no_stats_file(tmp_path):
     metrics, arms = eval_metrics_files(tmp_path / "eval")
     out = tmp_path / "summary"
@@ -622,7 +659,8 @@ def test_experiment_readme_links_plots_search_statistics_and_config(tmp_path, mo
     readme = (out / "README.md").read_text()
     targets = re.findall(r"\]\(([^)]+)\)", readme)
     for name in ("accuracy_vs_length.png", "trace_lengths.png", "boundary_acceptance.png",
-                 "search_stats.md", "results.csv", "config.yaml"):
+                 "search_stats.md", "search_stats.html", "results.csv", "results.html",
+                 "config.yaml"):
         assert any(t.endswith(name) for t in targets), name
     for target in targets:
         assert (out / target).exists(), target

@@ -4,6 +4,7 @@ for real"), then a dry run after one search override, then an audit before and a
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -228,19 +229,79 @@ def test_lineage_walks_a_cell_of_the_demo_table_back_to_the_raw_rows(demo):
     assert not result["could_not_be_verified"], result["could_not_be_verified"]
 
 
-def test_report_bundles_the_results_table_search_statistics_and_plots(demo):
+@pytest.fixture(scope="module")
+def report(demo):
+    """The demo's `snakemake --report report.html`, built once."""
+    run([str(SNAKEMAKE), "--report", "report.html"], demo)
+    return demo / "report.html"
+
+
+def report_items(html):
+    """The report's items as its page script reads them: path -> {name, labels, mime_type,
+    data_uri, ...}."""
+    line = next(l for l in html.splitlines() if l.strip().startswith("var results = "))
+    return json.loads(line.strip().removeprefix("var results = ").removesuffix(";"))
+
+
+def test_report_bundles_the_results_table_search_statistics_and_plots(demo, report):
     import base64
 
-    run([str(SNAKEMAKE), "--report", "report.html"], demo)
-    html = (demo / "report.html").read_text()
+    html = report.read_text()
     index = json.loads((demo / "results/experiments/demo/index.json").read_text())
     summary = demo / next(s["dir"] for s in index["stages"] if s["role"] == "summary")
-    for name in ("results.csv", "search_stats.md", "accuracy_vs_length.png", "trace_lengths.png",
-                 "boundary_acceptance.png"):
+    for name in ("results.html", "results.csv", "search_stats.html", "accuracy_vs_length.png",
+                 "trace_lengths.png", "boundary_acceptance.png"):
         assert name in html, name
         # embedded, not linked: the report opens on another machine
         encoded = base64.b64encode((summary / name).read_bytes()).decode()
         assert encoded[len(encoded) // 2:][:64] in html, name
+
+
+def test_report_shows_the_tables_inline_labelled_by_experiment_arms_and_benchmarks(demo, report):
+    items = {Path(path).name: item for path, item in report_items(report.read_text()).items()}
+    # Snakemake shows text/html items in the page (an iframe), Markdown and CSV only as downloads
+    assert items["results.html"]["mime_type"] == items["search_stats.html"]["mime_type"] == "text/html"
+    benchmarks = summary_of(demo)["benchmarks"]
+    for name, item in items.items():
+        labels = item["labels"]
+        assert labels["experiment"] == "demo", name  # names, not the stage's hashed folder
+        assert labels["arms"] == "base, original, retro_search", name
+        assert labels["benchmarks"] == ", ".join(benchmarks), name
+    assert items["results.html"]["labels"]["item"] == "results table"
+
+
+def test_report_front_page_shows_the_headline_table(demo, report):
+    # the workflow description: the average accuracy and length of each arm
+    html = report.read_text()
+    line = next(l for l in html.splitlines() if l.strip().startswith("var workflow_desc = "))
+    description = json.loads(line.strip().removeprefix("var workflow_desc = ").removesuffix(";"))
+    rows = {row["arm"]: row for row in summary_of(demo)["table"]}
+    assert "Headline results: demo" in description
+    for arm in ("base", "original", "retro_search", "retro vs original"):
+        assert f">{arm}</td>" in description, arm
+    assert f"{rows['retro_search']['average/acc']:.1f} ± " in description
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="chromium not installed (.ci/run "
+                    "installs it)")
+def test_report_front_page_shows_the_headline_table_in_a_browser(demo, report, tmp_path):
+    # Rendered by a headless browser: the page's scripts build the front page from the report's
+    # data; the rendered DOM must show each arm's average accuracy.
+    def chromium(*args):
+        return subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu",
+                               "--window-size=1600,1000", "--virtual-time-budget=10000", *args,
+                               report.as_uri()], capture_output=True, text=True, timeout=180)
+
+    dom = chromium("--dump-dom")
+    assert dom.returncode == 0, dom.stderr[-3000:]
+    rows = {row["arm"]: row for row in summary_of(demo)["table"]}
+    assert "Headline results: demo" in dom.stdout
+    for arm in ("base", "original", "retro_search"):
+        assert f">{arm}</td>" in dom.stdout, arm
+        assert f"{rows[arm]['average/acc']:.1f} ± " in dom.stdout, arm
+    shot = chromium(f"--screenshot={tmp_path / 'report.png'}")
+    assert shot.returncode == 0, shot.stderr[-3000:]
+    assert (tmp_path / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_experiment_index_shows_the_results_table(demo):

@@ -287,6 +287,26 @@ def summary_arms(wildcards):
     return " ".join(u.config["arm"] for u, _ in summary_evals(wildcards))
 
 
+def summary_labels(item):
+    """The `snakemake --report` labels of a summary file: what it is, and the experiment, arms
+    and benchmarks it covers by name (the stage folder's name is a hash)."""
+
+    def labels(wildcards):
+        summary = stage("summary", wildcards)
+        evals = summary_evals(wildcards)
+        names = [
+            e.name for e in PLAN.experiments if e.stages["summary"].dir == summary.dir
+        ]
+        return {
+            "item": item,
+            "experiment": ", ".join(names),
+            "arms": ", ".join(dict.fromkeys(u.config["arm"] for u, _ in evals)),
+            "benchmarks": ", ".join(dict.fromkeys(bench for _, bench in evals)),
+        }
+
+    return labels
+
+
 def experiment_by_name(name):
     return next(e for e in PLAN.experiments if e.name == name)
 

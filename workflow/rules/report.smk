@@ -11,31 +11,44 @@ rule summarize:
         stats=summary_inputs("stats"),
         metrics=summary_metrics_inputs,
     output:
+        # what the report shows inline (HTML pages and figures), labelled by name
+        html=report(
+            "results/summary/{sid}/results.html",
+            caption="../report/results_table.rst",
+            category="Results",
+            labels=summary_labels("results table"),
+        ),
         csv=report(
             "results/summary/{sid}/results.csv",
             caption="../report/results_table.rst",
             category="Results",
+            labels=summary_labels("results table, full precision (CSV)"),
         ),
         md="results/summary/{sid}/results.md",
-        search=report(
-            "results/summary/{sid}/search_stats.md",
+        search_html=report(
+            "results/summary/{sid}/search_stats.html",
             caption="../report/search_stats.rst",
             category="Retro-Search",
+            labels=summary_labels("search statistics"),
         ),
+        search="results/summary/{sid}/search_stats.md",
         accuracy=report(
             "results/summary/{sid}/accuracy_vs_length.png",
             caption="../report/accuracy_vs_length.rst",
             category="Results",
+            labels=summary_labels("accuracy vs length"),
         ),
         lengths=report(
             "results/summary/{sid}/trace_lengths.png",
             caption="../report/trace_lengths.rst",
             category="Retro-Search",
+            labels=summary_labels("trace lengths before and after"),
         ),
         acceptance=report(
             "results/summary/{sid}/boundary_acceptance.png",
             caption="../report/boundary_acceptance.rst",
             category="Retro-Search",
+            labels=summary_labels("acceptance by boundary"),
         ),
         summary="results/summary/{sid}/summary.json",
         manifest="results/summary/{sid}/manifest.json",

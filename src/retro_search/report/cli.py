@@ -46,8 +46,11 @@ Writes into OUTPUT_DIR:
                            line with the share of traces revised and the mean reasoning length
                            before and after Retro-Search; below it n (problems x samples) and
                            the truncation rate per benchmark and arm
+  results.html             a self-contained web page: that line, the averages per arm, then the
+                           Markdown's tables (what `snakemake --report` shows inline)
   search_stats.md          the search statistics (from --search-stats, or computed from
                            --revised and --rollouts when it is not given)
+  search_stats.html        the same as a self-contained web page
   accuracy_vs_length.png   accuracy (± 1 standard error) vs mean length per arm and benchmark,
                            arrows original -> retro
   trace_lengths.png        reasoning lengths before / after Retro-Search

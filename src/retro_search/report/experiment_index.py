@@ -2,9 +2,9 @@
 holds each artifact), `config.yaml` (the experiment's resolved config without its runtime
 settings: what `retro-search compare` reads the swept values from), `results.md` (a copy of the
 summary's table, where a reader looks first; the audit checks both) and `README.md` (the table,
-the figures, links to the search statistics, the CSV and the config, and the stages), with a
-manifest like a stage's, whose upstream is every stage of the index: the audit of the experiment
-starts there."""
+the figures, links to the search statistics, the table's CSV and HTML pages and the config, and
+the stages), with a manifest like a stage's, whose upstream is every stage of the index: the audit
+of the experiment starts there."""
 
 from __future__ import annotations
 
@@ -21,8 +21,10 @@ from retro_search.artifacts import write_json, write_text
 FIGURES = (("accuracy_vs_length.png", "Accuracy vs response length"),
            ("trace_lengths.png", "Reasoning lengths before and after Retro-Search"),
            ("boundary_acceptance.png", "Acceptance of rollouts by boundary"))
-LINKED = (("results.csv", "results table, full precision (CSV)"),
+LINKED = (("results.html", "results table as a web page (HTML)"),
+          ("results.csv", "results table, full precision (CSV)"),
           ("search_stats.md", "search statistics"),
+          ("search_stats.html", "search statistics as a web page (HTML)"),
           ("summary.json", "summary: metrics read, table and search statistics (JSON)"))
 CONFIG_FILE = "config.yaml"
 

@@ -38,9 +38,9 @@ import pandas as pd
 
 from retro_search.artifacts import write_text
 
-__all__ = ["BASE_ARM", "ORIGINAL_ARM", "RETRO_ARM", "RELATIVE_ROW", "compared_arms",
-           "metrics_from_eval", "relative_rows", "results_table", "to_markdown", "write_csv",
-           "write_markdown"]
+__all__ = ["BASE_ARM", "ORIGINAL_ARM", "RETRO_ARM", "RELATIVE_ROW", "averages_markdown",
+           "compared_arms", "metrics_from_eval", "relative_rows", "results_table",
+           "to_markdown", "write_csv", "write_markdown"]
 
 BASE_ARM = "base"
 ORIGINAL_ARM = "original"
@@ -248,6 +248,24 @@ def to_markdown(table: pd.DataFrame, *, caption: str | None = None) -> str:
         lines += ["", *_sizes_markdown(table), "",
                   "n: problems x samples per problem; truncated: share of responses that hit "
                   "the token limit (eval max_tokens), in %."]
+    return "\n".join(lines) + "\n"
+
+
+def averages_markdown(table: pd.DataFrame, *, caption: str | None = None) -> str:
+    """The table's headline in Markdown: per arm and relative row, the average over the
+    benchmarks of accuracy ("acc ± se", in %; in points in the relative rows) and length (tokens;
+    change in % in the relative rows), under `caption`; the report's front page shows it."""
+    benchmarks = _benchmarks(table)
+    lines = [caption, ""] if caption else []
+    lines += [f"| arm | accuracy, mean of {len(benchmarks)} benchmarks | length, tokens |",
+              "|---|---:|---:|"]
+    for arm, row in table.iterrows():
+        relative = compared_arms(str(arm)) is not None
+        lines.append(f"| {arm} | "
+                     + _cell(row[f"{AVERAGE}/acc"], "/acc", relative, row[f"{AVERAGE}/se"])
+                     + f" | {_cell(row[f'{AVERAGE}/len'], '/len', relative)} |")
+    lines += ["", f"Benchmarks: {', '.join(benchmarks)}. A vs B: differences in points and the "
+                  "length change in %; n/a where an arm lacks a benchmark."]
     return "\n".join(lines) + "\n"
 
 

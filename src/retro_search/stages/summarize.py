@@ -1,6 +1,7 @@
 """The summarize stage: the eval stage's metrics files and the merged search outputs -> an
-experiment's results table (CSV, Markdown), search statistics page, figures and summary.json
-(`retro-search summarize`).
+experiment's results table (CSV, Markdown, HTML), search statistics page (Markdown, HTML),
+figures and summary.json (`retro-search summarize`). The HTML pages are what
+`snakemake --report` shows inline.
 
 The search statistics come from merge's stats file when given; otherwise they are computed from
 the revised traces and rollout log, so a report can be rebuilt from the logs alone.
@@ -46,10 +47,11 @@ def run(metrics_paths: Sequence[str | Path], arms: Sequence[str], output_dir: st
     given, the search statistics page and figures. The search statistics are read from
     `search_stats`, else computed from `revised` and `rollouts`."""
     from retro_search.artifacts import json_safe, read_json, read_jsonl, write_json, write_text
-    from retro_search.report import plots
+    from retro_search.report import html, plots
     from retro_search.report.search_stats import (headline_markdown, merge_stats,
                                                   search_headline, search_stats_markdown)
-    from retro_search.report.tables import BASE_ARM, results_table, write_csv, write_markdown
+    from retro_search.report.tables import (BASE_ARM, averages_markdown, results_table,
+                                            to_markdown, write_csv, write_markdown)
 
     metrics = _read_metrics(metrics_paths, arms)
     revised_rows = list(read_jsonl(revised)) if revised else []
@@ -67,12 +69,18 @@ def run(metrics_paths: Sequence[str | Path], arms: Sequence[str], output_dir: st
     caption = "\n\n".join(filter(None, [title, headline and headline_markdown(headline)]))
     written = {"results_csv": write_csv(table, out / "results.csv"),
                "results_md": write_markdown(table, out / "results.md", caption=caption or None),
+               "results_html": write_text(out / "results.html", html.results_page(
+                   averages_markdown(table, caption=caption or None), to_markdown(table),
+                   title=f"Results: {title}" if title else "Results")),
                "accuracy_vs_length": plots.plot_accuracy_vs_length(
                    metrics, out / "accuracy_vs_length.png", original_arm=original_arm,
                    retro_arm=retro_arm)}
     if stats is not None:
-        written["search_stats_md"] = write_text(out / "search_stats.md",
-                                                search_stats_markdown(stats))
+        stats_markdown = search_stats_markdown(stats)
+        written["search_stats_md"] = write_text(out / "search_stats.md", stats_markdown)
+        # the Markdown page's own "# Retro-Search statistics" heading becomes the page title
+        written["search_stats_html"] = write_text(out / "search_stats.html", html.page(
+            "Retro-Search statistics", html.markdown_to_html(stats_markdown.split("\n", 1)[1])))
         written["boundary_acceptance"] = plots.plot_boundary_acceptance(
             stats.get("per_boundary", []), out / "boundary_acceptance.png")
     if revised:
