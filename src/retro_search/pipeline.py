@@ -241,6 +241,7 @@ def plan_experiment(name: str, cfg: dict, results: str = "results") -> Experimen
     from retro_search.local_paths import check_local_paths
     from retro_search.stages.prepare import check_data_section
     from retro_search.sampling import check_sampler, sample_settings
+    from retro_search import tracking
 
     evaluation = eval_section(cfg)
     check_sections({**cfg, "eval": evaluation})  # a bad value: refused here, not in a job
@@ -381,6 +382,11 @@ def plan_experiment(name: str, cfg: dict, results: str = "results") -> Experimen
              "model_dir": model_dir, "arm": arm, "input_files": eval_files},
             [*upstream, *eval_up]))
     stage("summary", "summary", name, {"arms": arms}, [merge, *evals])
+    for role, planned in stages.items():  # where sft and eval jobs log: runtime, never hashed
+        tracked = (tracking.stage_section(cfg, name, role.partition(":")[2])
+                   if planned.kind in ("sft", "eval") else None)
+        if tracked:
+            planned.runtime = {**planned.runtime, "tracking": tracked}
     return Experiment(name, cfg, stages)
 
 

@@ -61,8 +61,9 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
 
 
 # Folders of a stage directory that are not its artifact: Snakemake writes logs/ after the
-# command (and again on a rerun), and checkpoints/ is SFT's resume state.
-NOT_ARTIFACTS = ("logs", "checkpoints")
+# command (and again on a rerun), checkpoints/ is SFT's resume state, and tracking/ what a
+# tracker logged (retro_search.tracking; eval adds to it after the SFT stage is done).
+NOT_ARTIFACTS = ("logs", "checkpoints", "tracking")
 
 
 def _is_artifact(relative: Path) -> bool:

@@ -137,8 +137,8 @@ def is_runtime_override(key: str, cfg: dict[str, Any]) -> bool:
     `data.sample.retries`) of the composed config `cfg` is a runtime setting: such overrides do
     not rename the experiment."""
     parts = key.lstrip("+~").split(".")
-    if parts[0] == "resources":  # what the jobs ask of SLURM: in no stage's config
-        return True
+    if parts[0] in ("resources", "tracking"):  # what the jobs ask of SLURM, and where they log
+        return True                            # (runtime.yaml of sft and eval): in no config.yaml
     values = cfg
     if parts[:2] == ["reasoner", "sft"]:
         parts, values = parts[1:], cfg.get("reasoner", {})

@@ -18,6 +18,7 @@ from omegaconf import OmegaConf
 from retro_search.evaluation.config import EvalSettings
 from retro_search.search_types import SearchConfig
 from retro_search.sft.config import ModelSettings, SFTSettings
+from retro_search.tracking import TrackingSettings
 
 
 @dataclass
@@ -67,7 +68,8 @@ class Resources:
 GROUP_SCHEMAS: dict[str, type] = {"search": SearchConfig, "sft": SFTSettings, "eval": EvalSettings}
 # Sections a `model` group file sets (the reviser and the student), and the root's own.
 MODEL_SECTIONS: dict[str, type] = {"model": ModelSettings, "student": ModelSettings}
-ROOT_SECTIONS: dict[str, type] = {"grading": GradingSettings, "resources": Resources}
+ROOT_SECTIONS: dict[str, type] = {"grading": GradingSettings, "resources": Resources,
+                                  "tracking": TrackingSettings}  # tracking: runtime.py
 SECTION_SCHEMAS: dict[str, type] = {**GROUP_SCHEMAS, **MODEL_SECTIONS, **ROOT_SECTIONS}
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -73,12 +74,52 @@ def _report(args: argparse.Namespace, result: StageResult) -> int:
     return result.report(args.command)
 
 
+def _tracking(args: argparse.Namespace):
+    """The `tracking` section (runtime.yaml beside --config) and tracking.* overrides, which
+    are taken off args.overrides; a chosen tracker that is not installed is refused now."""
+    from retro_search import tracking
+
+    mine = [o for o in args.overrides if o.startswith("tracking.")]
+    args.overrides = [o for o in args.overrides if not o.startswith("tracking.")]
+    settings = tracking.load(args.config, mine)
+    if settings.enabled:
+        tracking._require(settings.report_to)
+    return settings
+
+
+def _track(settings, model: str, stage_dir: Path, metrics_files) -> None:
+    """Log complete benchmarks' metrics (not one shard of several: eval-merge logs those) into
+    the tracked run of `model`. A tracker that fails is warned about: the eval is done."""
+    from retro_search import tracking
+    from retro_search.artifacts import read_json
+
+    if not settings.enabled:
+        return
+    metrics = [m for m in map(read_json, metrics_files) if m.get("num_shards", 1) == 1]
+    try:
+        folder = tracking.log_eval(settings, model, stage_dir, metrics)
+    except Exception as err:  # noqa: BLE001 - the tracker's own errors, of any kind
+        _stderr(f"warning: tracking.report_to={settings.report_to}: logging the metrics "
+                f"failed: {type(err).__name__}: {err}")
+        return
+    if folder is not None:
+        _stderr(f"tracking: {len(metrics)} benchmark(s) logged to {settings.report_to} "
+                f"({folder})")
+
+
+def _stage_dir(config: str | None, fallback: str | Path) -> Path:
+    """The eval stage's folder: that of its config.yaml, else `fallback`."""
+    return Path(config).parent if config and Path(config).name == "config.yaml" \
+        else Path(fallback)
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from retro_search.evaluation.config import load_eval_config
     from retro_search.stages import evaluate
 
     from retro_search.config import load_config_dict
 
+    tracked = _tracking(args)
     settings, engine_section = load_eval_config(args.config, args.overrides)
     stage_config = load_config_dict(args.config)
     model_key = "--model"  # named in a load error
@@ -94,6 +135,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
                           benchmarks=args.benchmarks, progress=not args.no_progress, log=_stderr,
                           revision=evaluate.model_revision(stage_config, args.model),
                           model_key=model_key)
+    _track(tracked, args.model, _stage_dir(args.config, args.output_dir),
+           [path for key, path in result.outputs.items() if key.endswith("/metrics.json")])
     return _report(args, result)
 
 
@@ -101,9 +144,14 @@ def cmd_eval_merge(args: argparse.Namespace) -> int:
     from retro_search.evaluation.config import load_eval_config
     from retro_search.stages import evaluate
 
+    from retro_search.config import load_config_dict
+
+    tracked = _tracking(args)
     settings, _ = load_eval_config(args.config, args.overrides)
-    return _report(args, evaluate.merge(settings, args.inputs, args.metrics, args.generations,
-                                        args.output))
+    result = evaluate.merge(settings, args.inputs, args.metrics, args.generations, args.output)
+    model = load_config_dict(args.config).get("model_dir") or ""
+    _track(tracked, model, _stage_dir(args.config, Path(args.output).parent), [args.output])
+    return _report(args, result)
 
 
 def register(sub) -> None:

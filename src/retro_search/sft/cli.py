@@ -33,14 +33,16 @@ def cmd_sft_data(args: argparse.Namespace) -> int:
 
 
 def cmd_sft(args: argparse.Namespace) -> int:
+    from retro_search import tracking
     from retro_search.sft.config import load_settings
     from retro_search.stages import sft
 
-    student, settings = load_settings(args.config, args.overrides)
+    student, settings = load_settings(args.config, args.overrides, also=("tracking.",))
+    tracked = tracking.load(args.config, args.overrides)
     if args.processes > 1:
         return sft.launch(settings, args.train, args.output_dir, processes=args.processes,
                           config=args.config, overrides=args.overrides)
-    result = sft.run(student, settings, args.train, args.output_dir)
+    result = sft.run(student, settings, args.train, args.output_dir, tracking=tracked)
     return result.report(args.command)
 
 
@@ -81,7 +83,9 @@ def register(sub) -> None:
     p.add_argument("--output-dir", required=True, help="run folder (checkpoints/, model/, train_metrics.json)")
     p.add_argument("--config", default=None, help="stage config YAML with `student` and `sft` sections")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                   help="student.* / sft.* overrides")
+                   help="student.* / sft.* overrides; tracking.report_to=tensorboard|wandb|"
+                   "mlflow (and tracking.project, tracking.run_name) logs the losses to a "
+                   "tracker (OUTPUT_DIR/tracking/)")
     p.add_argument("--processes", type=int, default=1,
                    help="training processes, one per GPU; > 1 launches them with accelerate "
                    "(default: %(default)s; 0 or 1: this process alone)")

@@ -64,9 +64,10 @@ class SFTSettings:
     accelerate_config: str = "accelerate/deepspeed_zero3.yaml"  # or accelerate/fsdp.yaml
 
 
-def load_settings(config_file: str | Path | None = None,
-                  overrides: Sequence[str] = ()) -> tuple[ModelSettings, SFTSettings]:
-    """The `student` and `sft` sections of a stage config, with `student.*` / `sft.*` overrides.
+def load_settings(config_file: str | Path | None = None, overrides: Sequence[str] = (),
+                  also: Sequence[str] = ()) -> tuple[ModelSettings, SFTSettings]:
+    """The `student` and `sft` sections of a stage config, with `student.*` / `sft.*` overrides
+    (overrides with a prefix in `also`, e.g. "tracking.", are the caller's to read).
 
     Raises ValueError naming the key for unknown keys, wrong types, a missing `student.path`, or an
     override that belongs to neither section.
@@ -81,7 +82,7 @@ def load_settings(config_file: str | Path | None = None,
             # e.g. a Hydra group file (config/sft/demo.yaml) holds the values without `sft:`
             raise ValueError(f"{config_file} has no `student` or `sft` section; pass a composed "
                              "stage config (sft: {...}, student: {...})")
-    bad = [o for o in overrides if not o.startswith(("student.", "sft."))]
+    bad = [o for o in overrides if not o.startswith(("student.", "sft.", *also))]
     if bad:
         raise ValueError(f"override(s) {bad} are neither student.KEY=VALUE nor sft.KEY=VALUE")
     student = load_section(ModelSettings, "student", config_file,

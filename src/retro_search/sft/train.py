@@ -5,6 +5,7 @@
     DIR/checkpoints/checkpoint-N/   Trainer checkpoints (weights, optimizer, scheduler, RNG states)
     DIR/model/                      the final model + tokenizer (renamed into place when complete)
     DIR/train_metrics.json          loss per logging step, steps, examples, tokens seen
+    DIR/tracking/                   with tracking on: TensorBoard events, run.json (the run's id)
 
 DIR/model/ and DIR/train_metrics.json are the stage's hashed outputs and hold only what the run
 produced, never how it went: two runs with the same seeds (on the same machine) write them byte
@@ -47,6 +48,7 @@ from retro_search.artifacts import write_json
 from retro_search.sft.config import (SFTSettings, ModelSettings, gradient_accumulation_steps,
                                      resolve_bf16)
 from retro_search.sft.data import eos_text, tokenize_rows
+from retro_search.tracking import TrackingSettings, TrainingRun
 
 log = logging.getLogger("retro_search.sft")
 
@@ -93,9 +95,11 @@ def last_checkpoint(checkpoints: Path, *, remove_incomplete: bool = False) -> Pa
     return complete
 
 
-def sft_config(settings: SFTSettings, output_dir: Path, *, world_size: int):
+def sft_config(settings: SFTSettings, output_dir: Path, *, world_size: int,
+               report_to: str = "none", run_name: str | None = None):
     """TRL's SFTConfig from our settings. Build it before loading the model: under DeepSpeed
-    ZeRO-3 it is what makes `from_pretrained` load the weights already partitioned."""
+    ZeRO-3 it is what makes `from_pretrained` load the weights already partitioned.
+    `report_to`, `run_name`: the tracker TRL logs to (`retro_search.tracking`)."""
     import torch
     from trl import SFTConfig
 
@@ -125,7 +129,8 @@ def sft_config(settings: SFTSettings, output_dir: Path, *, world_size: int):
         save_total_limit=settings.save_total_limit,
         logging_steps=settings.logging_steps,
         include_num_input_tokens_seen="non_padding",
-        report_to="none",
+        report_to=report_to,
+        run_name=run_name,
         dataloader_pin_memory=torch.cuda.is_available(),
     )
 
@@ -174,8 +179,10 @@ def tokenized_dataset(train_path: str | Path, tokenizer, settings: SFTSettings):
 
 
 def build_trainer(train_path: str | Path, output_dir: str | Path, student: ModelSettings,
-                  settings: SFTSettings, *, callbacks: Sequence[Any] = ()):
-    """The SFTTrainer for one run, before training (its dataset is already tokenized and masked)."""
+                  settings: SFTSettings, *, callbacks: Sequence[Any] = (),
+                  tracking_run: TrainingRun | None = None):
+    """The SFTTrainer for one run, before training (its dataset is already tokenized and masked);
+    it logs to `tracking_run`'s tracker (none without one)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTTrainer
@@ -183,7 +190,9 @@ def build_trainer(train_path: str | Path, output_dir: str | Path, student: Model
     from retro_search.model_errors import loading, sources_of
 
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    config = sft_config(settings, Path(output_dir) / "checkpoints", world_size=world_size)
+    config = sft_config(settings, Path(output_dir) / "checkpoints", world_size=world_size,
+                        report_to=tracking_run.report_to if tracking_run else "none",
+                        run_name=tracking_run.run_name if tracking_run else None)
     tokenizer_path = student.tokenizer or student.path
     with loading(*sources_of(vars(student), "student", tokenizer_only=True)):
         tokenizer = AutoTokenizer.from_pretrained(
@@ -198,8 +207,10 @@ def build_trainer(train_path: str | Path, output_dir: str | Path, student: Model
 
 
 def train(train_path: str | Path, output_dir: str | Path, student: ModelSettings,
-          settings: SFTSettings, *, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
+          settings: SFTSettings, *, callbacks: Sequence[Any] = (),
+          tracking: TrackingSettings | None = None) -> dict[str, Any]:
     """Train (resuming from DIR/checkpoints when possible), save DIR/model and the metrics.
+    With `tracking` on, the losses also go to its tracker (DIR/tracking/, `retro_search.tracking`).
 
     Returns the metrics written to DIR/train_metrics.json and this session's SESSION_FIELDS.
     """
@@ -208,10 +219,14 @@ def train(train_path: str | Path, output_dir: str | Path, student: ModelSettings
     # SFTConfig does it with its own settings, would override them.
     first_rank = os.environ.get("RANK", "0") == "0"
     resume = last_checkpoint(output_dir / "checkpoints", remove_incomplete=first_rank)
-    trainer = build_trainer(train_path, output_dir, student, settings, callbacks=callbacks)
-    if resume is not None:
-        log.info("resuming from %s", resume)
-    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    with TrainingRun(tracking, output_dir, resuming=resume is not None,
+                     main_process=first_rank) as tracked:
+        trainer = build_trainer(train_path, output_dir, student, settings, callbacks=callbacks,
+                                tracking_run=tracked)
+        if resume is not None:
+            log.info("resuming from %s", resume)
+        result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+        tracked.finished(trainer.state.global_step)
     _save_final_model(trainer, output_dir / "model")
 
     state = trainer.state

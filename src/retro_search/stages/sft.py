@@ -16,6 +16,7 @@ from retro_search.stages import StageResult
 
 if TYPE_CHECKING:
     from retro_search.sft.config import ModelSettings, SFTSettings
+    from retro_search.tracking import TrackingSettings
 
 # The job's log (the summary, printed to stderr): the session's fields (runtime, steps, resumed
 # checkpoint), which train_metrics.json leaves out so that it is the same on every run, and a
@@ -63,12 +64,13 @@ def launch(settings: SFTSettings, train: str | Path, output_dir: str | Path, *, 
 
 
 def run(student: ModelSettings, settings: SFTSettings, train: str | Path,
-        output_dir: str | Path) -> StageResult:
-    """Fine-tune `student` on the rows of `train` in this process."""
+        output_dir: str | Path, tracking: TrackingSettings | None = None) -> StageResult:
+    """Fine-tune `student` on the rows of `train` in this process; with `tracking` on, its
+    tracker gets the losses (OUTPUT_DIR/tracking/, not an output)."""
     from retro_search.sft.train import train as train_student
 
     _require_train(train)
-    metrics = train_student(train, output_dir, student, settings)
+    metrics = train_student(train, output_dir, student, settings, tracking=tracking)
     model = Path(output_dir) / "model"
     summary = {**{k: metrics[k] for k in SUMMARY_METRICS}, "model": str(model)}
     return StageResult(outputs={"model": model,
