@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import struct
 import subprocess
 import sys
@@ -150,6 +151,31 @@ def test_sft_losses_and_eval_accuracy_land_in_one_tensorboard_run(tmp_path, trac
     assert not (evaluation / "tracking").exists()  # the arm's run has it; no second run
 
 
+def test_a_benchmark_in_shards_is_logged_once_when_eval_merge_joins_them(tmp_path, tracked_run):
+    evaluation = tmp_path / "eval" / "retro_search-tiny-5555555555"
+    config = _stage(evaluation, {
+        "model_dir": str(tracked_run / "model"), "arm": "retro_search",
+        "eval": {"benchmarks": ["aime24"], "data_dir": str(BENCHMARKS), "limit": 4,
+                 "num_shards": 2, "max_tokens": 8, "grading_processes": 0},
+        "engine": {"name": "transformers", "device": "cpu"}}, TRACKED)
+    for shard in (0, 1):
+        assert main(["eval", "--config", str(config), "--output-dir",
+                     str(evaluation / f"shard-{shard}"), "--no-progress",
+                     f"eval.shard={shard}"]) == 0
+    assert "eval/aime24/accuracy" not in _scalars(tracked_run / "tracking")  # a shard is not it
+    merged = evaluation / "aime24" / "metrics.json"
+    assert main(["eval-merge", "--config", str(config),
+                 "--inputs", *(str(evaluation / f"shard-{i}" / "aime24" / "generations.parquet")
+                               for i in (0, 1)),
+                 "--metrics", *(str(evaluation / f"shard-{i}" / "aime24" / "metrics.json")
+                                for i in (0, 1)),
+                 "--generations", str(evaluation / "aime24" / "generations.parquet"),
+                 "--output", str(merged)]) == 0
+    accuracy = json.loads(merged.read_text())["accuracy"]
+    assert _scalars(tracked_run / "tracking")["eval/aime24/accuracy"] == [
+        (4, pytest.approx(accuracy))]
+
+
 @needs_tensorboard
 def test_the_base_arm_without_an_sft_run_gets_a_run_in_its_eval_folder(tmp_path,
                                                                        tiny_model_dir):
@@ -211,3 +237,101 @@ def test_the_tracking_folder_is_not_an_artifact_the_audit_expects():
     from retro_search.provenance import NOT_ARTIFACTS
 
     assert tracking.FOLDER in NOT_ARTIFACTS
+
+
+# ----------------------------------------------------------------------------- W&B and MLflow
+# Neither is installed here: stand-ins record what the tracking code asks of them.
+
+def _stand_in(monkeypatch, name: str):
+    import importlib.machinery
+    import types
+
+    module = types.ModuleType(name)
+    module.__spec__ = importlib.machinery.ModuleSpec(name, None)  # found by find_spec
+    module.calls = []
+    monkeypatch.setitem(sys.modules, name, module)
+    return module
+
+
+class _Run:
+    def __init__(self, module, run_id):
+        self.module, self.id = module, run_id
+        self.info = type("Info", (), {"run_id": run_id})()
+        self.summary = {}
+
+    def log(self, values):
+        self.module.calls.append(("log", values))
+
+    def finish(self):
+        self.module.calls.append(("finish",))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.module.calls.append(("end_run",))
+
+
+def test_wandb_eval_resumes_the_run_the_sft_job_recorded(monkeypatch, tmp_path):
+    wandb = _stand_in(monkeypatch, "wandb")
+
+    def init(**kwargs):
+        wandb.calls.append(("init", kwargs))
+        return _Run(wandb, kwargs["id"] or "run-1")
+
+    wandb.init = init
+    settings = tracking.TrackingSettings(report_to="wandb", project="demo",
+                                         run_name="retro_search")
+    with tracking.TrainingRun(settings, tmp_path / "sft") as run:
+        assert run.report_to == "wandb" and run.run_name == "retro_search"
+        run.finished(4)
+    assert wandb.calls[0] == ("init", {"project": "demo", "name": "retro_search", "id": None,
+                                       "dir": str(tmp_path / "sft" / "tracking"),
+                                       "resume": "allow"})
+    assert wandb.calls[-1] == ("finish",)
+    record = json.loads((tmp_path / "sft" / "tracking" / "run.json").read_text())
+    assert record["run_id"] == "run-1" and record["global_step"] == 4
+
+    wandb.calls.clear()
+    metrics = {"benchmark": "amc23", "accuracy": 0.5, "accuracy_stderr": 0.1,
+               "mean_tokens": 7.0, "truncation_rate": 0.0, "n": 2}
+    tracking.log_eval(settings, str(tmp_path / "sft" / "model"), tmp_path / "eval", [metrics])
+    assert wandb.calls[0][1]["id"] == "run-1"
+    assert wandb.calls[1] == ("log", {"eval/amc23/accuracy": 0.5, "eval/amc23/accuracy_stderr":
+                                      0.1, "eval/amc23/mean_tokens": 7.0,
+                                      "eval/amc23/truncation_rate": 0.0})
+    assert not (tmp_path / "eval" / "tracking").exists()
+
+    wandb.calls.clear()  # a job resumed from a checkpoint continues the run; a new one does not
+    with tracking.TrainingRun(settings, tmp_path / "sft", resuming=True):
+        pass
+    with tracking.TrainingRun(settings, tmp_path / "sft", resuming=False):
+        pass
+    assert [c[1]["id"] for c in wandb.calls if c[0] == "init"] == ["run-1", None]
+
+
+def test_mlflow_eval_logs_into_the_run_the_sft_job_started(monkeypatch, tmp_path):
+    mlflow = _stand_in(monkeypatch, "mlflow")
+    mlflow.set_experiment = lambda name: mlflow.calls.append(("set_experiment", name))
+
+    def start_run(run_id=None, run_name=None):
+        mlflow.calls.append(("start_run", run_id, run_name))
+        return _Run(mlflow, run_id or "mlflow-1")
+
+    mlflow.start_run = start_run
+    mlflow.end_run = lambda: mlflow.calls.append(("end_run",))
+    mlflow.log_metrics = lambda values, step: mlflow.calls.append(("log_metrics", values, step))
+    monkeypatch.setenv("MLFLOW_RUN_ID", "someone-elses")
+    settings = tracking.TrackingSettings(report_to="mlflow", project="demo")
+    with tracking.TrainingRun(settings, tmp_path / "original-x") as run:
+        assert "MLFLOW_RUN_ID" not in os.environ  # TRL would start a second run
+        run.finished(7)
+    assert os.environ["MLFLOW_RUN_ID"] == "someone-elses"
+    assert mlflow.calls == [("set_experiment", "demo"), ("start_run", None, "original-x"),
+                            ("end_run",)]
+
+    mlflow.calls.clear()
+    tracking.log_eval(settings, str(tmp_path / "original-x" / "model"), tmp_path / "eval",
+                      [{"benchmark": "arith", "accuracy": 1.0}])
+    assert mlflow.calls == [("set_experiment", "demo"), ("start_run", "mlflow-1", None),
+                            ("log_metrics", {"eval/arith/accuracy": 1.0}, 7), ("end_run",)]

@@ -87,15 +87,16 @@ def _tracking(args: argparse.Namespace):
     return settings
 
 
-def _track(settings, model: str, stage_dir: Path, metrics_files) -> None:
-    """Log complete benchmarks' metrics (not one shard of several: eval-merge logs those) into
-    the tracked run of `model`. A tracker that fails is warned about: the eval is done."""
+def _track(settings, model: str, stage_dir: Path, metrics_files, merged: bool = False) -> None:
+    """Log complete benchmarks' metrics into the tracked run of `model`: not one shard of several
+    (eval-merge logs those, `merged`). A tracker that fails is warned about: the eval is done."""
     from retro_search import tracking
     from retro_search.artifacts import read_json
 
     if not settings.enabled:
         return
-    metrics = [m for m in map(read_json, metrics_files) if m.get("num_shards", 1) == 1]
+    metrics = [m for m in map(read_json, metrics_files)
+               if merged or m.get("num_shards", 1) == 1]
     try:
         folder = tracking.log_eval(settings, model, stage_dir, metrics)
     except Exception as err:  # noqa: BLE001 - the tracker's own errors, of any kind
@@ -150,7 +151,8 @@ def cmd_eval_merge(args: argparse.Namespace) -> int:
     settings, _ = load_eval_config(args.config, args.overrides)
     result = evaluate.merge(settings, args.inputs, args.metrics, args.generations, args.output)
     model = load_config_dict(args.config).get("model_dir") or ""
-    _track(tracked, model, _stage_dir(args.config, Path(args.output).parent), [args.output])
+    _track(tracked, model, _stage_dir(args.config, Path(args.output).parent), [args.output],
+           merged=True)
     return _report(args, result)
 
 
