@@ -18,9 +18,9 @@ from typing import Any
 COMMAND_SECTIONS = {
     "search": ("search", "model", "grading", "engine"),
     "sample": ("sample", "model", "engine"),
-    "eval": ("eval", "engine"),
+    "eval": ("eval", "engine", "tracking"),
     "sft-data": ("student", "sft"),
-    "sft": ("student", "sft"),
+    "sft": ("student", "sft", "tracking"),
 }
 # The defaults of the engine section where no --config sets it (each command's loader).
 DEFAULT_ENGINE = "transformers"
@@ -33,10 +33,11 @@ def schema_of(section: str) -> type:
     from retro_search.schemas import GradingSettings
     from retro_search.search_types import SearchConfig
     from retro_search.sft.config import ModelSettings, SFTSettings
+    from retro_search.tracking import TrackingSettings
 
     return {"search": SearchConfig, "model": ModelSettings, "student": ModelSettings,
             "grading": GradingSettings, "sample": SampleSettings, "eval": EvalSettings,
-            "sft": SFTSettings}[section]
+            "sft": SFTSettings, "tracking": TrackingSettings}[section]
 
 
 def settings_help(command: str) -> str:

@@ -42,8 +42,8 @@ class TrackingSettings:
 
     report_to: str = "none"          # none | tensorboard | wandb | mlflow
     project: Optional[str] = None    # W&B project / MLflow experiment; null: the experiment's name
-    run_name: Optional[str] = None   # null: the arm (base, original, retro_search; the demo's
-                                     # reasoner); NAME: NAME-<arm>, so that arms stay apart
+    # run_name: NAME-<arm>, so that the arms' runs stay apart (reasoner: the demo's model)
+    run_name: Optional[str] = None   # null: the arm (base, original, retro_search)
 
     def name_for(self, arm: str) -> str:
         """The run name of one arm's runs."""
