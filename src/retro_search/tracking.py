@@ -155,12 +155,16 @@ class TrainingRun:
             env["MLFLOW_RUN_ID"] = None  # TRL would start a run of its own instead of ours
         self._env = _environment(env)
         self._env.__enter__()
-        if self.main_process:
-            run_id = self._start(run_id)
-            self.record = {"report_to": self.report_to, "project": self.project,
-                           "run_name": self.run_name, "run_id": run_id,
-                           "log_dir": str(self.folder.resolve()), "global_step": None}
-            self._write()
+        try:
+            if self.main_process:
+                run_id = self._start(run_id)
+                self.record = {"report_to": self.report_to, "project": self.project,
+                               "run_name": self.run_name, "run_id": run_id,
+                               "log_dir": str(self.folder.resolve()), "global_step": None}
+                self._write()
+        except BaseException:  # no __exit__ follows a failed __enter__: restore the environment
+            self._env.__exit__(None, None, None)
+            raise
         return self
 
     def _start(self, run_id: str | None) -> str | None:
