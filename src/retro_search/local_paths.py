@@ -15,7 +15,10 @@ from pathlib import Path
 from typing import Any, Iterator
 
 FILE_SUFFIXES = {".jsonl", ".json", ".parquet", ".csv", ".txt", ".gz", ".arrow", ".yaml"}
-PIPELINE_MODELS = ("tiny", "reasoner")  # model paths the pipeline makes itself
+# Model paths that name a model the pipeline makes itself, neither a folder nor a hub id.
+TINY = "tiny"
+REASONER = "reasoner"  # the miniature's reasoning model
+PIPELINE_MODELS = (TINY, REASONER)
 
 
 def must_be_local(value: str) -> bool:

@@ -52,10 +52,9 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Iterable
 
+from retro_search.local_paths import REASONER, TINY
 from retro_search.runtime import deep_merge, is_runtime_override, split_runtime
 
-TINY = "tiny"
-REASONER = "reasoner"  # model path: the miniature's reasoning model, trained by the pipeline
 TASK_QUESTIONS = "task:sample"  # data.sample.questions: the miniature task's sampling split
 ARMS = ("base", "original", "retro_search")
 # What `retro-search sft-data` reads of the sft section (the rest is the trainer's).

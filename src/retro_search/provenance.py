@@ -304,6 +304,7 @@ def write_manifest(path: str | Path, *, stage: str, config_file: str | Path | No
     section asks for. `engine`: which generation engine ran the job (`engines.engine_info`)."""
     import yaml  # pyyaml comes with omegaconf
 
+    from retro_search.local_paths import PIPELINE_MODELS
     from retro_search.runtime import runtime_file_beside
 
     path = Path(path)
@@ -319,7 +320,8 @@ def write_manifest(path: str | Path, *, stage: str, config_file: str | Path | No
     named = [config.get("model_dir"), *(section.get(key) for name in ("model", "student")
                                         if isinstance(section := config.get(name), dict)
                                         for key in ("path", "tokenizer"))]
-    named = [m for m in named if isinstance(m, str) and (Path(m).exists() or HUB_ID.fullmatch(m))]
+    named = [m for m in named if isinstance(m, str) and m not in PIPELINE_MODELS
+             and (Path(m).exists() or HUB_ID.fullmatch(m))]
     model_inputs = list(dict.fromkeys([*(str(m) for m in model_inputs if m), *named]))
     local_models = [m for m in model_inputs if Path(m).exists()]
     hub_models = [hub_model(m, revisions.get(m)) for m in model_inputs if not Path(m).exists()]
