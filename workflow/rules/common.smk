@@ -287,9 +287,15 @@ def summary_arms(wildcards):
     return " ".join(u.config["arm"] for u, _ in summary_evals(wildcards))
 
 
+def short_list(names, shown=3):
+    """'a, b, c + 6 more': a label column as wide as the list would squeeze the report's view."""
+    rest = f" + {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + rest
+
+
 def summary_labels(item):
     """The `snakemake --report` labels of a summary file: what it is, and the experiment, arms
-    and benchmarks it covers by name (the stage folder's name is a hash)."""
+    and benchmarks (the first three) it covers by name (its folder's name is a hash)."""
 
     def labels(wildcards):
         summary = stage("summary", wildcards)
@@ -301,7 +307,7 @@ def summary_labels(item):
             "item": item,
             "experiment": ", ".join(names),
             "arms": ", ".join(dict.fromkeys(u.config["arm"] for u, _ in evals)),
-            "benchmarks": ", ".join(dict.fromkeys(bench for _, bench in evals)),
+            "benchmarks": short_list(list(dict.fromkeys(bench for _, bench in evals))),
         }
 
     return labels
