@@ -15,6 +15,7 @@ embeds what lies between them on the report's front page.
 from __future__ import annotations
 
 import html
+
 __all__ = ["HEADLINE_END", "HEADLINE_START", "markdown_to_html", "page", "results_page"]
 
 HEADLINE_START = "<!-- headline -->"
