@@ -105,8 +105,9 @@ def test_slurm_jobs_of_a_tensor_parallel_preset_ask_for_its_gpus(tmp_path):
 
 def test_the_self_improvement_preset_samples_prepares_searches_trains_and_evaluates(tmp_path):
     write_profile(tmp_path / "profile", slurm_profile_without_conda())
-    # Hub questions and models only: nothing is read from the working directory.
-    done = run([str(SNAKEMAKE), "--profile", str(tmp_path / "profile"), "-n", "--snakefile",
+    # Hub questions and models only: nothing is read from the working directory. (-p: the
+    # workflow's own profile, which does not print commands, overrides the one given.)
+    done = run([str(SNAKEMAKE), "--profile", str(tmp_path / "profile"), "-n", "-p", "--snakefile",
                 str(REPO / "Snakefile"), "-d", str(tmp_path / "work"),
                 "--config", "experiment=self_improve_r1_distill_7b"])
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
