@@ -21,7 +21,7 @@ from retro_search.records import RecordError, TraceRecord, reference_problem
 from retro_search.search_types import Rollout, SearchOutcome
 from retro_search.sources import JsonLine, json_kind, json_lines
 
-__all__ = ["atomic_open", "atomic_path", "drop_progress", "json_safe", "open_progress",
+__all__ = ["atomic_open", "atomic_path", "drop_progress", "json_safe", "open_progress", "progress_path",
            "outcome_from_dict", "outcome_to_dict", "read_eval_metrics", "read_generations",
            "read_json", "rollout_from_dict", "rollout_to_dict", "read_jsonl", "read_records",
            "readable_mode", "write_json", "write_jsonl", "write_records", "write_text",
@@ -331,6 +331,12 @@ def open_progress(path: str | Path, mode: str = "a"):
     return fh
 
 
+def progress_path(output: str | Path, fingerprint: str) -> Path:
+    """The hidden progress file of `output` for a run whose settings hash to `fingerprint`."""
+    output = Path(output)
+    return output.with_name(f".{output.name}.progress-{fingerprint}.jsonl")
+
+
 def drop_progress(output: str | Path) -> list[Path]:
     """Remove the progress a finished job kept beside its `output` (the files
     `.NAME.progress-*.jsonl` of sample and search, the folder `.NAME.progress/` of eval); returns
@@ -343,7 +349,7 @@ def drop_progress(output: str | Path) -> list[Path]:
     import shutil
 
     output = Path(output)
-    removed = sorted(output.parent.glob(f".{output.name}.progress-*.jsonl"))
+    removed = sorted(output.parent.glob(progress_path(output, "*").name))
     for path in removed:
         path.unlink(missing_ok=True)
     folder = output.with_name(f".{output.name}.progress")

@@ -55,7 +55,7 @@ def run(settings, model: dict[str, Any], engine_section: dict[str, Any], *, shar
     `shard` of the questions of `settings` (a `sampling.SampleSettings`); write the responses to
     `output` and bad question records to `quarantine`, both atomically. Raises `JobFailed` when
     the shard mostly failed (see the module docstring)."""
-    from retro_search.artifacts import write_jsonl
+    from retro_search.artifacts import progress_path, write_jsonl
     from retro_search.config import engine_kwargs
     from retro_search.engines import engine_info
     from retro_search.model_errors import loading, opened_engine, sources_of
@@ -85,7 +85,7 @@ def run(settings, model: dict[str, Any], engine_section: dict[str, Any], *, shar
     # should see at once what was read and what was quarantined.
     print(report.summary(), file=sys.stderr)
     fingerprint = _fingerprint(settings, model, engine_section, shard, questions)
-    progress = output.with_name(f".{output.name}.progress-{fingerprint}.jsonl")
+    progress = progress_path(output, fingerprint)
     tokenizer, revision = tokenizer_source(model["path"], model.get("tokenizer"),
                                            model.get("revision"))
     key = "sample.model" if settings.model is not None else "model"  # which section named it

@@ -96,7 +96,7 @@ def run(cfg: dict[str, Any], input_path: str | Path, output: str | Path,
     `rollout_log`, both atomically. The warnings name each trace the search skipped or lost to
     an engine error. Raises `JobFailed` when the shard mostly failed (see the module
     docstring)."""
-    from retro_search.artifacts import rollout_to_dict, write_jsonl
+    from retro_search.artifacts import progress_path, rollout_to_dict, write_jsonl
     from retro_search.config import engine_kwargs, search_config
     from retro_search.engines import engine_info
     from retro_search.model_errors import loading, opened_engine, sources_of
@@ -109,7 +109,7 @@ def run(cfg: dict[str, Any], input_path: str | Path, output: str | Path,
     traces = read_traces(input_path, input_format, limit)
     check_traces(traces, input_path)  # before the model loads
     output = Path(output)
-    progress = output.with_name(f".{output.name}.progress-{_fingerprint(cfg, input_path)}.jsonl")
+    progress = progress_path(output, _fingerprint(cfg, input_path))
     model = cfg["model"]
     tokenizer, revision = tokenizer_source(model["path"], model.get("tokenizer"),
                                            model.get("revision"))
