@@ -21,7 +21,8 @@ from retro_search.records import RecordError, TraceRecord, reference_problem
 from retro_search.search_types import Rollout, SearchOutcome
 from retro_search.sources import JsonLine, json_kind, json_lines
 
-__all__ = ["atomic_open", "atomic_path", "drop_progress", "json_safe", "open_progress", "progress_path",
+__all__ = ["atomic_open", "atomic_path", "drop_progress", "json_safe", "open_progress",
+           "progress_path",
            "outcome_from_dict", "outcome_to_dict", "read_eval_metrics", "read_generations",
            "read_json", "rollout_from_dict", "rollout_to_dict", "read_jsonl", "read_records",
            "readable_mode", "write_json", "write_jsonl", "write_records", "write_text",
