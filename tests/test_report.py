@@ -3,6 +3,7 @@ commands, on small hand-made inputs whose numbers are worked out by hand in the 
 
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -474,9 +475,14 @@ def test_summarize_writes_html_pages_of_the_table_and_the_search_statistics(tmp_
     headline = results.split(HEADLINE_START)[1].split(HEADLINE_END)[0]
     # averages: retro_search 49.5% ± sqrt(6^2 + 2^2) / 2 = 3.2; vs original (the same se) +4.5 ±
     # 3.2 * sqrt(2) = 4.5 points, (5500 - 7500) / 7500 = -26.7% in length
-    assert '<td style="text-align: left">retro_search</td><td style="text-align: right">49.5 ± 3.2</td>' in headline
-    assert ">retro vs original</td><td style=\"text-align: right\">+4.5 ± 4.5</td>" in headline
-    assert ">-26.7%</td>" in headline and "Retro-Search revised 2 of 3 traces" in headline
+    # a row per benchmark and the average, a column per arm and relative row
+    rows = {row[0]: row[1:] for row in re.findall(r"<tr>(.*?)</tr>", headline)
+            for row in [re.findall(r"<t[dh][^>]*>(.*?)</t[dh]>", row)]}
+    assert rows["benchmark"] == ["base", "original", "retro_search", "retro vs original", "n"]
+    assert rows["average of 2"][2] == "49.5 ± 3.2 / 5500"
+    assert rows["average of 2"][3] == "+4.5 ± 4.5 / -26.7%"
+    assert rows["aime24"][3] == "+5.0 ± 8.5 / -30.0%"  # each benchmark's effect, not only the mean
+    assert "Retro-Search revised 2 of 3 traces" in headline
     assert ">+5.0 ± 8.5</td>" in results.split(HEADLINE_END)[1]  # the full table follows
     search = (out / "search_stats.html").read_text()
     assert ">reasoning tokens, total</td><td style=\"text-align: right\">600</td>" in search
@@ -668,3 +674,16 @@ def test_experiment_readme_links_plots_search_statistics_and_config(tmp_path, mo
     # the resolved config, runtime settings aside (they change no result)
     assert yaml.safe_load((out / "config.yaml").read_text()) == {
         "name": "demo", "search": {"rollouts": 2}, "engine": {"name": "transformers"}}
+
+
+def test_the_front_page_table_without_an_original_arm_shows_each_relative_row():
+    from retro_search.report.tables import by_benchmark_markdown
+
+    metrics = [{"arm": arm, "benchmark": "arith", "accuracy": acc, "accuracy_se": 0.01,
+                "mean_tokens": tokens, "problems": 400, "samples": 1}
+               for arm, acc, tokens in (("base", 0.5, 100), ("retro_search", 0.6, 80))]
+    rows = parse_markdown_table(by_benchmark_markdown(results_table(metrics)))
+    assert rows["arith"] == {"n": "400 x 1", "base": "50.0 ± 1.0 / 100",
+                             "retro_search": "60.0 ± 1.0 / 80",
+                             "retro_search vs base": "+10.0 ± 1.4 / -20.0%"}
+    assert rows["average of 1"]["retro_search vs base"] == "+10.0 ± 1.4 / -20.0%"

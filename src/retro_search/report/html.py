@@ -7,7 +7,7 @@ CSV only as downloads.
 items and paragraphs; every text is HTML-escaped, nothing else is interpreted. `page` wraps a
 body in a standalone document with a small inline stylesheet (no script, no external file).
 
-`results_page` marks its headline (the caption and the table of averages) with the comments
+`results_page` marks its headline (the caption and the table by benchmark) with the comments
 `HEADLINE_START` and `HEADLINE_END`: the workflow description (workflow/report/workflow.rst)
 embeds what lies between them on the report's front page.
 """

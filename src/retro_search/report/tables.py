@@ -38,9 +38,9 @@ import pandas as pd
 
 from retro_search.artifacts import write_text
 
-__all__ = ["BASE_ARM", "ORIGINAL_ARM", "RETRO_ARM", "RELATIVE_ROW", "averages_markdown",
-           "compared_arms", "metrics_from_eval", "relative_rows", "results_table",
-           "to_markdown", "write_csv", "write_markdown"]
+__all__ = ["BASE_ARM", "ORIGINAL_ARM", "RETRO_ARM", "RELATIVE_ROW", "by_benchmark_markdown",
+           "compared_arms", "metrics_from_eval", "relative_rows", "results_table", "to_markdown",
+           "write_csv", "write_markdown"]
 
 BASE_ARM = "base"
 ORIGINAL_ARM = "original"
@@ -251,21 +251,32 @@ def to_markdown(table: pd.DataFrame, *, caption: str | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def averages_markdown(table: pd.DataFrame, *, caption: str | None = None) -> str:
-    """The table's headline in Markdown: per arm and relative row, the average over the
-    benchmarks of accuracy ("acc ± se", in %; in points in the relative rows) and length (tokens;
-    change in % in the relative rows), under `caption`; the report's front page shows it."""
+def by_benchmark_markdown(table: pd.DataFrame, *, caption: str | None = None) -> str:
+    """The table's headline in Markdown, under `caption`, for the report's front page: a row per
+    benchmark and one for the average; a column per arm, then "retro vs original" (every
+    relative row where the table lacks it), then n (problems x samples). A cell holds accuracy ("acc ± se" in %; the
+    difference in points in a relative column) and length (tokens; the change in % in a relative
+    column). Transposed from `to_markdown` so that every benchmark's effect shows (an average
+    alone hides a task on which the others score nothing), and narrow enough for the page."""
     benchmarks = _benchmarks(table)
+    plain = [str(arm) for arm in table.index if compared_arms(str(arm)) is None]
+    relative = [str(arm) for arm in table.index if compared_arms(str(arm)) is not None]
+    arms = plain + ([RELATIVE_ROW] if RELATIVE_ROW in relative else relative)
     lines = [caption, ""] if caption else []
-    lines += [f"| arm | accuracy, mean of {len(benchmarks)} benchmarks | length, tokens |",
-              "|---|---:|---:|"]
-    for arm, row in table.iterrows():
-        relative = compared_arms(str(arm)) is not None
-        lines.append(f"| {arm} | "
-                     + _cell(row[f"{AVERAGE}/acc"], "/acc", relative, row[f"{AVERAGE}/se"])
-                     + f" | {_cell(row[f'{AVERAGE}/len'], '/len', relative)} |")
-    lines += ["", f"Benchmarks: {', '.join(benchmarks)}. A vs B: differences in points and the "
-                  "length change in %; n/a where an arm lacks a benchmark."]
+    lines += ["| benchmark | " + " | ".join(arms) + " | n |",
+              "|---|" + "|".join("---:" for _ in arms) + "|---:|"]
+    for bench in [*benchmarks, AVERAGE]:
+        sizes = {_size(table.loc[arm], bench) for arm in plain} if bench != AVERAGE else set()
+        n = (sizes.pop() if len(sizes) == 1 else "differs") if sizes else ""
+        cells = [f"{_cell(row[f'{bench}/acc'], '/acc', arm in relative, row[f'{bench}/se'])} / "
+                 f"{_cell(row[f'{bench}/len'], '/len', arm in relative)}"
+                 for arm in arms for row in [table.loc[arm]]]
+        label = f"{AVERAGE} of {len(benchmarks)}" if bench == AVERAGE else bench
+        lines.append("| " + " | ".join([label, *cells, n]) + " |")
+    lines += ["", "Each cell: accuracy in % ± its standard error / mean length in tokens; in an "
+                  "\"A vs B\" column, A's accuracy minus B's in points / A's length change in %. "
+                  "n: problems x samples per problem; n/a where an arm lacks a benchmark. The "
+                  "results table has the rows relative to the base model."]
     return "\n".join(lines) + "\n"
 
 

@@ -50,7 +50,7 @@ def run(metrics_paths: Sequence[str | Path], arms: Sequence[str], output_dir: st
     from retro_search.report import html, plots
     from retro_search.report.search_stats import (headline_markdown, merge_stats,
                                                   search_headline, search_stats_markdown)
-    from retro_search.report.tables import (BASE_ARM, averages_markdown, results_table,
+    from retro_search.report.tables import (BASE_ARM, by_benchmark_markdown, results_table,
                                             to_markdown, write_csv, write_markdown)
 
     metrics = _read_metrics(metrics_paths, arms)
@@ -70,7 +70,7 @@ def run(metrics_paths: Sequence[str | Path], arms: Sequence[str], output_dir: st
     written = {"results_csv": write_csv(table, out / "results.csv"),
                "results_md": write_markdown(table, out / "results.md", caption=caption or None),
                "results_html": write_text(out / "results.html", html.results_page(
-                   averages_markdown(table, caption=caption or None), to_markdown(table),
+                   by_benchmark_markdown(table, caption=caption or None), to_markdown(table),
                    title=f"Results: {title}" if title else "Results")),
                "accuracy_vs_length": plots.plot_accuracy_vs_length(
                    metrics, out / "accuracy_vs_length.png", original_arm=original_arm,
