@@ -43,20 +43,23 @@ class StageResult:
         exit status."""
         for line in self.warnings:
             print(f"retro-search {command}: {line}", file=sys.stderr)
-        print(f"retro-search {command}: done: {headline(self.summary)}", file=sys.stderr)
+        done = headline(self.summary) or "wrote " + ", ".join(
+            Path(path).name for path in self.outputs.values())
+        print(f"retro-search {command}: done: {done}", file=sys.stderr)
         print(json.dumps(self.summary), file=sys.stderr)
         return 0
 
 
 def headline(summary: dict[str, Any], most: int = 12) -> str:
     """The summary's counts as words ("traces 12, revised 5, ..."): its top-level numbers, in
-    order, at most `most`; paths and nested tables are left to the JSON line."""
+    order, at most `most`; paths and nested tables are left to the JSON line. Empty without
+    numbers."""
     numbers = [(key, value) for key, value in summary.items()
                if isinstance(value, (int, float)) and not isinstance(value, bool)]
     words = [f"{key.replace('_', ' ')} {value:,}" if isinstance(value, int)
              else f"{key.replace('_', ' ')} {value:.4g}" for key, value in numbers[:most]]
     more = f" (+{len(numbers) - most} more in the JSON line)" if len(numbers) > most else ""
-    return (", ".join(words) or "no counts") + more
+    return ", ".join(words) + more
 
 
 class JobFailed(Exception):
