@@ -62,15 +62,27 @@ def shard(tmp_path_factory):
 
 # (engine, lines in the progress file when the kill comes): the two passed-through traces are
 # written before any generation, so 3 is one searched trace and 5 is three of five.
+@pytest.fixture(scope="module")
+def uninterrupted(shard, tiny_model_dir, tmp_path_factory):
+    """The uninterrupted run of an engine, made once for all its kill points."""
+    runs = {}
+
+    def run(engine):
+        if engine not in runs:
+            out = tmp_path_factory.mktemp(f"uninterrupted-{engine}") / "revised.jsonl"
+            summary = run_to_end(search_command(shard, out, tiny_model_dir, engine))
+            assert summary["traces"] == 7 and summary["incorrect_original"] == 2
+            assert summary["rollouts"] > 0
+            runs[engine] = out
+        return runs[engine]
+    return run
+
+
 @pytest.mark.parametrize("engine,kill_at", [("transformers", 3), ("transformers", 5),
                                             ("vllm", 3)])
 def test_killed_search_resumes_without_redoing_traces_and_equals_an_uninterrupted_run(
-        shard, tiny_model_dir, tmp_path, engine, kill_at):
-    reference = tmp_path / "reference" / "revised.jsonl"
-    summary = run_to_end(search_command(shard, reference, tiny_model_dir, engine))
-    assert summary["traces"] == 7 and summary["incorrect_original"] == 2
-    assert summary["rollouts"] > 0
-
+        shard, tiny_model_dir, uninterrupted, tmp_path, engine, kill_at):
+    reference = uninterrupted(engine)
     out = tmp_path / "killed" / "revised.jsonl"
     cmd = search_command(shard, out, tiny_model_dir, engine)
     # Its own process group, killed whole as SLURM kills a preempted job: vLLM's engine processes
@@ -97,6 +109,9 @@ def test_killed_search_resumes_without_redoing_traces_and_equals_an_uninterrupte
 
     # Killed once more, after it finished: Snakemake, killed before it saw the job end, deletes
     # the outputs and runs it again. The progress outlives the run, so nothing is generated.
+    # Resuming is the search's, not the engine's: one engine shows it (a vLLM start is 40 s).
+    if engine != "transformers" or kill_at != 3:
+        return
     assert list(out.parent.glob(".revised.jsonl.progress-*")), "the progress stays until merged"
     out.unlink()
     out.with_suffix(".rollouts.jsonl").unlink()
