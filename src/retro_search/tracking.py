@@ -1,6 +1,7 @@
 """Experiment tracking: SFT's losses and eval's metrics in one TensorBoard, W&B or MLflow run.
 
-Off by default (`tracking.report_to: none`), and then nothing of a tracker is imported. The
+Off by default (`tracking.report_to: none`), and then this module imports no tracker and starts
+no run (TRL itself imports wandb, where it is installed, whatever report_to says). The
 `tracking` section is a runtime setting (`runtime.py`): the plan puts it in the `runtime.yaml` of
 each sft and eval stage, so turning it on or renaming a run reruns nothing and changes no stage id.
 
@@ -9,12 +10,17 @@ A tracked SFT run keeps, in its stage folder (never a hashed output; `provenance
     DIR/tracking/run.json      tracker, project, run name, run id (wandb, mlflow), the TensorBoard
                                log dir and the last training step
     DIR/tracking/events.*      TensorBoard's event files (report_to tensorboard)
+    DIR/tracking/wandb/        W&B's run folders, one per session (offline-run-*-<id>: a resumed
+                               job or an eval continues the run in a folder of its own)
 
 Training logs through TRL/transformers' own `report_to`. Eval then logs each benchmark's accuracy,
 its standard error, mean tokens and truncation rate (`eval/<benchmark>/<metric>`, at the last
 training step) into the same run: it finds run.json beside the evaluated model (`DIR/model`). The
 base arm, which has no SFT run, gets a run of its own in the eval stage's folder (`tracking/`).
-W&B and MLflow need their own set-up: `wandb login` (or WANDB_MODE=offline), MLFLOW_TRACKING_URI.
+W&B needs `wandb login`, or WANDB_MODE=offline (then `wandb sync DIR/tracking/wandb/offline-run-*`
+uploads the sessions). MLflow logs to MLFLOW_TRACKING_URI, by default MLflow's own
+sqlite:///mlflow.db in the working directory (a SQL store: sqlalchemy and alembic, which
+mlflow-skinny leaves out; the `tracking` extra has them).
 """
 
 from __future__ import annotations
@@ -84,8 +90,7 @@ def load(config_file: str | Path | None = None, overrides: Sequence[str] = ()
 def _require(report_to: str) -> None:
     if not any(importlib.util.find_spec(name) for name in PACKAGES[report_to]):
         raise ValueError(f"tracking.report_to={report_to}: {' or '.join(PACKAGES[report_to])} is "
-                         "not installed (pip install 'retro-search[tracking]' for tensorboardX, "
-                         "or the tracker's own package)")
+                         "not installed (pip install 'retro-search[tracking]')")
 
 
 def _read_run(folder: Path) -> dict[str, Any]:
@@ -195,13 +200,14 @@ class TrainingRun:
         write_json(self.folder / RUN_FILE, self.record)
 
     def __exit__(self, *exc: Any) -> None:
+        failed = exc[0] is not None  # a job that raised: the run shows it failed, not finished
         try:
             if self._handle is not None and self.report_to == "wandb":
-                self._handle.finish()
+                self._handle.finish(exit_code=1 if failed else 0)
             elif self._handle is not None and self.report_to == "mlflow":
                 import mlflow
 
-                mlflow.end_run()
+                mlflow.end_run("FAILED" if failed else "FINISHED")
         finally:
             if self._env is not None:
                 self._env.__exit__(*exc)
@@ -246,14 +252,19 @@ def log_eval(settings: TrackingSettings | None, model: str, stage_dir: str | Pat
 
         run = wandb.init(project=project, name=name, id=run_id, dir=str(folder), resume="allow")
         run_id = run.id
-        run.log(values)
-        run.summary.update(values)
+        # W&B counts its own _step per session (from 0 again in this one): the training step is
+        # what the x-axis reads, as TRL's callback defines it for the losses
+        run.define_metric("train/global_step")
+        run.define_metric("eval/*", step_metric="train/global_step")
+        run.log({**values, "train/global_step": step})
         run.finish()
     else:
         import mlflow
 
         mlflow.set_experiment(project)
-        with mlflow.start_run(run_id=run_id, run_name=None if run_id else name) as run:
+        # start_run(run_id=None) would continue MLFLOW_RUN_ID's run instead of starting ours
+        with _environment({"MLFLOW_RUN_ID": None}), \
+                mlflow.start_run(run_id=run_id, run_name=None if run_id else name) as run:
             run_id = run.info.run_id
             mlflow.log_metrics(values, step=step)
     if not record:
