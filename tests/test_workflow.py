@@ -318,22 +318,29 @@ def test_experiment_index_shows_the_results_table(demo):
 
 
 def test_rerun_stages_give_byte_identical_artifacts(demo):
-    # One job of each kind (the reasoner's training aside, the longest), rerun alone with the
-    # same seeds: every artifact comes out with the same bytes; only manifests' times differ.
-    # Downstream first, one at a time, so that no job runs on an input rerun before it (the
-    # demo's other jobs would then be out of date and rerun too). Last in this file.
-    targets = [_first(demo, pattern) for pattern in (
-        "results/summary/*/manifest.json", "results/eval/retro_search-*/shard-0.manifest.json",
-        "results/sft/retro_search-*/manifest.json",
-        "results/sft_data/retro_search-*/manifest.json", "results/merge/*/manifest.json",
-        "results/search/*/shard-0.manifest.json", "results/shard/*/shard-0.manifest.json",
-        "results/prepare/*/manifest.json", "results/sample/*/shard-0.manifest.json",
-        "results/task/*/manifest.json", "results/tiny_model/*/manifest.json")]
-    for target in targets:
-        before = json.loads((demo / target).read_text())
-        done = run([str(SNAKEMAKE), "--cores", "2", "--force", str(target)], demo)
+    # One job of each kind (the reasoner's training aside, the longest), rerun with the same
+    # seeds: every artifact comes out with the same bytes; only manifests' times differ. Each
+    # run forces the first job of a chain and asks for its last: Snakemake reruns the jobs in
+    # between, and no other (a target further down would pull in the demo's other jobs through
+    # the forced one). Downstream chains first, so that no chain starts on an input rerun
+    # before it. Last in this file.
+    chains = [("results/summary/*/manifest.json",),
+              ("results/search/*/shard-0.manifest.json", "results/merge/*/manifest.json",
+               "results/sft_data/retro_search-*/manifest.json",
+               "results/sft/retro_search-*/manifest.json",
+               "results/eval/retro_search-*/shard-0.manifest.json"),
+              ("results/sample/*/shard-0.manifest.json", "results/prepare/*/manifest.json",
+               "results/shard/*/shard-0.manifest.json"),
+              ("results/task/*/manifest.json",),
+              ("results/tiny_model/*/manifest.json",)]
+    for chain in chains:
+        targets = [_first(demo, pattern) for pattern in chain]
+        before = {t: json.loads((demo / t).read_text()) for t in targets}
+        done = run([str(SNAKEMAKE), "--cores", "2", str(targets[-1]),
+                    "--forcerun", str(targets[0])], demo)
         out = done.stdout + done.stderr
-        assert job_counts(out)["total"] == 1, (target, out[-2000:])
-        after = json.loads((demo / target).read_text())
-        assert after["started"] >= before["ended"], target  # it did run again
-        assert after["outputs"] == before["outputs"], target
+        assert job_counts(out)["total"] == len(chain), (chain, out[-2000:])
+        for target in targets:
+            after = json.loads((demo / target).read_text())
+            assert after["started"] >= before[target]["ended"], target  # it did run again
+            assert after["outputs"] == before[target]["outputs"], target
