@@ -33,7 +33,7 @@ install: $(VENV)/.installed
 # Two workers, a test file each at a time (module fixtures such as the demo run once), in the
 # order tests/conftest.py gives: the suite's long tests wait on processes that use one core
 # (vLLM's CPU worker, Snakemake's planning) more than they compute, so two of them share 2 cores
-# with little loss (27 -> 19 minutes here).
+# with little loss (27 -> 17 minutes here).
 test: install
 	$(BIN)/pytest -q -n 2 --dist loadfile --no-loadscope-reorder
 
