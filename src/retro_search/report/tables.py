@@ -200,17 +200,22 @@ def _size(row: pd.Series, bench: str) -> str:
     return f"{problems:.0f} x {'n/a' if _missing(samples) else f'{samples:.0f}'}"
 
 
+def _n(table: pd.DataFrame, bench: str, arms: Sequence[str]) -> str:
+    """n of `bench`: one cell when the arms share it (they share the eval settings), else each
+    arm's."""
+    sizes = {arm: _size(table.loc[arm], bench) for arm in arms}
+    distinct = set(sizes.values())
+    return distinct.pop() if len(distinct) == 1 else ", ".join(f"{a} {s}" for a, s in sizes.items())
+
+
 def _sizes_markdown(table: pd.DataFrame) -> list[str]:
-    """n and truncation per benchmark and arm: counts are the same for every arm when they
-    share the eval settings, so n is one cell unless the arms differ."""
+    """n and truncation per benchmark and arm."""
     arms = [arm for arm in table.index if compared_arms(str(arm)) is None]
     lines = ["| benchmark | n (problems x samples) | "
              + " | ".join(f"{arm} truncated" for arm in arms) + " |",
              "|---|---:|" + "|".join("---:" for _ in arms) + "|"]
     for bench in _benchmarks(table):
-        sizes = {arm: _size(table.loc[arm], bench) for arm in arms}
-        distinct = set(sizes.values())
-        n = distinct.pop() if len(distinct) == 1 else ", ".join(f"{a} {s}" for a, s in sizes.items())
+        n = _n(table, bench, arms)
         truncated = ["n/a" if _missing(v := table.loc[arm, f"{bench}/trunc"]) else f"{v:.1f}%"
                      for arm in arms]
         lines.append("| " + " | ".join([bench, n, *truncated]) + " |")
@@ -254,10 +259,11 @@ def to_markdown(table: pd.DataFrame, *, caption: str | None = None) -> str:
 def by_benchmark_markdown(table: pd.DataFrame, *, caption: str | None = None) -> str:
     """The table's headline in Markdown, under `caption`, for the report's front page: a row per
     benchmark and one for the average; a column per arm, then "retro vs original" (every
-    relative row where the table lacks it), then n (problems x samples). A cell holds accuracy ("acc ± se" in %; the
-    difference in points in a relative column) and length (tokens; the change in % in a relative
-    column). Transposed from `to_markdown` so that every benchmark's effect shows (an average
-    alone hides a task on which the others score nothing), and narrow enough for the page."""
+    relative row where the table lacks it), then n (problems x samples). A cell holds accuracy
+    ("acc ± se" in %; the difference in points in a relative column) and length (tokens; the
+    change in % in a relative column). Transposed from `to_markdown` so that every benchmark's
+    effect shows (an average alone hides a task on which the others score nothing), and narrow
+    enough for the page."""
     benchmarks = _benchmarks(table)
     plain = [str(arm) for arm in table.index if compared_arms(str(arm)) is None]
     relative = [str(arm) for arm in table.index if compared_arms(str(arm)) is not None]
@@ -266,11 +272,12 @@ def by_benchmark_markdown(table: pd.DataFrame, *, caption: str | None = None) ->
     lines += ["| benchmark | " + " | ".join(arms) + " | n |",
               "|---|" + "|".join("---:" for _ in arms) + "|---:|"]
     for bench in [*benchmarks, AVERAGE]:
-        sizes = {_size(table.loc[arm], bench) for arm in plain} if bench != AVERAGE else set()
-        n = (sizes.pop() if len(sizes) == 1 else "differs") if sizes else ""
-        cells = [f"{_cell(row[f'{bench}/acc'], '/acc', arm in relative, row[f'{bench}/se'])} / "
-                 f"{_cell(row[f'{bench}/len'], '/len', arm in relative)}"
-                 for arm in arms for row in [table.loc[arm]]]
+        cells = []
+        for arm in arms:
+            row, change = table.loc[arm], arm in relative
+            cells.append(f"{_cell(row[f'{bench}/acc'], '/acc', change, row[f'{bench}/se'])} / "
+                         f"{_cell(row[f'{bench}/len'], '/len', change)}")
+        n = "" if bench == AVERAGE else _n(table, bench, plain)
         label = f"{AVERAGE} of {len(benchmarks)}" if bench == AVERAGE else bench
         lines.append("| " + " | ".join([label, *cells, n]) + " |")
     lines += ["", "Each cell: accuracy in % ± its standard error / mean length in tokens; in an "
