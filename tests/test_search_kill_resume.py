@@ -60,8 +60,6 @@ def shard(tmp_path_factory):
     return path
 
 
-# (engine, lines in the progress file when the kill comes): the two passed-through traces are
-# written before any generation, so 3 is one searched trace and 5 is three of five.
 @pytest.fixture(scope="module")
 def uninterrupted(shard, tiny_model_dir, tmp_path_factory):
     """The uninterrupted run of an engine, made once for all its kill points."""
@@ -78,6 +76,8 @@ def uninterrupted(shard, tiny_model_dir, tmp_path_factory):
     return run
 
 
+# (engine, lines in the progress file when the kill comes): the two passed-through traces are
+# written before any generation, so 3 is one searched trace and 5 is three of five.
 @pytest.mark.parametrize("engine,kill_at", [("transformers", 3), ("transformers", 5),
                                             ("vllm", 3)])
 def test_killed_search_resumes_without_redoing_traces_and_equals_an_uninterrupted_run(
@@ -109,7 +109,7 @@ def test_killed_search_resumes_without_redoing_traces_and_equals_an_uninterrupte
 
     # Killed once more, after it finished: Snakemake, killed before it saw the job end, deletes
     # the outputs and runs it again. The progress outlives the run, so nothing is generated.
-    # Resuming is the search's, not the engine's: one engine shows it (a vLLM start is 40 s).
+    # Resuming is the search's, not the engine's: one engine shows it (a vLLM start is about 30 s).
     if engine != "transformers" or kill_at != 3:
         return
     assert list(out.parent.glob(".revised.jsonl.progress-*")), "the progress stays until merged"
