@@ -6,8 +6,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 # torch's CPU build comes from PyTorch's CPU wheel index: the package registry has only CUDA
 # builds for Linux (several GB). pip's own indexes and wheel folders (find-links) are tried first,
-# without PyTorch's index, so a machine that has the wheel locally never waits on that index. A CUDA build on a cluster: README, "Running on a
-# SLURM cluster".
+# without PyTorch's index, so a machine that has the wheel locally never waits on that index.
+# A CUDA build on a cluster: README, "Running on a SLURM cluster".
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 TORCH ?= $(if $(filter Darwin,$(shell uname -s)),torch==2.13.0,torch==2.13.0+cpu)
 PIP_FLAGS ?= --quiet         # e.g. "--dry-run --report FILE": what would be installed, and from where
