@@ -239,15 +239,17 @@ def test_two_runs_with_the_same_seeds_write_byte_identical_model_and_metrics(
 def test_incomplete_checkpoint_is_skipped_and_removed(tmp_path):
     from retro_search.sft.train import last_checkpoint
 
-    for step, complete in ((2, True), (4, False)):
+    # 4: no trainer_state.json yet; 6: killed while the Trainer wrote it (created, not filled);
+    # 8: cut midway
+    for step, state in ((2, "{}"), (4, None), (6, ""), (8, '{"global_step": 8, "log_hi')):
         folder = tmp_path / f"checkpoint-{step}"
         folder.mkdir()
-        if complete:
-            (folder / "trainer_state.json").write_text("{}")
+        if state is not None:
+            (folder / "trainer_state.json").write_text(state)
     assert last_checkpoint(tmp_path) == tmp_path / "checkpoint-2"
     assert (tmp_path / "checkpoint-4").exists()
     assert last_checkpoint(tmp_path, remove_incomplete=True) == tmp_path / "checkpoint-2"
-    assert not (tmp_path / "checkpoint-4").exists()
+    assert not any((tmp_path / f"checkpoint-{step}").exists() for step in (4, 6, 8))
 
 
 # ----------------------------------------------------------------------------- batch sizes

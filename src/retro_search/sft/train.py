@@ -17,7 +17,8 @@ A run that finds a complete checkpoint in DIR/checkpoints resumes from the newes
 optimizer, scheduler, RNG states and the position in the data all come back, so a killed or
 requeued job continues where it stopped and ends with the weights an uninterrupted run would have
 (bit for bit on CPU, as the tests check; on GPUs up to their non-deterministic kernels).
-A checkpoint is complete when it holds trainer_state.json, which the Trainer writes last.
+A checkpoint is complete when it holds a whole trainer_state.json, which the Trainer writes last
+(and not atomically: a job killed while writing it leaves the file empty or cut).
 
 Rows are tokenized here (`data.tokenize_rows`: prompt and completion separately, no special tokens
 added), then handed to SFTTrainer as `input_ids` + `completion_mask` with
@@ -37,6 +38,7 @@ number of processes.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -85,14 +87,22 @@ def last_checkpoint(checkpoints: Path, *, remove_incomplete: bool = False) -> Pa
                    if (m := _CHECKPOINT.fullmatch(path.name)) and path.is_dir())
     complete = None
     for _, path in reversed(found):
-        if (path / _COMPLETE_MARKER).is_file():
+        if _is_complete(path):
             complete = complete or path
         elif complete is None:
-            log.warning("%s is incomplete (no %s: the job stopped while saving it)%s", path,
+            log.warning("%s is incomplete (no whole %s: the job stopped while saving it)%s", path,
                         _COMPLETE_MARKER, "; deleting it" if remove_incomplete else "")
             if remove_incomplete:
                 shutil.rmtree(path)
     return complete
+
+
+def _is_complete(checkpoint: Path) -> bool:
+    try:
+        json.loads((checkpoint / _COMPLETE_MARKER).read_text())
+    except (OSError, ValueError):  # missing, or cut by a kill while the Trainer wrote it
+        return False
+    return True
 
 
 def sft_config(settings: SFTSettings, output_dir: Path, *, world_size: int,
